@@ -1,0 +1,35 @@
+// mpx: the command-line tool. Parsing and printing only; the work lives in the library.
+// Exit codes: 0 success, 1 a check failed (later: parity gates), 2 usage error or failure.
+#include <cstdio>
+#include <exception>
+
+#include "commands.h"
+#include "mpx/build_info.h"
+#include "mpx/core/error.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"mpx: mixed-precision training and inference (FP16/BF16/FP8 with FP32 where it matters)", "mpx"};
+  app.set_version_flag("--version", std::string("mpx ") + mpx::build::kVersion);
+  app.require_subcommand(1);
+  mpx::cli::add_info_command(app);
+  mpx::cli::add_bench_command(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    app.exit(e);
+    return 2;
+  } catch (const mpx::Error& e) {
+    std::fprintf(stderr, "mpx: error: %s\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "mpx: internal error: %s\n", e.what());
+    return 2;
+  }
+  return 0;
+}

@@ -1,0 +1,266 @@
+// The SIMD conversion kernels, compiled once per instruction set: each including translation unit sets
+// MPX_TARGET_NAMESPACE and its own -m flags. Where the instruction set has a conversion instruction
+// (F16C vcvtps2ph/vcvtph2ps, AVX512_BF16 vcvtne2ps2bf16) it is used; elsewhere the branch-free lanes of
+// lanes.inl are auto-vectorised. Work goes in blocks small enough for L1: convert, then gather statistics
+// from the same block, then (for large arrays) copy it out with streaming stores that bypass the cache.
+#include <immintrin.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "kernel_table.h"
+#include "mpx/numeric/detail/formats.h"
+
+namespace mpx::numeric::kernels::MPX_TARGET_NAMESPACE {
+namespace {
+
+#include "lanes.inl"
+
+typedef std::uint32_t u32_alias __attribute__((may_alias));
+typedef std::uint16_t u16_alias __attribute__((may_alias));
+typedef std::uint8_t u8_alias __attribute__((may_alias));
+
+constexpr std::size_t kBlock = 512;
+
+// F16C/AVX-512 conversions honour MXCSR's denormals-are-zero and flush-to-zero bits, which ML code
+// sometimes sets; clear them for the duration so results never depend on the caller's mode.
+class ExactFloatMode {
+ public:
+  ExactFloatMode() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ & ~(0x0040u | 0x8000u)); }
+  ~ExactFloatMode() { _mm_setcsr(saved_); }
+  ExactFloatMode(const ExactFloatMode&) = delete;
+  ExactFloatMode& operator=(const ExactFloatMode&) = delete;
+
+ private:
+  unsigned saved_;
+};
+
+struct Totals {
+  std::uint64_t nan = 0, inf = 0, overflow = 0, underflow = 0, subnormal = 0;
+  std::uint32_t max_abs_bits = 0;
+  void add(const LaneStats& s) {
+    nan += s.nan;
+    inf += s.inf;
+    overflow += s.overflow;
+    underflow += s.underflow;
+    subnormal += s.subnormal;
+    max_abs_bits = s.max_abs_bits > max_abs_bits ? s.max_abs_bits : max_abs_bits;
+  }
+};
+
+void stream_copy(void* dst, const void* src, std::size_t bytes) {
+  auto* d = static_cast<unsigned char*>(dst);
+  const auto* s = static_cast<const unsigned char*>(src);
+  std::size_t i = 0;
+#if defined(__AVX512F__)
+  for (; i + 64 <= bytes; i += 64) {
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(d + i), _mm512_load_si512(s + i));
+  }
+#else
+  for (; i + 32 <= bytes; i += 32) {
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(d + i),
+                        _mm256_load_si256(reinterpret_cast<const __m256i*>(s + i)));
+  }
+#endif
+  std::memcpy(d + i, s + i, bytes - i);
+}
+
+// ---- narrowing from float --------------------------------------------------------------------------
+
+template <class Format, class Out>
+void narrow_block(const float* in_f, Out* out, std::size_t n, bool saturate) {
+  const auto* in = reinterpret_cast<const u32_alias*>(in_f);
+  for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<Out>(narrow_lane<Format>(in[i], saturate));
+}
+
+void narrow_half_block(const float* in, std::uint16_t* out, std::size_t n) {
+  std::size_t i = 0;
+#if defined(__AVX512F__)
+  for (; i + 16 <= n; i += 16) {
+    const __m256i h = _mm512_cvtps_ph(_mm512_loadu_ps(in + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), h);
+  }
+#elif defined(__F16C__)
+  for (; i + 8 <= n; i += 8) {
+    const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(in + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), h);
+  }
+#endif
+  narrow_block<HalfFormat>(in + i, out + i, n - i, true);
+}
+
+void narrow_bfloat16_block(const float* in_f, std::uint16_t* out, std::size_t n) {
+  const auto* in = reinterpret_cast<const u32_alias*>(in_f);
+  std::size_t i = 0;
+#if defined(__AVX512BF16__)
+  // vcvtne2ps2bf16 flushes subnormal inputs to zero; redo any 32-lane group that holds one exactly.
+  const __m512i exponent_mask = _mm512_set1_epi32(0x7F800000);
+  const __m512i magnitude_mask = _mm512_set1_epi32(0x7FFFFFFF);
+  for (; i + 32 <= n; i += 32) {
+    const __m512 lo = _mm512_loadu_ps(in_f + i);
+    const __m512 hi = _mm512_loadu_ps(in_f + i + 16);
+    const __m512bh packed = _mm512_cvtne2ps_pbh(hi, lo);
+    _mm512_storeu_si512(out + i, reinterpret_cast<const __m512i&>(packed));
+    const __m512i lo_bits = _mm512_castps_si512(lo), hi_bits = _mm512_castps_si512(hi);
+    const __mmask16 lo_sub = _mm512_testn_epi32_mask(lo_bits, exponent_mask) &
+                             _mm512_test_epi32_mask(lo_bits, magnitude_mask);
+    const __mmask16 hi_sub = _mm512_testn_epi32_mask(hi_bits, exponent_mask) &
+                             _mm512_test_epi32_mask(hi_bits, magnitude_mask);
+    if ((lo_sub | hi_sub) != 0) {
+      for (std::size_t j = i; j < i + 32; ++j) out[j] = static_cast<std::uint16_t>(bfloat16_narrow_lane(in[j]));
+    }
+  }
+#endif
+  for (; i < n; ++i) out[i] = static_cast<std::uint16_t>(bfloat16_narrow_lane(in[i]));
+}
+
+template <class Format, class Out>
+void narrow_stats_block(const float* in_f, const Out* out, std::size_t n, Totals& totals) {
+  const auto* in = reinterpret_cast<const u32_alias*>(in_f);
+  LaneStats s;
+  for (std::size_t i = 0; i < n; ++i) narrow_stats_lane<Format>(in[i], out[i], s);
+  totals.add(s);
+}
+
+// ---- widening to float -----------------------------------------------------------------------------
+
+template <class Format, class In>
+void widen_block(const In* in, float* out_f, std::size_t n) {
+  auto* out = reinterpret_cast<u32_alias*>(out_f);
+  for (std::size_t i = 0; i < n; ++i) out[i] = widen_lane<Format>(in[i]);
+}
+
+void widen_half_block(const std::uint16_t* in, float* out, std::size_t n) {
+  std::size_t i = 0;
+#if defined(__AVX512F__)
+  for (; i + 16 <= n; i += 16) {
+    _mm512_storeu_ps(out + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + i))));
+  }
+#elif defined(__F16C__)
+  for (; i + 8 <= n; i += 8) {
+    _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i))));
+  }
+#endif
+  widen_block<HalfFormat>(in + i, out + i, n - i);
+}
+
+void widen_bfloat16_block(const std::uint16_t* in, float* out_f, std::size_t n) {
+  auto* out = reinterpret_cast<u32_alias*>(out_f);
+  for (std::size_t i = 0; i < n; ++i) out[i] = bfloat16_widen_lane(in[i]);
+}
+
+void widen_stats_block(const float* out_f, std::size_t n, Totals& totals) {
+  const auto* out = reinterpret_cast<const u32_alias*>(out_f);
+  LaneStats s;
+  for (std::size_t i = 0; i < n; ++i) widen_stats_lane(out[i], s);
+  totals.add(s);
+}
+
+// ---- the chunk driver ------------------------------------------------------------------------------
+
+// Runs `convert(in, out, n)` block by block; `gather(in, out, n, totals)` when statistics are wanted.
+template <class In, class Out, class Convert, class Gather>
+void run_chunk(const KernelArgs& args, ConversionStats* stats, Convert convert, Gather gather) {
+  const ExactFloatMode exact_mode;
+  const auto* src = static_cast<const In*>(args.src);
+  auto* dst = static_cast<Out*>(args.dst);
+  alignas(64) Out staging[kBlock];
+  Totals totals;
+  for (std::size_t start = 0; start < args.count; start += kBlock) {
+    const std::size_t n = args.count - start < kBlock ? args.count - start : kBlock;
+    Out* out = args.streaming_stores ? staging : dst + start;
+    convert(src + start, out, n);
+    if (stats) gather(src + start, out, n, totals);
+    if (args.streaming_stores) stream_copy(dst + start, staging, n * sizeof(Out));
+  }
+  if (args.streaming_stores) _mm_sfence();
+  if (stats) {
+    stats->nan += totals.nan;
+    stats->inf += totals.inf;
+    stats->overflow += totals.overflow;
+    stats->underflow += totals.underflow;
+    stats->subnormal += totals.subnormal;
+    stats->max_abs = float_from_bits(totals.max_abs_bits);
+  }
+}
+
+template <class Format, class Out>
+void narrow_kernel(const KernelArgs& args, ConversionStats* stats) {
+  const bool saturate = args.saturate;
+  run_chunk<float, Out>(
+      args, stats,
+      [saturate](const float* in, Out* out, std::size_t n) {
+        if constexpr (Format::kWidth == 16 && Format::kExpBits == 5) {
+          narrow_half_block(in, out, n);
+        } else if constexpr (Format::kWidth == 16) {
+          narrow_bfloat16_block(in, out, n);
+        } else {
+          narrow_block<Format>(in, out, n, saturate);
+        }
+      },
+      [](const float* in, const Out* out, std::size_t n, Totals& t) { narrow_stats_block<Format>(in, out, n, t); });
+}
+
+template <class Format, class In>
+void widen_kernel(const KernelArgs& args, ConversionStats* stats) {
+  run_chunk<In, float>(
+      args, stats,
+      [](const In* in, float* out, std::size_t n) {
+        if constexpr (Format::kWidth == 16 && Format::kExpBits == 5) {
+          widen_half_block(in, out, n);
+        } else if constexpr (Format::kWidth == 16) {
+          widen_bfloat16_block(in, out, n);
+        } else {
+          widen_block<Format>(in, out, n);
+        }
+      },
+      [](const In*, const float* out, std::size_t n, Totals& t) { widen_stats_block(out, n, t); });
+}
+
+// Between the 16-bit formats: exact widening into an L1 scratch block, then one rounding.
+template <class FromFormat, class ToFormat>
+void narrow_via_float_kernel(const KernelArgs& args, ConversionStats* stats) {
+  auto widen = [](const std::uint16_t* in, float* out, std::size_t n) {
+    if constexpr (FromFormat::kExpBits == 5) widen_half_block(in, out, n);
+    else widen_bfloat16_block(in, out, n);
+  };
+  run_chunk<std::uint16_t, std::uint16_t>(
+      args, stats,
+      [widen](const std::uint16_t* in, std::uint16_t* out, std::size_t n) {
+        alignas(64) float wide[kBlock];
+        widen(in, wide, n);
+        if constexpr (ToFormat::kExpBits == 5) narrow_half_block(wide, out, n);
+        else narrow_bfloat16_block(wide, out, n);
+      },
+      [widen](const std::uint16_t* in, const std::uint16_t* out, std::size_t n, Totals& t) {
+        alignas(64) float wide[kBlock];
+        widen(in, wide, n);
+        narrow_stats_block<ToFormat>(wide, out, n, t);
+      });
+}
+
+KernelTable make_table() {
+  KernelTable t;
+  auto set = [&t](Direction d, KernelFn f) { t.fn[static_cast<std::size_t>(d)] = f; };
+  set(Direction::f32_to_f16, narrow_kernel<HalfFormat, std::uint16_t>);
+  set(Direction::f32_to_bf16, narrow_kernel<BFloat16Format, std::uint16_t>);
+  set(Direction::f32_to_e4m3, narrow_kernel<E4M3Format, std::uint8_t>);
+  set(Direction::f32_to_e5m2, narrow_kernel<E5M2Format, std::uint8_t>);
+  set(Direction::f16_to_f32, widen_kernel<HalfFormat, std::uint16_t>);
+  set(Direction::bf16_to_f32, widen_kernel<BFloat16Format, std::uint16_t>);
+  set(Direction::e4m3_to_f32, widen_kernel<E4M3Format, std::uint8_t>);
+  set(Direction::e5m2_to_f32, widen_kernel<E5M2Format, std::uint8_t>);
+  set(Direction::f16_to_bf16, narrow_via_float_kernel<HalfFormat, BFloat16Format>);
+  set(Direction::bf16_to_f16, narrow_via_float_kernel<BFloat16Format, HalfFormat>);
+  return t;
+}
+
+}  // namespace
+
+const KernelTable& table() {
+  static const KernelTable kernels = make_table();
+  return kernels;
+}
+
+}  // namespace mpx::numeric::kernels::MPX_TARGET_NAMESPACE
