@@ -13,6 +13,14 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   mpx::cli::add_info_command(app);
   mpx::cli::add_bench_command(app);
+  if (argc > 1 && argv[1][0] != '-') {
+    try {
+      app.get_subcommand(argv[1]);
+    } catch (const CLI::OptionNotFound&) {
+      std::fprintf(stderr, "mpx: unknown command '%s'; run `mpx --help` for the list\n", argv[1]);
+      return 2;
+    }
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

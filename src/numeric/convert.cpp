@@ -3,6 +3,10 @@
 
 #include <omp.h>
 
+#if defined(__x86_64__)
+#include <xmmintrin.h>
+#endif
+
 #include <algorithm>
 #include <cstdint>
 #include <string>
@@ -72,6 +76,28 @@ bool find_direction(DType from, DType to, Direction& direction) {
 bool overlaps(const void* a, std::size_t a_bytes, const void* b, std::size_t b_bytes) {
   const auto pa = reinterpret_cast<std::uintptr_t>(a), pb = reinterpret_cast<std::uintptr_t>(b);
   return pa < pb + b_bytes && pb < pa + a_bytes;
+}
+
+// Conversions use the FPU (F16C, AVX512_BF16, the reference's double arithmetic), which honours MXCSR's
+// denormals-are-zero and flush-to-zero bits that ML code sometimes sets. Clear them for the duration, per
+// thread, so results never depend on the caller's mode.
+class ExactFloatMode {
+ public:
+#if defined(__x86_64__)
+  ExactFloatMode() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ & ~(0x0040u | 0x8000u)); }
+  ~ExactFloatMode() { _mm_setcsr(saved_); }
+
+ private:
+  unsigned saved_;
+#endif
+ public:
+  ExactFloatMode(const ExactFloatMode&) = delete;
+  ExactFloatMode& operator=(const ExactFloatMode&) = delete;
+};
+
+void run_kernel(kernels::KernelFn kernel, const KernelArgs& args, ConversionStats* stats) {
+  const ExactFloatMode exact_mode;
+  kernel(args, stats);
 }
 
 int threads_for(std::size_t count, int requested) {
@@ -177,12 +203,12 @@ void convert(const void* src, DType src_type, void* dst, DType dst_type, std::si
   };
 
   ConversionStats total;
-  if (head > 0) kernel(args_for(0, head, false), stats ? &total : nullptr);
+  if (head > 0) run_kernel(kernel, args_for(0, head, false), stats ? &total : nullptr);
   const std::size_t body = count - head;
   const int threads = threads_for(body, options.threads);
   if (threads == 1) {
     ConversionStats part;
-    kernel(args_for(head, count, streaming), stats ? &part : nullptr);
+    run_kernel(kernel, args_for(head, count, streaming), stats ? &part : nullptr);
     total.merge(part);
   } else {
     std::vector<ConversionStats> parts(static_cast<std::size_t>(threads));
@@ -193,7 +219,7 @@ void convert(const void* src, DType src_type, void* dst, DType dst_type, std::si
       const auto n = static_cast<std::size_t>(omp_get_num_threads());
       const std::size_t begin = head + std::min(body, grains * t / n * kChunkGrain);
       const std::size_t end = head + std::min(body, grains * (t + 1) / n * kChunkGrain);
-      if (begin < end) kernel(args_for(begin, end, streaming), stats ? &parts[t] : nullptr);
+      if (begin < end) run_kernel(kernel, args_for(begin, end, streaming), stats ? &parts[t] : nullptr);
     }
     for (const auto& part : parts) total.merge(part);
   }

@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "kernel_table.h"
 #include "mpx/numeric/detail/formats.h"
@@ -22,19 +23,6 @@ typedef std::uint16_t u16_alias __attribute__((may_alias));
 typedef std::uint8_t u8_alias __attribute__((may_alias));
 
 constexpr std::size_t kBlock = 512;
-
-// F16C/AVX-512 conversions honour MXCSR's denormals-are-zero and flush-to-zero bits, which ML code
-// sometimes sets; clear them for the duration so results never depend on the caller's mode.
-class ExactFloatMode {
- public:
-  ExactFloatMode() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ & ~(0x0040u | 0x8000u)); }
-  ~ExactFloatMode() { _mm_setcsr(saved_); }
-  ExactFloatMode(const ExactFloatMode&) = delete;
-  ExactFloatMode& operator=(const ExactFloatMode&) = delete;
-
- private:
-  unsigned saved_;
-};
 
 struct Totals {
   std::uint64_t nan = 0, inf = 0, overflow = 0, underflow = 0, subnormal = 0;
@@ -66,15 +54,103 @@ void stream_copy(void* dst, const void* src, std::size_t bytes) {
   std::memcpy(d + i, s + i, bytes - i);
 }
 
-// ---- narrowing from float --------------------------------------------------------------------------
+// ---- statistics over one block ----------------------------------------------------------------------
+// Written with GCC vector extensions: GCC 12 does not auto-vectorise several reductions over shared
+// comparisons (counts plus a masked max) in one loop.
 
-template <class Format, class Out>
-void narrow_block(const float* in_f, Out* out, std::size_t n, bool saturate) {
-  const auto* in = reinterpret_cast<const u32_alias*>(in_f);
-  for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<Out>(narrow_lane<Format>(in[i], saturate));
+#if defined(__AVX512F__)
+constexpr std::size_t kLanes = 16;
+#else
+constexpr std::size_t kLanes = 8;
+#endif
+typedef std::uint32_t VecU32 __attribute__((vector_size(kLanes * 4)));
+
+VecU32 load_vector(const void* p) {
+  VecU32 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
 }
 
-void narrow_half_block(const float* in, std::uint16_t* out, std::size_t n) {
+std::uint32_t sum_lanes(VecU32 v) {
+  std::uint32_t total = 0;
+  for (std::size_t i = 0; i < kLanes; ++i) total += v[i];
+  return total;
+}
+
+std::uint32_t max_lanes(VecU32 v) {
+  std::uint32_t best = 0;
+  for (std::size_t i = 0; i < kLanes; ++i) best = v[i] > best ? v[i] : best;
+  return best;
+}
+
+// Comparisons of vectors give -1 (all ones) per true lane, so subtracting one counts.
+template <class Format>
+void narrow_stats_block(const u32_alias* in, const std::uint32_t* out, std::size_t n, Totals& totals) {
+  constexpr std::uint32_t kMagnitudeMask = (1u << (Format::kWidth - 1)) - 1;
+  constexpr std::uint32_t kExpField = ((1u << Format::kExpBits) - 1) << Format::kManBits;
+  VecU32 nan{}, inf{}, overflow{}, underflow{}, subnormal{}, max_abs{};
+  std::size_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    const VecU32 a = load_vector(in + i) & 0x7FFFFFFFu;
+    const VecU32 r = load_vector(out + i) & kMagnitudeMask;
+    const VecU32 is_nan = (VecU32)(a > 0x7F800000u);
+    nan -= is_nan;
+    inf -= (VecU32)(a == 0x7F800000u);
+    overflow -= (VecU32)(a < 0x7F800000u) & (VecU32)(a >= Format::kOverflowThreshold);
+    underflow -= (VecU32)(a != 0u) & (VecU32)(r == 0u);
+    subnormal -= (VecU32)(r != 0u) & (VecU32)((r & kExpField) == 0u);
+    const VecU32 candidate = a & ~is_nan;
+    max_abs = (VecU32)(candidate > max_abs) ? candidate : max_abs;
+  }
+  LaneStats s;
+  s.nan = sum_lanes(nan), s.inf = sum_lanes(inf), s.overflow = sum_lanes(overflow);
+  s.underflow = sum_lanes(underflow), s.subnormal = sum_lanes(subnormal), s.max_abs_bits = max_lanes(max_abs);
+  for (; i < n; ++i) narrow_stats_lane<Format>(in[i], out[i], s);
+  totals.add(s);
+}
+
+void widen_stats_block(const u32_alias* out, std::size_t n, Totals& totals) {
+  VecU32 nan{}, inf{}, subnormal{}, max_abs{};
+  std::size_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    const VecU32 a = load_vector(out + i) & 0x7FFFFFFFu;
+    const VecU32 is_nan = (VecU32)(a > 0x7F800000u);
+    nan -= is_nan;
+    inf -= (VecU32)(a == 0x7F800000u);
+    subnormal -= (VecU32)(a != 0u) & (VecU32)(a < 0x00800000u);
+    const VecU32 candidate = a & ~is_nan;
+    max_abs = (VecU32)(candidate > max_abs) ? candidate : max_abs;
+  }
+  LaneStats s;
+  s.nan = sum_lanes(nan), s.inf = sum_lanes(inf), s.subnormal = sum_lanes(subnormal);
+  s.max_abs_bits = max_lanes(max_abs);
+  for (; i < n; ++i) widen_stats_lane(out[i], s);
+  totals.add(s);
+}
+
+template <class Narrow>
+void zero_extend(const Narrow* in, std::uint32_t* out, std::size_t n) {
+  for (std::size_t i = 0; i < n; ++i) out[i] = in[i];
+}
+
+template <class Narrow>
+void truncate(const std::uint32_t* in, Narrow* out, std::size_t n) {
+  for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<Narrow>(in[i]);
+}
+
+// ---- narrowing from float: one block of at most kBlock elements -------------------------------------
+// Lanes are computed in 32 bits and packed in a second loop: GCC will not vectorise the mixed-width loop.
+
+template <class Format, class Out>
+void narrow_block(const float* in_f, Out* out, std::size_t n, bool saturate, Totals* totals) {
+  const auto* in = reinterpret_cast<const u32_alias*>(in_f);
+  alignas(64) std::uint32_t wide[kBlock];
+  for (std::size_t i = 0; i < n; ++i) wide[i] = narrow_lane<Format>(in[i], saturate);
+  truncate(wide, out, n);
+  if (totals) narrow_stats_block<Format>(in, wide, n, *totals);
+}
+
+void narrow_half_block(const float* in, std::uint16_t* out, std::size_t n, Totals* totals) {
   std::size_t i = 0;
 #if defined(__AVX512F__)
   for (; i + 16 <= n; i += 16) {
@@ -87,10 +163,15 @@ void narrow_half_block(const float* in, std::uint16_t* out, std::size_t n) {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), h);
   }
 #endif
-  narrow_block<HalfFormat>(in + i, out + i, n - i, true);
+  if (i < n) narrow_block<HalfFormat>(in + i, out + i, n - i, true, nullptr);
+  if (totals) {
+    alignas(64) std::uint32_t wide[kBlock];
+    zero_extend(out, wide, n);
+    narrow_stats_block<HalfFormat>(reinterpret_cast<const u32_alias*>(in), wide, n, *totals);
+  }
 }
 
-void narrow_bfloat16_block(const float* in_f, std::uint16_t* out, std::size_t n) {
+void narrow_bfloat16_block(const float* in_f, std::uint16_t* out, std::size_t n, Totals* totals) {
   const auto* in = reinterpret_cast<const u32_alias*>(in_f);
   std::size_t i = 0;
 #if defined(__AVX512BF16__)
@@ -112,26 +193,30 @@ void narrow_bfloat16_block(const float* in_f, std::uint16_t* out, std::size_t n)
     }
   }
 #endif
-  for (; i < n; ++i) out[i] = static_cast<std::uint16_t>(bfloat16_narrow_lane(in[i]));
+  if (i < n) {
+    alignas(64) std::uint32_t wide[kBlock];
+    for (std::size_t j = i; j < n; ++j) wide[j - i] = bfloat16_narrow_lane(in[j]);
+    truncate(wide, out + i, n - i);
+  }
+  if (totals) {
+    alignas(64) std::uint32_t wide[kBlock];
+    zero_extend(out, wide, n);
+    narrow_stats_block<BFloat16Format>(in, wide, n, *totals);
+  }
 }
 
-template <class Format, class Out>
-void narrow_stats_block(const float* in_f, const Out* out, std::size_t n, Totals& totals) {
-  const auto* in = reinterpret_cast<const u32_alias*>(in_f);
-  LaneStats s;
-  for (std::size_t i = 0; i < n; ++i) narrow_stats_lane<Format>(in[i], out[i], s);
-  totals.add(s);
-}
-
-// ---- widening to float -----------------------------------------------------------------------------
+// ---- widening to float ------------------------------------------------------------------------------
 
 template <class Format, class In>
-void widen_block(const In* in, float* out_f, std::size_t n) {
+void widen_block(const In* in, float* out_f, std::size_t n, Totals* totals) {
   auto* out = reinterpret_cast<u32_alias*>(out_f);
-  for (std::size_t i = 0; i < n; ++i) out[i] = widen_lane<Format>(in[i]);
+  alignas(64) std::uint32_t raw[kBlock];
+  zero_extend(in, raw, n);
+  for (std::size_t i = 0; i < n; ++i) out[i] = widen_lane<Format>(raw[i]);
+  if (totals) widen_stats_block(out, n, *totals);
 }
 
-void widen_half_block(const std::uint16_t* in, float* out, std::size_t n) {
+void widen_half_block(const std::uint16_t* in, float* out, std::size_t n, Totals* totals) {
   std::size_t i = 0;
 #if defined(__AVX512F__)
   for (; i + 16 <= n; i += 16) {
@@ -142,27 +227,21 @@ void widen_half_block(const std::uint16_t* in, float* out, std::size_t n) {
     _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i))));
   }
 #endif
-  widen_block<HalfFormat>(in + i, out + i, n - i);
+  if (i < n) widen_block<HalfFormat>(in + i, out + i, n - i, nullptr);
+  if (totals) widen_stats_block(reinterpret_cast<const u32_alias*>(out), n, *totals);
 }
 
-void widen_bfloat16_block(const std::uint16_t* in, float* out_f, std::size_t n) {
+void widen_bfloat16_block(const std::uint16_t* in, float* out_f, std::size_t n, Totals* totals) {
   auto* out = reinterpret_cast<u32_alias*>(out_f);
   for (std::size_t i = 0; i < n; ++i) out[i] = bfloat16_widen_lane(in[i]);
-}
-
-void widen_stats_block(const float* out_f, std::size_t n, Totals& totals) {
-  const auto* out = reinterpret_cast<const u32_alias*>(out_f);
-  LaneStats s;
-  for (std::size_t i = 0; i < n; ++i) widen_stats_lane(out[i], s);
-  totals.add(s);
+  if (totals) widen_stats_block(out, n, *totals);
 }
 
 // ---- the chunk driver ------------------------------------------------------------------------------
 
-// Runs `convert(in, out, n)` block by block; `gather(in, out, n, totals)` when statistics are wanted.
-template <class In, class Out, class Convert, class Gather>
-void run_chunk(const KernelArgs& args, ConversionStats* stats, Convert convert, Gather gather) {
-  const ExactFloatMode exact_mode;
+// Runs `convert(in, out, n, totals_or_null)` block by block.
+template <class In, class Out, class Convert>
+void run_chunk(const KernelArgs& args, ConversionStats* stats, Convert convert) {
   const auto* src = static_cast<const In*>(args.src);
   auto* dst = static_cast<Out*>(args.dst);
   alignas(64) Out staging[kBlock];
@@ -170,8 +249,7 @@ void run_chunk(const KernelArgs& args, ConversionStats* stats, Convert convert, 
   for (std::size_t start = 0; start < args.count; start += kBlock) {
     const std::size_t n = args.count - start < kBlock ? args.count - start : kBlock;
     Out* out = args.streaming_stores ? staging : dst + start;
-    convert(src + start, out, n);
-    if (stats) gather(src + start, out, n, totals);
+    convert(src + start, out, n, stats ? &totals : nullptr);
     if (args.streaming_stores) stream_copy(dst + start, staging, n * sizeof(Out));
   }
   if (args.streaming_stores) _mm_sfence();
@@ -188,55 +266,32 @@ void run_chunk(const KernelArgs& args, ConversionStats* stats, Convert convert, 
 template <class Format, class Out>
 void narrow_kernel(const KernelArgs& args, ConversionStats* stats) {
   const bool saturate = args.saturate;
-  run_chunk<float, Out>(
-      args, stats,
-      [saturate](const float* in, Out* out, std::size_t n) {
-        if constexpr (Format::kWidth == 16 && Format::kExpBits == 5) {
-          narrow_half_block(in, out, n);
-        } else if constexpr (Format::kWidth == 16) {
-          narrow_bfloat16_block(in, out, n);
-        } else {
-          narrow_block<Format>(in, out, n, saturate);
-        }
-      },
-      [](const float* in, const Out* out, std::size_t n, Totals& t) { narrow_stats_block<Format>(in, out, n, t); });
+  run_chunk<float, Out>(args, stats, [saturate](const float* in, Out* out, std::size_t n, Totals* totals) {
+    if constexpr (std::is_same_v<Format, HalfFormat>) narrow_half_block(in, out, n, totals);
+    else if constexpr (std::is_same_v<Format, BFloat16Format>) narrow_bfloat16_block(in, out, n, totals);
+    else narrow_block<Format>(in, out, n, saturate, totals);
+  });
 }
 
 template <class Format, class In>
 void widen_kernel(const KernelArgs& args, ConversionStats* stats) {
-  run_chunk<In, float>(
-      args, stats,
-      [](const In* in, float* out, std::size_t n) {
-        if constexpr (Format::kWidth == 16 && Format::kExpBits == 5) {
-          widen_half_block(in, out, n);
-        } else if constexpr (Format::kWidth == 16) {
-          widen_bfloat16_block(in, out, n);
-        } else {
-          widen_block<Format>(in, out, n);
-        }
-      },
-      [](const In*, const float* out, std::size_t n, Totals& t) { widen_stats_block(out, n, t); });
+  run_chunk<In, float>(args, stats, [](const In* in, float* out, std::size_t n, Totals* totals) {
+    if constexpr (std::is_same_v<Format, HalfFormat>) widen_half_block(in, out, n, totals);
+    else if constexpr (std::is_same_v<Format, BFloat16Format>) widen_bfloat16_block(in, out, n, totals);
+    else widen_block<Format>(in, out, n, totals);
+  });
 }
 
 // Between the 16-bit formats: exact widening into an L1 scratch block, then one rounding.
 template <class FromFormat, class ToFormat>
 void narrow_via_float_kernel(const KernelArgs& args, ConversionStats* stats) {
-  auto widen = [](const std::uint16_t* in, float* out, std::size_t n) {
-    if constexpr (FromFormat::kExpBits == 5) widen_half_block(in, out, n);
-    else widen_bfloat16_block(in, out, n);
-  };
   run_chunk<std::uint16_t, std::uint16_t>(
-      args, stats,
-      [widen](const std::uint16_t* in, std::uint16_t* out, std::size_t n) {
+      args, stats, [](const std::uint16_t* in, std::uint16_t* out, std::size_t n, Totals* totals) {
         alignas(64) float wide[kBlock];
-        widen(in, wide, n);
-        if constexpr (ToFormat::kExpBits == 5) narrow_half_block(wide, out, n);
-        else narrow_bfloat16_block(wide, out, n);
-      },
-      [widen](const std::uint16_t* in, const std::uint16_t* out, std::size_t n, Totals& t) {
-        alignas(64) float wide[kBlock];
-        widen(in, wide, n);
-        narrow_stats_block<ToFormat>(wide, out, n, t);
+        if constexpr (std::is_same_v<FromFormat, HalfFormat>) widen_half_block(in, wide, n, nullptr);
+        else widen_bfloat16_block(in, wide, n, nullptr);
+        if constexpr (std::is_same_v<ToFormat, HalfFormat>) narrow_half_block(wide, out, n, totals);
+        else narrow_bfloat16_block(wide, out, n, totals);
       });
 }
 

@@ -1,0 +1,10 @@
+# Runs ${MPX} with the space-separated ${ARGS}; passes when it exits with code 2 and its output contains ${EXPECT}.
+separate_arguments(args UNIX_COMMAND "${ARGS}")
+execute_process(COMMAND ${MPX} ${args} RESULT_VARIABLE code OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(NOT code EQUAL 2)
+  message(FATAL_ERROR "expected exit code 2, got ${code}\nstdout: ${out}\nstderr: ${err}")
+endif()
+string(FIND "${out}${err}" "${EXPECT}" where)
+if(where EQUAL -1)
+  message(FATAL_ERROR "expected the output to mention '${EXPECT}'\nstdout: ${out}\nstderr: ${err}")
+endif()

@@ -1,0 +1,10 @@
+# `mpx info --json` parses as JSON and carries the documented fields.
+execute_process(COMMAND ${MPX} info --json RESULT_VARIABLE code OUTPUT_VARIABLE out)
+if(NOT code EQUAL 0)
+  message(FATAL_ERROR "mpx info --json exited with ${code}")
+endif()
+string(JSON version GET "${out}" version)
+string(JSON path GET "${out}" cpu conversion_path)
+string(JSON devices LENGTH "${out}" cuda devices)
+string(JSON cuda_built GET "${out}" build cuda)
+message(STATUS "version ${version}, path ${path}, ${devices} CUDA devices, cuda built ${cuda_built}")
