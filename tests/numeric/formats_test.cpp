@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "../support/reference_formats.h"
 #include "mpx/numeric/bfloat16.h"
@@ -180,3 +181,39 @@ TEST(NarrowFormats, OverflowThresholdsAreTheFirstOverflowingFloats) {
 
 }  // namespace
 }  // namespace mpx::numeric
+
+namespace mpx::testing {
+namespace {
+
+// The exhaustive sweeps use fast forms of the references; on a million random inputs they agree with the
+// defining ones (libgcc's soft-float _Float16 conversion, nearbyint on a scaled double).
+TEST(TestReferences, FastFormsAgreeWithTheDefiningOnes) {
+  std::uint32_t state = 12345;
+  std::vector<float> inputs(1 << 20);
+  for (auto& x : inputs) {
+    state = state * 1664525u + 1013904223u;
+    x = std::bit_cast<float>(state);
+  }
+  std::vector<std::uint16_t> fast(inputs.size());
+  if (__builtin_cpu_supports("f16c")) {
+    half_reference_f16c(inputs.data(), fast.data(), inputs.size());
+    for (std::size_t i = 0; i < inputs.size(); ++i) {
+      if (!std::isnan(inputs[i])) {
+        ASSERT_EQ(fast[i], half_reference(inputs[i])) << inputs[i];
+      }
+    }
+  }
+  for (const FormatSpec& spec : {kE4M3Spec, kE5M2Spec, kHalfSpec}) {
+    for (float x : inputs) {
+      const double a = round_reference(x, spec), b = round_reference_fast(x, spec);
+      if (std::isnan(a)) {
+        ASSERT_TRUE(std::isnan(b));
+      } else {
+        ASSERT_EQ(a, b) << x;
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace mpx::testing
