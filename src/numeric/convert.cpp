@@ -78,13 +78,15 @@ bool overlaps(const void* a, std::size_t a_bytes, const void* b, std::size_t b_b
   return pa < pb + b_bytes && pb < pa + a_bytes;
 }
 
-// Conversions use the FPU (F16C, AVX512_BF16, the reference's double arithmetic), which honours MXCSR's
-// denormals-are-zero and flush-to-zero bits that ML code sometimes sets. Clear them for the duration, per
-// thread, so results never depend on the caller's mode.
+// Conversions use the FPU (F16C, AVX512_BF16, the FP8 kernels' rounding additions), which honours MXCSR's
+// rounding mode and its denormals-are-zero and flush-to-zero bits (ML code sometimes sets the latter).
+// Force round-to-nearest and clear both bits for the duration, per thread, so that results never depend
+// on the caller's mode.
 class ExactFloatMode {
  public:
 #if defined(__x86_64__)
-  ExactFloatMode() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ & ~(0x0040u | 0x8000u)); }
+  // Clears DAZ (0x0040), FTZ (0x8000) and the rounding-control bits (0x6000: 0 is round-to-nearest).
+  ExactFloatMode() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ & ~(0x0040u | 0x8000u | 0x6000u)); }
   ~ExactFloatMode() { _mm_setcsr(saved_); }
 
  private:

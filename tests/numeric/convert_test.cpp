@@ -134,22 +134,29 @@ TEST(Convert, LargeArraysUseStreamingStoresAndThreadsWithSameResult) {
   }
 }
 
-TEST(Convert, ResultsDoNotDependOnDenormalsAreZeroMode) {
+TEST(Convert, ResultsDoNotDependOnTheCallersFloatingPointMode) {
   const auto src = mixed_floats(4096, 3);
-  std::vector<std::uint16_t> expected_half(src.size()), expected_bf16(src.size()), actual(src.size());
-  convert(src.data(), DType::f32, expected_half.data(), DType::f16, src.size(), {CpuPath::scalar});
-  convert(src.data(), DType::f32, expected_bf16.data(), DType::bf16, src.size(), {CpuPath::scalar});
+  const DType targets[] = {DType::f16, DType::bf16, DType::f8_e4m3, DType::f8_e5m2};
+  std::vector<std::vector<std::uint16_t>> expected;
+  for (DType to : targets) {
+    expected.emplace_back(src.size());
+    convert(src.data(), DType::f32, expected.back().data(), to, src.size(), {CpuPath::scalar});
+  }
+  std::vector<std::uint16_t> actual(src.size());
   const unsigned saved = _mm_getcsr();
-  _mm_setcsr(saved | 0x8040u);  // FTZ and DAZ, as some ML code sets them
+  // FTZ and DAZ (as some ML code sets them) and rounding towards +infinity.
+  const unsigned hostile = (saved & ~0x6000u) | 0x8040u | 0x4000u;
+  _mm_setcsr(hostile);
   for (CpuPath path : available_cpu_paths()) {
-    convert(src.data(), DType::f32, actual.data(), DType::f16, src.size(), {path});
-    EXPECT_EQ(std::memcmp(actual.data(), expected_half.data(), actual.size() * 2), 0) << name(path);
-    convert(src.data(), DType::f32, actual.data(), DType::bf16, src.size(), {path});
-    EXPECT_EQ(std::memcmp(actual.data(), expected_bf16.data(), actual.size() * 2), 0) << name(path);
+    for (std::size_t t = 0; t < std::size(targets); ++t) {
+      convert(src.data(), DType::f32, actual.data(), targets[t], src.size(), {path});
+      EXPECT_EQ(std::memcmp(actual.data(), expected[t].data(), src.size() * size_bytes(targets[t])), 0)
+          << name(path) << " " << name(targets[t]);
+    }
   }
   const unsigned after = _mm_getcsr();
   _mm_setcsr(saved);
-  EXPECT_EQ(after & 0x8040u, 0x8040u) << "the caller's mode must be restored";
+  EXPECT_EQ(after, hostile) << "the caller's mode must be restored";
 }
 
 TEST(Convert, SixteenBitFormatsConvertThroughOneRounding) {

@@ -178,15 +178,15 @@ void fp8_exhaustive(DType to, Fp8Overflow overflow, const FormatSpec& spec, doub
   });
 }
 
-TEST(ExhaustiveConvert, AllFloatsToE4M3SaturatingMatchNearbyintReferenceOnEveryPath) {
+TEST(ExhaustiveConvert, AllFloatsToE4M3SaturatingMatchFpuRoundingReferenceOnEveryPath) {
   fp8_exhaustive(DType::f8_e4m3, Fp8Overflow::saturate, mpx::testing::kE4M3Spec, 0x1p-6);
 }
 
-TEST(ExhaustiveConvert, AllFloatsToE4M3NonSaturatingMatchNearbyintReferenceOnEveryPath) {
+TEST(ExhaustiveConvert, AllFloatsToE4M3NonSaturatingMatchFpuRoundingReferenceOnEveryPath) {
   fp8_exhaustive(DType::f8_e4m3, Fp8Overflow::nan, mpx::testing::kE4M3Spec, 0x1p-6);
 }
 
-TEST(ExhaustiveConvert, AllFloatsToE5M2MatchNearbyintReferenceOnEveryPath) {
+TEST(ExhaustiveConvert, AllFloatsToE5M2MatchFpuRoundingReferenceOnEveryPath) {
   fp8_exhaustive(DType::f8_e5m2, Fp8Overflow::saturate, mpx::testing::kE5M2Spec, 0x1p-14);
 }
 

@@ -141,11 +141,44 @@ void truncate(const std::uint32_t* in, Narrow* out, std::size_t n) {
 // ---- narrowing from float: one block of at most kBlock elements -------------------------------------
 // Lanes are computed in 32 bits and packed in a second loop: GCC will not vectorise the mixed-width loop.
 
+// float -> FP8 with the FPU doing the rounding: adding 1.5 * 2^(E + 23 - kMan), whose ulp is the target's
+// unit 2^(E - kMan) in |x|'s binade E (at least the target's minimum), rounds |x| to nearest-even in that
+// unit, and the sum's low bits are then the rounded significand. Half the operations of narrow_lane's
+// integer rounding; relies on round-to-nearest and no denormals-are-zero, which convert() guarantees.
+template <class Format>
+std::uint32_t narrow_lane_fpu(std::uint32_t u, bool saturate) {
+  constexpr std::uint32_t kMan = Format::kManBits;
+  constexpr std::uint32_t kNormalFloatExponent = 128 - Format::kBias;  // float exponent of the min normal
+  const std::uint32_t a = u & 0x7FFFFFFFu;
+  const std::uint32_t fe = a >> 23;
+  const std::uint32_t binade = fe > kNormalFloatExponent ? fe : kNormalFloatExponent;
+  const float magic = float_from_bits(((binade + 23 - kMan) << 23) | 0x00400000u);
+  const std::uint32_t sum = float_bits_of(float_from_bits(a) + magic);
+  const std::uint32_t significand = sum & 0x003FFFFFu;  // rounded |x| / unit, up to 2^(kMan+1)
+  std::uint32_t result = ((binade - kNormalFloatExponent) << kMan) + significand;  // carries bump the exponent
+  std::uint32_t overflow_result;
+  std::uint32_t nan_result;
+  if constexpr (Format::kHasInf) {
+    overflow_result = Format::kInfBits;
+    nan_result = Format::kInfBits | Format::kQuietBit | ((a & 0x007FFFFFu) >> (23 - kMan));
+  } else {
+    overflow_result = saturate ? Format::kMaxFiniteBits : Format::kNanBits;
+    nan_result = Format::kNanBits;
+  }
+  result = a >= Format::kOverflowThreshold ? overflow_result : result;
+  result = a > 0x7F800000u ? nan_result : result;
+  return ((u >> 31) << (Format::kWidth - 1)) | result;
+}
+
 template <class Format, class Out>
 void narrow_block(const float* in_f, Out* out, std::size_t n, bool saturate, Totals* totals) {
   const auto* in = reinterpret_cast<const u32_alias*>(in_f);
   alignas(64) std::uint32_t wide[kBlock];
-  for (std::size_t i = 0; i < n; ++i) wide[i] = narrow_lane<Format>(in[i], saturate);
+  if constexpr (Format::kWidth == 8) {
+    for (std::size_t i = 0; i < n; ++i) wide[i] = narrow_lane_fpu<Format>(in[i], saturate);
+  } else {
+    for (std::size_t i = 0; i < n; ++i) wide[i] = narrow_lane<Format>(in[i], saturate);
+  }
   truncate(wide, out, n);
   if (totals) narrow_stats_block<Format>(in, wide, n, *totals);
 }
