@@ -264,6 +264,14 @@ void widen_half_block(const std::uint16_t* in, float* out, std::size_t n, Totals
   if (totals) widen_stats_block(reinterpret_cast<const u32_alias*>(out), n, *totals);
 }
 
+// E5M2 is the top byte of a Half (same exponent field and bias, fraction truncated to 2 bits), so it widens
+// exactly through F16C: shift into a Half, then vcvtph2ps.
+void widen_e5m2_block(const std::uint8_t* in, float* out, std::size_t n, Totals* totals) {
+  alignas(64) std::uint16_t half[kBlock];
+  for (std::size_t i = 0; i < n; ++i) half[i] = static_cast<std::uint16_t>(in[i] << 8);
+  widen_half_block(half, out, n, totals);
+}
+
 void widen_bfloat16_block(const std::uint16_t* in, float* out_f, std::size_t n, Totals* totals) {
   auto* out = reinterpret_cast<u32_alias*>(out_f);
   for (std::size_t i = 0; i < n; ++i) out[i] = bfloat16_widen_lane(in[i]);
@@ -311,6 +319,7 @@ void widen_kernel(const KernelArgs& args, ConversionStats* stats) {
   run_chunk<In, float>(args, stats, [](const In* in, float* out, std::size_t n, Totals* totals) {
     if constexpr (std::is_same_v<Format, HalfFormat>) widen_half_block(in, out, n, totals);
     else if constexpr (std::is_same_v<Format, BFloat16Format>) widen_bfloat16_block(in, out, n, totals);
+    else if constexpr (std::is_same_v<Format, E5M2Format>) widen_e5m2_block(in, out, n, totals);
     else widen_block<Format>(in, out, n, totals);
   });
 }
