@@ -1,0 +1,59 @@
+#include "mpx/amp/loss_scaler.h"
+
+#include <cmath>
+#include <limits>
+#include <string>
+
+#include "mpx/core/error.h"
+
+namespace mpx::amp {
+
+LossScaler::LossScaler(const LossScalerConfig& config) : config_(config) {
+  if (!(std::isfinite(config.init_scale) && config.init_scale > 0)) {
+    throw InvalidArgument("loss scale must be a positive finite number, got " + std::to_string(config.init_scale));
+  }
+  if (!(config.growth_factor > 1.0f && std::isfinite(config.growth_factor))) {
+    throw InvalidArgument("loss-scale growth factor must be > 1, got " + std::to_string(config.growth_factor));
+  }
+  if (!(config.backoff_factor > 0.0f && config.backoff_factor < 1.0f)) {
+    throw InvalidArgument("loss-scale backoff factor must be in (0, 1), got " + std::to_string(config.backoff_factor));
+  }
+  if (config.growth_interval < 1) {
+    throw InvalidArgument("loss-scale growth interval must be >= 1, got " + std::to_string(config.growth_interval));
+  }
+  state_.scale = config.init_scale;
+}
+
+bool LossScaler::update(bool found_inf) {
+  ++state_.steps;
+  if (found_inf) {
+    ++state_.skipped_steps;
+    state_.growth_tracker = 0;
+    if (config_.dynamic) {
+      // Never let the scale reach zero: below the smallest normal float it could not grow back.
+      const float backed_off = state_.scale * config_.backoff_factor;
+      state_.scale = backed_off >= std::numeric_limits<float>::min() ? backed_off : std::numeric_limits<float>::min();
+      ++state_.backoffs;
+    }
+    return false;
+  }
+  if (config_.dynamic && ++state_.growth_tracker >= config_.growth_interval) {
+    const float grown = state_.scale * config_.growth_factor;
+    if (std::isfinite(grown)) {  // as PyTorch: growth that would overflow is not taken
+      state_.scale = grown;
+      ++state_.growths;
+    }
+    state_.growth_tracker = 0;
+  }
+  return true;
+}
+
+void LossScaler::load_state(const LossScalerState& state) {
+  if (!(std::isfinite(state.scale) && state.scale > 0)) {
+    throw InvalidArgument("loss-scaler state has an invalid scale " + std::to_string(state.scale));
+  }
+  if (state.growth_tracker < 0) throw InvalidArgument("loss-scaler state has a negative growth tracker");
+  state_ = state;
+}
+
+}  // namespace mpx::amp
