@@ -1,0 +1,50 @@
+// The CPU backend's compute primitives: matrix products and convolutions through oneDNN with FP32 or BF16
+// inputs and FP32 accumulation and output. (oneDNN 2.6 has no FP16 on the CPU: FP16 data is widened to
+// FP32 exactly before it reaches these calls.) Primitives are created once per shape and cached.
+// Only src/backend/cpu/ includes oneDNN's headers.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "mpx/numeric/dtype.h"
+
+namespace mpx::backend {
+
+struct ConvShape {
+  std::int64_t batch = 1, in_channels = 1, height = 1, width = 1;
+  std::int64_t out_channels = 1, kernel = 3, stride = 1, padding = 1;
+  std::int64_t out_height() const { return (height + 2 * padding - kernel) / stride + 1; }
+  std::int64_t out_width() const { return (width + 2 * padding - kernel) / stride + 1; }
+};
+
+class CpuBackend {
+ public:
+  CpuBackend();
+  ~CpuBackend();
+  CpuBackend(const CpuBackend&) = delete;
+  CpuBackend& operator=(const CpuBackend&) = delete;
+
+  // C[m, n] = op(A) op(B) (+ bias[n]) (+ C when accumulate), FP32 C. A is [m, k] (or [k, m] transposed),
+  // B is [k, n] (or [n, k] transposed), row-major, both of `input` dtype (f32 or bf16).
+  void matmul(const void* a, bool transpose_a, const void* b, bool transpose_b, DType input, float* c,
+              std::int64_t m, std::int64_t n, std::int64_t k, const float* bias = nullptr, bool accumulate = false);
+
+  // NHWC activations, OIHW weights (PyTorch's layout), FP32 outputs; inputs of `input` dtype (f32 or bf16).
+  void conv2d_forward(const ConvShape& shape, const void* src, const void* weights, DType input, const float* bias,
+                      float* dst);
+  void conv2d_backward_data(const ConvShape& shape, const void* diff_dst, const void* weights, DType input,
+                            float* diff_src);
+  void conv2d_backward_weights(const ConvShape& shape, const void* src, const void* diff_dst, DType input,
+                               float* diff_weights, float* diff_bias);
+
+  // oneDNN's name for the implementation it chose for the most recent primitive (for benchmarks/docs).
+  std::string last_implementation() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace mpx::backend

@@ -1,0 +1,52 @@
+// Tensor: a dtype, a shape and a reference-counted, 64-byte aligned buffer whose bytes are accounted to a
+// MemoryCategory. CPU memory for now; Device is here so that the CUDA backend fits without a redesign.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "mpx/numeric/dtype.h"
+#include "mpx/tensor/memory.h"
+
+namespace mpx {
+
+enum class Device : std::uint8_t { cpu, cuda };
+
+using Shape = std::vector<std::int64_t>;
+std::int64_t numel(const Shape& shape);
+std::string to_string(const Shape& shape);
+
+class Tensor {
+ public:
+  Tensor() = default;
+  // Uninitialised memory. `tracker` may be null (nothing is accounted).
+  static Tensor empty(const Shape& shape, DType dtype, MemoryCategory category, MemoryTracker* tracker);
+  static Tensor zeros(const Shape& shape, DType dtype, MemoryCategory category, MemoryTracker* tracker);
+
+  bool defined() const { return buffer_ != nullptr; }
+  DType dtype() const { return dtype_; }
+  const Shape& shape() const { return shape_; }
+  std::int64_t dim(std::size_t i) const { return shape_.at(i); }
+  std::int64_t numel() const { return mpx::numel(shape_); }
+  std::size_t bytes() const { return static_cast<std::size_t>(numel()) * size_bytes(dtype_); }
+  Device device() const { return Device::cpu; }
+
+  void* data() const { return data_; }
+  // Typed access; throws InvalidArgument if T does not match the dtype's size and kind.
+  template <class T>
+  T* data_as() const;
+
+  // Same memory, another shape with the same number of elements.
+  Tensor reshaped(const Shape& shape) const;
+  void fill_zero() const;
+
+ private:
+  std::shared_ptr<void> buffer_;
+  void* data_ = nullptr;
+  Shape shape_;
+  DType dtype_ = DType::f32;
+};
+
+}  // namespace mpx

@@ -1,0 +1,204 @@
+// CpuBackend on oneDNN 2.6: plain row-major / NHWC / OIHW memory, primitives cached by shape and dtype.
+#include <dnnl.hpp>
+
+#include <string>
+#include <unordered_map>
+
+#include "mpx/backend/cpu_backend.h"
+#include "mpx/core/error.h"
+
+namespace mpx::backend {
+
+namespace {
+
+using dt = dnnl::memory::data_type;
+using tag = dnnl::memory::format_tag;
+
+dt to_dnnl(DType d) {
+  switch (d) {
+    case DType::f32: return dt::f32;
+    case DType::bf16: return dt::bf16;
+    default:
+      throw InvalidArgument("the CPU backend multiplies f32 or bf16, not " + std::string(name(d)) +
+                            " (widen FP16 to FP32 first)");
+  }
+}
+
+std::string key_of(const ConvShape& s, DType d) {
+  return std::to_string(s.batch) + "," + std::to_string(s.in_channels) + "," + std::to_string(s.height) + "," +
+         std::to_string(s.width) + "," + std::to_string(s.out_channels) + "," + std::to_string(s.kernel) + "," +
+         std::to_string(s.stride) + "," + std::to_string(s.padding) + "," + std::string(name(d));
+}
+
+// oneDNN throws dnnl::error; turn it into an mpx::Error naming the operation.
+template <class Fn>
+auto checked(const char* what, Fn&& fn) {
+  try {
+    return fn();
+  } catch (const dnnl::error& e) {
+    throw Error(std::string("oneDNN ") + what + " failed: " + e.what());
+  }
+}
+
+}  // namespace
+
+struct CpuBackend::Impl {
+  dnnl::engine engine{dnnl::engine::kind::cpu, 0};
+  dnnl::stream stream{engine};
+  std::unordered_map<std::string, dnnl::matmul> matmuls;
+  std::unordered_map<std::string, dnnl::convolution_forward> conv_forward;
+  std::unordered_map<std::string, dnnl::convolution_forward::primitive_desc> conv_forward_pd;
+  std::unordered_map<std::string, dnnl::convolution_backward_data> conv_backward_data;
+  std::unordered_map<std::string, dnnl::convolution_backward_weights> conv_backward_weights;
+  std::string last_impl;
+
+  struct ConvDescs {
+    dnnl::memory::desc src, weights, bias, dst;
+    dnnl::memory::dims strides, padding;
+  };
+  ConvDescs conv_descs(const ConvShape& s, DType input) const {
+    const dt in = to_dnnl(input);
+    ConvDescs d;
+    d.src = dnnl::memory::desc({s.batch, s.in_channels, s.height, s.width}, in, tag::nhwc);
+    d.weights = dnnl::memory::desc({s.out_channels, s.in_channels, s.kernel, s.kernel}, in, tag::oihw);
+    d.bias = dnnl::memory::desc({s.out_channels}, dt::f32, tag::x);
+    d.dst = dnnl::memory::desc({s.batch, s.out_channels, s.out_height(), s.out_width()}, dt::f32, tag::nhwc);
+    d.strides = {s.stride, s.stride};
+    d.padding = {s.padding, s.padding};
+    return d;
+  }
+  dnnl::convolution_forward::primitive_desc forward_pd(const ConvShape& s, DType input) {
+    const std::string key = key_of(s, input);
+    auto it = conv_forward_pd.find(key);
+    if (it != conv_forward_pd.end()) return it->second;
+    const ConvDescs d = conv_descs(s, input);
+    auto pd = dnnl::convolution_forward::primitive_desc(
+        dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, d.src,
+                                        d.weights, d.bias, d.dst, d.strides, d.padding, d.padding),
+        engine);
+    conv_forward_pd.emplace(key, pd);
+    return pd;
+  }
+};
+
+CpuBackend::CpuBackend() : impl_(checked("engine creation", [] { return std::make_unique<Impl>(); })) {}
+CpuBackend::~CpuBackend() = default;
+
+std::string CpuBackend::last_implementation() const { return impl_->last_impl; }
+
+void CpuBackend::matmul(const void* a, bool transpose_a, const void* b, bool transpose_b, DType input, float* c,
+                        std::int64_t m, std::int64_t n, std::int64_t k, const float* bias, bool accumulate) {
+  checked("matmul", [&] {
+    const dt in = to_dnnl(input);
+    const std::string key = std::to_string(m) + "," + std::to_string(n) + "," + std::to_string(k) + "," +
+                            std::to_string(transpose_a) + std::to_string(transpose_b) + std::to_string(bias != nullptr) +
+                            std::to_string(accumulate) + std::string(name(input));
+    const dnnl::memory::desc a_md({m, k}, in, transpose_a ? dnnl::memory::dims{1, m} : dnnl::memory::dims{k, 1});
+    const dnnl::memory::desc b_md({k, n}, in, transpose_b ? dnnl::memory::dims{1, k} : dnnl::memory::dims{n, 1});
+    const dnnl::memory::desc c_md({m, n}, dt::f32, tag::ab);
+    const dnnl::memory::desc bias_md({1, n}, dt::f32, tag::ab);
+    auto it = impl_->matmuls.find(key);
+    if (it == impl_->matmuls.end()) {
+      dnnl::primitive_attr attr;
+      if (accumulate) {
+        dnnl::post_ops ops;
+        ops.append_sum(1.0f);
+        attr.set_post_ops(ops);
+      }
+      const auto desc = bias ? dnnl::matmul::desc(a_md, b_md, bias_md, c_md) : dnnl::matmul::desc(a_md, b_md, c_md);
+      const dnnl::matmul::primitive_desc pd(desc, attr, impl_->engine);
+      impl_->last_impl = pd.impl_info_str();
+      it = impl_->matmuls.emplace(key, dnnl::matmul(pd)).first;
+    }
+    std::unordered_map<int, dnnl::memory> args = {
+        {DNNL_ARG_SRC, dnnl::memory(a_md, impl_->engine, const_cast<void*>(a))},
+        {DNNL_ARG_WEIGHTS, dnnl::memory(b_md, impl_->engine, const_cast<void*>(b))},
+        {DNNL_ARG_DST, dnnl::memory(c_md, impl_->engine, c)}};
+    if (bias) args.emplace(DNNL_ARG_BIAS, dnnl::memory(bias_md, impl_->engine, const_cast<float*>(bias)));
+    it->second.execute(impl_->stream, args);
+    impl_->stream.wait();
+    return 0;
+  });
+}
+
+void CpuBackend::conv2d_forward(const ConvShape& s, const void* src, const void* weights, DType input,
+                                const float* bias, float* dst) {
+  checked("convolution forward", [&] {
+    const std::string key = key_of(s, input);
+    const auto pd = impl_->forward_pd(s, input);
+    auto it = impl_->conv_forward.find(key);
+    if (it == impl_->conv_forward.end()) {
+      impl_->last_impl = pd.impl_info_str();
+      it = impl_->conv_forward.emplace(key, dnnl::convolution_forward(pd)).first;
+    }
+    const auto d = impl_->conv_descs(s, input);
+    std::vector<float> zero_bias;
+    if (!bias) zero_bias.assign(static_cast<std::size_t>(s.out_channels), 0.0f);
+    it->second.execute(impl_->stream,
+                       {{DNNL_ARG_SRC, dnnl::memory(d.src, impl_->engine, const_cast<void*>(src))},
+                        {DNNL_ARG_WEIGHTS, dnnl::memory(d.weights, impl_->engine, const_cast<void*>(weights))},
+                        {DNNL_ARG_BIAS, dnnl::memory(d.bias, impl_->engine,
+                                                     const_cast<float*>(bias ? bias : zero_bias.data()))},
+                        {DNNL_ARG_DST, dnnl::memory(d.dst, impl_->engine, dst)}});
+    impl_->stream.wait();
+    return 0;
+  });
+}
+
+void CpuBackend::conv2d_backward_data(const ConvShape& s, const void* diff_dst, const void* weights, DType input,
+                                      float* diff_src) {
+  checked("convolution backward data", [&] {
+    const std::string key = key_of(s, input);
+    auto d = impl_->conv_descs(s, input);
+    const dnnl::memory::desc diff_src_md({s.batch, s.in_channels, s.height, s.width}, dt::f32, tag::nhwc);
+    const dnnl::memory::desc diff_dst_md({s.batch, s.out_channels, s.out_height(), s.out_width()}, to_dnnl(input),
+                                         tag::nhwc);
+    auto it = impl_->conv_backward_data.find(key);
+    if (it == impl_->conv_backward_data.end()) {
+      const auto pd = dnnl::convolution_backward_data::primitive_desc(
+          dnnl::convolution_backward_data::desc(dnnl::algorithm::convolution_direct, diff_src_md, d.weights,
+                                                diff_dst_md, d.strides, d.padding, d.padding),
+          impl_->engine, impl_->forward_pd(s, input));
+      impl_->last_impl = pd.impl_info_str();
+      it = impl_->conv_backward_data.emplace(key, dnnl::convolution_backward_data(pd)).first;
+    }
+    it->second.execute(impl_->stream,
+                       {{DNNL_ARG_DIFF_DST, dnnl::memory(diff_dst_md, impl_->engine, const_cast<void*>(diff_dst))},
+                        {DNNL_ARG_WEIGHTS, dnnl::memory(d.weights, impl_->engine, const_cast<void*>(weights))},
+                        {DNNL_ARG_DIFF_SRC, dnnl::memory(diff_src_md, impl_->engine, diff_src)}});
+    impl_->stream.wait();
+    return 0;
+  });
+}
+
+void CpuBackend::conv2d_backward_weights(const ConvShape& s, const void* src, const void* diff_dst, DType input,
+                                         float* diff_weights, float* diff_bias) {
+  checked("convolution backward weights", [&] {
+    const std::string key = key_of(s, input);
+    auto d = impl_->conv_descs(s, input);
+    const dnnl::memory::desc diff_weights_md({s.out_channels, s.in_channels, s.kernel, s.kernel}, dt::f32, tag::oihw);
+    const dnnl::memory::desc diff_dst_md({s.batch, s.out_channels, s.out_height(), s.out_width()}, to_dnnl(input),
+                                         tag::nhwc);
+    auto it = impl_->conv_backward_weights.find(key);
+    if (it == impl_->conv_backward_weights.end()) {
+      const auto pd = dnnl::convolution_backward_weights::primitive_desc(
+          dnnl::convolution_backward_weights::desc(dnnl::algorithm::convolution_direct, d.src, diff_weights_md,
+                                                   d.bias, diff_dst_md, d.strides, d.padding, d.padding),
+          impl_->engine, impl_->forward_pd(s, input));
+      impl_->last_impl = pd.impl_info_str();
+      it = impl_->conv_backward_weights.emplace(key, dnnl::convolution_backward_weights(pd)).first;
+    }
+    std::vector<float> scratch_bias;
+    if (!diff_bias) scratch_bias.resize(static_cast<std::size_t>(s.out_channels));
+    it->second.execute(impl_->stream,
+                       {{DNNL_ARG_SRC, dnnl::memory(d.src, impl_->engine, const_cast<void*>(src))},
+                        {DNNL_ARG_DIFF_DST, dnnl::memory(diff_dst_md, impl_->engine, const_cast<void*>(diff_dst))},
+                        {DNNL_ARG_DIFF_WEIGHTS, dnnl::memory(diff_weights_md, impl_->engine, diff_weights)},
+                        {DNNL_ARG_DIFF_BIAS,
+                         dnnl::memory(d.bias, impl_->engine, diff_bias ? diff_bias : scratch_bias.data())}});
+    impl_->stream.wait();
+    return 0;
+  });
+}
+
+}  // namespace mpx::backend
