@@ -106,6 +106,15 @@ Tensor Tensor::reshaped(const Shape& shape) const {
   return t;
 }
 
+Tensor Tensor::first_rows(std::int64_t rows) const {
+  if (shape_.empty() || rows < 0 || rows > shape_[0]) {
+    throw InvalidArgument("cannot take " + std::to_string(rows) + " rows of a " + to_string(shape_) + " tensor");
+  }
+  Tensor t = *this;
+  t.shape_[0] = rows;
+  return t;
+}
+
 void Tensor::fill_zero() const {
   if (data_) std::memset(data_, 0, bytes());
 }

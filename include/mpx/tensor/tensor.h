@@ -40,6 +40,8 @@ class Tensor {
 
   // Same memory, another shape with the same number of elements.
   Tensor reshaped(const Shape& shape) const;
+  // Same memory, only the first `rows` entries of dimension 0 (a smaller batch in a planned buffer).
+  Tensor first_rows(std::int64_t rows) const;
   void fill_zero() const;
 
  private:

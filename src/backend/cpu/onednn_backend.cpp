@@ -67,14 +67,34 @@ struct CpuBackend::Impl {
     d.padding = {s.padding, s.padding};
     return d;
   }
+  std::unordered_map<std::string, dnnl::memory> scratch;
+  // A memory of `desc` kept per key, so repeated steps do not reallocate.
+  dnnl::memory scratch_memory(const std::string& key, const dnnl::memory::desc& desc) {
+    auto it = scratch.find(key);
+    if (it == scratch.end() || it->second.get_desc() != desc) {
+      it = scratch.insert_or_assign(key, dnnl::memory(desc, engine)).first;
+    }
+    return it->second;
+  }
+  // User memory as the primitive wants it: the same memory when the layouts agree, else a reordered copy.
+  dnnl::memory as_layout(const std::string& key, const dnnl::memory& user, const dnnl::memory::desc& wanted) {
+    if (user.get_desc() == wanted) return user;
+    dnnl::memory source = user;
+    dnnl::memory converted = scratch_memory(key, wanted);
+    dnnl::reorder(source, converted).execute(stream, source, converted);
+    return converted;
+  }
+
   dnnl::convolution_forward::primitive_desc forward_pd(const ConvShape& s, DType input) {
     const std::string key = key_of(s, input);
     auto it = conv_forward_pd.find(key);
     if (it != conv_forward_pd.end()) return it->second;
     const ConvDescs d = conv_descs(s, input);
+    // Weights in the layout the fastest implementation wants (tag::any); plain OIHW picks the reference one.
+    const dnnl::memory::desc any_weights(d.weights.dims(), d.weights.data_type(), tag::any);
     auto pd = dnnl::convolution_forward::primitive_desc(
         dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, d.src,
-                                        d.weights, d.bias, d.dst, d.strides, d.padding, d.padding),
+                                        any_weights, d.bias, d.dst, d.strides, d.padding, d.padding),
         engine);
     conv_forward_pd.emplace(key, pd);
     return pd;
@@ -134,9 +154,11 @@ void CpuBackend::conv2d_forward(const ConvShape& s, const void* src, const void*
     const auto d = impl_->conv_descs(s, input);
     std::vector<float> zero_bias;
     if (!bias) zero_bias.assign(static_cast<std::size_t>(s.out_channels), 0.0f);
+    const dnnl::memory user_weights(d.weights, impl_->engine, const_cast<void*>(weights));
+    const dnnl::memory w = impl_->as_layout("fwd-weights:" + key, user_weights, pd.weights_desc());
     it->second.execute(impl_->stream,
                        {{DNNL_ARG_SRC, dnnl::memory(d.src, impl_->engine, const_cast<void*>(src))},
-                        {DNNL_ARG_WEIGHTS, dnnl::memory(d.weights, impl_->engine, const_cast<void*>(weights))},
+                        {DNNL_ARG_WEIGHTS, w},
                         {DNNL_ARG_BIAS, dnnl::memory(d.bias, impl_->engine,
                                                      const_cast<float*>(bias ? bias : zero_bias.data()))},
                         {DNNL_ARG_DST, dnnl::memory(d.dst, impl_->engine, dst)}});
@@ -155,16 +177,20 @@ void CpuBackend::conv2d_backward_data(const ConvShape& s, const void* diff_dst, 
                                          tag::nhwc);
     auto it = impl_->conv_backward_data.find(key);
     if (it == impl_->conv_backward_data.end()) {
+      const dnnl::memory::desc any_weights(d.weights.dims(), d.weights.data_type(), tag::any);
       const auto pd = dnnl::convolution_backward_data::primitive_desc(
-          dnnl::convolution_backward_data::desc(dnnl::algorithm::convolution_direct, diff_src_md, d.weights,
+          dnnl::convolution_backward_data::desc(dnnl::algorithm::convolution_direct, diff_src_md, any_weights,
                                                 diff_dst_md, d.strides, d.padding, d.padding),
           impl_->engine, impl_->forward_pd(s, input));
       impl_->last_impl = pd.impl_info_str();
       it = impl_->conv_backward_data.emplace(key, dnnl::convolution_backward_data(pd)).first;
     }
+    const auto pd = dnnl::convolution_backward_data::primitive_desc(const_cast<dnnl_primitive_desc_t>(it->second.get_primitive_desc()));
+    const dnnl::memory user_weights(d.weights, impl_->engine, const_cast<void*>(weights));
+    const dnnl::memory w = impl_->as_layout("bwd-data-weights:" + key, user_weights, pd.weights_desc());
     it->second.execute(impl_->stream,
                        {{DNNL_ARG_DIFF_DST, dnnl::memory(diff_dst_md, impl_->engine, const_cast<void*>(diff_dst))},
-                        {DNNL_ARG_WEIGHTS, dnnl::memory(d.weights, impl_->engine, const_cast<void*>(weights))},
+                        {DNNL_ARG_WEIGHTS, w},
                         {DNNL_ARG_DIFF_SRC, dnnl::memory(diff_src_md, impl_->engine, diff_src)}});
     impl_->stream.wait();
     return 0;
@@ -181,8 +207,9 @@ void CpuBackend::conv2d_backward_weights(const ConvShape& s, const void* src, co
                                          tag::nhwc);
     auto it = impl_->conv_backward_weights.find(key);
     if (it == impl_->conv_backward_weights.end()) {
+      const dnnl::memory::desc any_diff_weights(diff_weights_md.dims(), dt::f32, tag::any);
       const auto pd = dnnl::convolution_backward_weights::primitive_desc(
-          dnnl::convolution_backward_weights::desc(dnnl::algorithm::convolution_direct, d.src, diff_weights_md,
+          dnnl::convolution_backward_weights::desc(dnnl::algorithm::convolution_direct, d.src, any_diff_weights,
                                                    d.bias, diff_dst_md, d.strides, d.padding, d.padding),
           impl_->engine, impl_->forward_pd(s, input));
       impl_->last_impl = pd.impl_info_str();
@@ -190,12 +217,19 @@ void CpuBackend::conv2d_backward_weights(const ConvShape& s, const void* src, co
     }
     std::vector<float> scratch_bias;
     if (!diff_bias) scratch_bias.resize(static_cast<std::size_t>(s.out_channels));
+    const auto pd = dnnl::convolution_backward_weights::primitive_desc(const_cast<dnnl_primitive_desc_t>(it->second.get_primitive_desc()));
+    const dnnl::memory user_diff_weights(diff_weights_md, impl_->engine, diff_weights);
+    const bool same_layout = pd.diff_weights_desc() == diff_weights_md;
+    dnnl::memory user_diff = user_diff_weights;
+    dnnl::memory dw =
+        same_layout ? user_diff_weights : impl_->scratch_memory("bwd-weights:" + key, pd.diff_weights_desc());
     it->second.execute(impl_->stream,
                        {{DNNL_ARG_SRC, dnnl::memory(d.src, impl_->engine, const_cast<void*>(src))},
                         {DNNL_ARG_DIFF_DST, dnnl::memory(diff_dst_md, impl_->engine, const_cast<void*>(diff_dst))},
-                        {DNNL_ARG_DIFF_WEIGHTS, dnnl::memory(diff_weights_md, impl_->engine, diff_weights)},
+                        {DNNL_ARG_DIFF_WEIGHTS, dw},
                         {DNNL_ARG_DIFF_BIAS,
                          dnnl::memory(d.bias, impl_->engine, diff_bias ? diff_bias : scratch_bias.data())}});
+    if (!same_layout) dnnl::reorder(dw, user_diff).execute(impl_->stream, dw, user_diff);
     impl_->stream.wait();
     return 0;
   });

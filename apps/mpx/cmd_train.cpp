@@ -1,0 +1,162 @@
+// `mpx train`: mixed-precision training of Fashion-MNIST. Parses flags, prints progress, writes the run
+// directory; the work is mpx::train::Trainer's.
+#include <omp.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <ctime>
+#include <filesystem>
+
+#include <fmt/format.h>
+
+#include "commands.h"
+#include "mpx/build_info.h"
+#include "mpx/core/error.h"
+#include "mpx/numeric/convert.h"
+#include "mpx/train/run_files.h"
+#include "mpx/train/trainer.h"
+
+namespace mpx::cli {
+
+namespace {
+
+struct TrainOptions {
+  train::TrainConfig config;
+  std::string device = "cpu";
+  int threads = 0;
+  std::string out;
+  std::string data = io::kFashionMnistDefaultDir;
+  bool no_progress = false;
+};
+
+std::string default_run_name(const train::TrainConfig& c) {
+  const std::time_t now = std::time(nullptr);
+  char stamp[32];
+  std::strftime(stamp, sizeof(stamp), "%Y%m%d-%H%M%S", std::localtime(&now));
+  return std::string("runs/") + stamp + "-" + c.model + "-" + c.precision;
+}
+
+std::string format_duration(double seconds) {
+  const auto s = static_cast<long>(seconds + 0.5);
+  return fmt::format("{}:{:02}", s / 60, s % 60);
+}
+
+nlohmann::json config_json(const TrainOptions& o, const train::TrainConfig& c) {
+  return {{"model", c.model}, {"precision", c.precision}, {"epochs", c.epochs}, {"batch_size", c.batch_size},
+          {"lr", c.lr}, {"optimizer", c.optimizer}, {"weight_decay", c.weight_decay}, {"momentum", c.momentum},
+          {"schedule", c.schedule}, {"clip_norm", c.clip_norm}, {"seed", c.seed}, {"device", o.device},
+          {"threads", omp_get_max_threads()}, {"data", o.data}, {"train_subset", c.train_subset},
+          {"test_subset", c.test_subset}, {"mpx_version", build::kVersion},
+          {"cpu_conversion_path", std::string(numeric::name(numeric::best_cpu_path()))}};
+}
+
+void run_train(TrainOptions& o) {
+  if (o.device == "cuda") {
+    throw NotAvailable("training on CUDA is not available yet (the CUDA engine is the next milestone); use --device cpu");
+  }
+  if (o.threads > 0) omp_set_num_threads(o.threads);
+  const train::TrainConfig config = train::resolve(o.config);
+  const std::string out = o.out.empty() ? default_run_name(config) : o.out;
+  train::RunDirectory run(out);  // fails before loading data or training if it cannot be written
+  const io::FashionMnist data = io::load_fashion_mnist(o.data);
+  train::Trainer trainer(config, data);
+  train::write_json_atomic(run.file("config.json"), config_json(o, config));
+
+  const bool terminal = !o.no_progress && ::isatty(STDERR_FILENO);
+  fmt::print("training {} on Fashion-MNIST: {}, {} epochs, batch {}, {} {} lr {}, {} threads -> {}\n", config.model,
+             config.precision, config.epochs, config.batch_size, config.optimizer, config.schedule, config.lr,
+             omp_get_max_threads(), out);
+  std::fflush(stdout);
+
+  train::Callbacks callbacks;
+  callbacks.on_step = [&](const train::StepReport& r) {
+    const bool log = r.step % config.log_every == 0 || r.step == r.total_steps;
+    if (log) {
+      run.append_metrics({{"type", "step"}, {"step", r.step}, {"epoch", r.epoch}, {"loss", train::json_number(r.loss)},
+                          {"lr", r.lr}, {"loss_scale", r.loss_scale}, {"skipped", r.skipped},
+                          {"images_per_second", r.images_per_second}});
+    }
+    if (o.no_progress) return;
+    const double eta = r.images_per_second > 0 ? (r.total_steps - r.step) * config.batch_size / r.images_per_second : 0;
+    const std::string line =
+        fmt::format("epoch {}/{} step {}/{} | {:.0f} img/s | loss {:.4f} | scale {:g} | ETA {}", r.epoch,
+                    config.epochs, (r.step - 1) % r.steps_per_epoch + 1, r.steps_per_epoch, r.images_per_second,
+                    r.loss, r.loss_scale, format_duration(eta));
+    if (terminal) {
+      fmt::print(stderr, "\r{:<100}", line);
+    } else if (log) {
+      fmt::print(stderr, "{}\n", line);
+    }
+  };
+  callbacks.on_epoch = [&](const train::EpochReport& e) {
+    if (terminal) fmt::print(stderr, "\r{:<100}\r", "");
+    fmt::print("epoch {}: train loss {:.4f}, test accuracy {:.2f}%, {:.1f} s, {:.0f} img/s{}\n", e.epoch, e.train_loss,
+               100 * e.test_accuracy, e.seconds, e.images_per_second,
+               e.skipped_steps ? fmt::format(", {} skipped steps", e.skipped_steps) : "");
+    std::fflush(stdout);
+    run.append_metrics({{"type", "epoch"}, {"epoch", e.epoch}, {"train_loss", train::json_number(e.train_loss)},
+                        {"test_accuracy", e.test_accuracy}, {"seconds", e.seconds},
+                        {"images_per_second", e.images_per_second}, {"skipped_steps", e.skipped_steps}});
+  };
+
+  const train::TrainResult result = trainer.run(callbacks);
+  const MemoryTracker& memory = trainer.context().memory;
+  nlohmann::json peak = nlohmann::json::object();
+  for (int c = 0; c < static_cast<int>(MemoryCategory::count); ++c) {
+    const auto category = static_cast<MemoryCategory>(c);
+    peak[std::string(name(category))] = memory.peak(category);
+  }
+  peak["total"] = memory.peak_total();
+  nlohmann::json summary = {
+      {"precision", config.precision}, {"model", config.model}, {"epochs", config.epochs},
+      {"steps", result.steps}, {"batch_size", config.batch_size}, {"test_accuracy", result.test_accuracy},
+      {"train_seconds", result.train_seconds}, {"images_per_second", result.images_per_second},
+      {"final_loss", train::json_number(result.final_loss)}, {"peak_bytes", peak},
+      {"skipped_steps", result.skipped_steps}, {"loss_scaling", result.loss_scaling},
+      {"final_loss_scale", result.loss_scaling ? result.loss_scaler.scale : 1.0f}, {"seed", config.seed},
+      {"threads", omp_get_max_threads()}, {"device", "cpu"}};
+  if (result.loss_scaling) {
+    summary["loss_scaler"] = {{"growths", result.loss_scaler.growths}, {"backoffs", result.loss_scaler.backoffs},
+                              {"growth_tracker", result.loss_scaler.growth_tracker}};
+  }
+  train::write_json_atomic(run.file("summary.json"), summary);
+  fmt::print("done: test accuracy {:.2f}% in {:.1f} s ({:.0f} img/s), {} skipped steps; summary in {}\n",
+             100 * result.test_accuracy, result.train_seconds, result.images_per_second, result.skipped_steps,
+             run.file("summary.json"));
+}
+
+}  // namespace
+
+void add_train_command(CLI::App& app) {
+  auto o = std::make_shared<TrainOptions>();
+  train::TrainConfig& c = o->config;
+  CLI::App* cmd = app.add_subcommand("train", "Train a model on Fashion-MNIST in mixed precision");
+  cmd->add_option("--model", c.model, "cnn or mlp")->check(CLI::IsMember({"cnn", "mlp"}))->capture_default_str();
+  cmd->add_option("--precision", c.precision,
+                  "32-true, 16-mixed, bf16-mixed, 16-true, bf16-true (fp32, fp16, bf16); default bf16-mixed where the "
+                  "CPU has AVX512_BF16, else 16-mixed");
+  cmd->add_option("--epochs", c.epochs, "Passes over the training set")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--batch-size", c.batch_size, "Images per step")->check(CLI::Range(1, 65536))->capture_default_str();
+  cmd->add_option("--lr", c.lr, "Peak learning rate")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--optimizer", c.optimizer, "adamw or sgd")->check(CLI::IsMember({"adamw", "sgd"}))->capture_default_str();
+  cmd->add_option("--schedule", c.schedule, "onecycle, cosine or constant")
+      ->check(CLI::IsMember({"onecycle", "cosine", "constant"}))
+      ->capture_default_str();
+  cmd->add_option("--weight-decay", c.weight_decay, "Weight decay")->check(CLI::NonNegativeNumber)->capture_default_str();
+  cmd->add_option("--clip-norm", c.clip_norm, "Clip the global gradient norm (0: off)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--device", o->device, "cpu, cuda or auto")->check(CLI::IsMember({"cpu", "cuda", "auto"}))->capture_default_str();
+  cmd->add_option("--threads", o->threads, "CPU threads (0: all)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--seed", c.seed, "Random seed (initialisation, shuffling, dropout)")->capture_default_str();
+  cmd->add_option("--out", o->out, "Run directory (default runs/<time>-<model>-<precision>)");
+  cmd->add_option("--data", o->data, "Fashion-MNIST directory")->capture_default_str();
+  cmd->add_option("--train-subset", c.train_subset, "Train on the first N images only (0: all)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--test-subset", c.test_subset, "Evaluate on the first N test images only (0: all)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--log-every", c.log_every, "Steps between metrics.jsonl records")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_flag("--no-progress", o->no_progress, "No progress line");
+  cmd->callback([o] {
+    if (o->device == "auto") o->device = "cpu";
+    run_train(*o);
+  });
+}
+
+}  // namespace mpx::cli

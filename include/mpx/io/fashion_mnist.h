@@ -1,0 +1,26 @@
+// Fashion-MNIST from its four IDX files (Debian's dataset-fashion-mnist installs them in
+// /usr/share/datasets/fashion-mnist), validated: 28x28 images, as many labels as images, labels 0-9.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace mpx::io {
+
+inline constexpr const char* kFashionMnistDefaultDir = "/usr/share/datasets/fashion-mnist";
+
+struct ImageSet {
+  std::int64_t count = 0, height = 28, width = 28;
+  std::vector<std::uint8_t> pixels;  // count * height * width
+  std::vector<std::uint8_t> labels;  // count
+};
+
+struct FashionMnist {
+  ImageSet train, test;
+};
+
+// Throws IoError; a missing directory or file names the command that installs the data set.
+FashionMnist load_fashion_mnist(const std::string& dir);
+
+}  // namespace mpx::io

@@ -1,0 +1,74 @@
+// Layers own their forward and backward passes; activations and gradients are planned once for the
+// largest batch (smaller batches use the leading rows of the same buffers), so memory is known up front
+// and a step is a fixed sequence of kernels. Activations are FP32 NHWC (or [N, features]) between layers;
+// matmul and convolution inputs are rounded to the policy's compute dtype for each layer, accumulation is
+// FP32. The Context is the one place that holds mutable engine state.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "mpx/amp/precision_policy.h"
+#include "mpx/backend/cpu_backend.h"
+#include "mpx/tensor/tensor.h"
+
+namespace mpx::nn {
+
+struct Context {
+  backend::CpuBackend backend;
+  MemoryTracker memory;
+  amp::PrecisionPolicy policy = amp::PrecisionPolicy::preset("32-true");
+  std::uint64_t seed = 0;
+  std::uint64_t step = 0;  // training step: with the seed, it keys dropout's counter-based randomness
+};
+
+// A trainable tensor. `value` is FP32: the master weights in mixed precision, or (in *-true presets) the
+// weights themselves, kept rounded to the compute dtype. `working` is what matmul/convolution read.
+struct Parameter {
+  std::string name;
+  Tensor value;    // FP32
+  Tensor working;  // backend dtype copy (bf16; or f32 rounded to f16); undefined when it would equal value
+  Tensor grad;     // FP32
+  Tensor state1, state2;  // optimizer state, FP32, allocated by the optimizer
+  bool decay = true;      // weight decay applies
+  DType compute = DType::f32;
+
+  const void* backend_data() const { return working.defined() ? working.data() : value.data(); }
+  DType backend_dtype() const;
+  // After an optimizer step: re-round the working copy (and, without master weights, the value itself).
+  void refresh(bool master_weights);
+};
+
+// The dtype the CPU backend reads for a compute dtype: bf16 natively; FP16 values widened to FP32 exactly.
+DType backend_dtype_for(DType compute);
+// Rounds `count` floats to `compute` precision into `dst` laid out as backend_dtype_for(compute).
+void round_for_backend(const float* src, void* dst, DType compute, std::size_t count);
+
+class Layer {
+ public:
+  explicit Layer(std::string name) : name_(std::move(name)) {}
+  virtual ~Layer() = default;
+  Layer(const Layer&) = delete;
+  Layer& operator=(const Layer&) = delete;
+
+  const std::string& name() const { return name_; }
+  virtual std::string kind() const = 0;
+  // Allocates what forward/backward need for inputs of `input` shape (batch first) and returns the output
+  // shape. Throws InvalidArgument naming the layer when the shape does not fit.
+  virtual Shape plan(const Shape& input, Context& ctx) = 0;
+  // x has the planned shape or fewer rows; the returned tensor has x's batch size.
+  virtual Tensor forward(const Tensor& x, Context& ctx, bool training) = 0;
+  // dy: gradient of the loss with respect to the last forward's output. Returns dx; fills parameter grads.
+  virtual Tensor backward(const Tensor& dy, Context& ctx) = 0;
+  virtual std::vector<Parameter*> parameters() { return {}; }
+
+ private:
+  std::string name_;
+};
+
+// The leading `rows` of a batch-first tensor, sharing memory.
+Tensor leading_rows(const Tensor& t, std::int64_t rows);
+
+}  // namespace mpx::nn

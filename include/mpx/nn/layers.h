@@ -1,0 +1,139 @@
+// The layers of the CNN and MLP models (Fashion-MNIST). Shapes are batch first; images NHWC.
+#pragma once
+
+#include "mpx/nn/layer.h"
+
+namespace mpx::nn {
+
+// y = x W^T + b, W [out, in] as PyTorch's nn.Linear. Input [N, in].
+class Linear : public Layer {
+ public:
+  Linear(std::string name, std::int64_t in_features, std::int64_t out_features, std::uint64_t init_seed);
+  std::string kind() const override { return "linear"; }
+  Shape plan(const Shape& input, Context& ctx) override;
+  Tensor forward(const Tensor& x, Context& ctx, bool training) override;
+  Tensor backward(const Tensor& dy, Context& ctx) override;
+  std::vector<Parameter*> parameters() override { return {&weight_, &bias_}; }
+  Parameter& weight() { return weight_; }
+  Parameter& bias() { return bias_; }
+
+ private:
+  std::int64_t in_, out_;
+  std::uint64_t seed_;
+  Parameter weight_, bias_;
+  Tensor input_, output_, grad_input_, grad_output_;  // input_/grad_output_ in the backend dtype
+  Tensor saved_input_;  // what the backend read in forward, for the weight gradient
+};
+
+// 2-D convolution, square kernel, NHWC input, OIHW weight [out, in, k, k] as PyTorch's nn.Conv2d.
+class Conv2d : public Layer {
+ public:
+  Conv2d(std::string name, std::int64_t in_channels, std::int64_t out_channels, std::int64_t kernel,
+         std::int64_t stride, std::int64_t padding, std::uint64_t init_seed);
+  std::string kind() const override { return "conv2d"; }
+  Shape plan(const Shape& input, Context& ctx) override;
+  Tensor forward(const Tensor& x, Context& ctx, bool training) override;
+  Tensor backward(const Tensor& dy, Context& ctx) override;
+  std::vector<Parameter*> parameters() override { return {&weight_, &bias_}; }
+  Parameter& weight() { return weight_; }
+
+ private:
+  backend::ConvShape shape_;
+  std::uint64_t seed_;
+  Parameter weight_, bias_;
+  Tensor input_, output_, grad_input_, grad_output_;
+  Tensor saved_input_;
+};
+
+// Batch normalisation over N, H, W per channel (NHWC); statistics and running statistics in FP32.
+class BatchNorm2d : public Layer {
+ public:
+  BatchNorm2d(std::string name, std::int64_t channels, float momentum = 0.1f, float eps = 1e-5f);
+  std::string kind() const override { return "batch_norm2d"; }
+  Shape plan(const Shape& input, Context& ctx) override;
+  Tensor forward(const Tensor& x, Context& ctx, bool training) override;
+  Tensor backward(const Tensor& dy, Context& ctx) override;
+  std::vector<Parameter*> parameters() override { return {&gamma_, &beta_}; }
+  const Tensor& running_mean() const { return running_mean_; }
+  const Tensor& running_var() const { return running_var_; }
+
+ private:
+  std::int64_t channels_;
+  float momentum_, eps_;
+  Parameter gamma_, beta_;
+  Tensor running_mean_, running_var_, mean_, inv_std_, normalized_, output_, grad_input_;
+};
+
+class ReLU : public Layer {
+ public:
+  using Layer::Layer;
+  std::string kind() const override { return "relu"; }
+  Shape plan(const Shape& input, Context& ctx) override;
+  Tensor forward(const Tensor& x, Context& ctx, bool training) override;
+  Tensor backward(const Tensor& dy, Context& ctx) override;
+
+ private:
+  Tensor output_, grad_input_;
+};
+
+// 2x2 (or k x k) max pooling with stride k on NHWC.
+class MaxPool2d : public Layer {
+ public:
+  MaxPool2d(std::string name, std::int64_t kernel);
+  std::string kind() const override { return "max_pool2d"; }
+  Shape plan(const Shape& input, Context& ctx) override;
+  Tensor forward(const Tensor& x, Context& ctx, bool training) override;
+  Tensor backward(const Tensor& dy, Context& ctx) override;
+
+ private:
+  std::int64_t kernel_;
+  Shape input_shape_;
+  Tensor output_, argmax_, grad_input_;
+};
+
+// Inverted dropout; the mask of element i at step s comes from Philox keyed by (seed, layer, s, i).
+class Dropout : public Layer {
+ public:
+  Dropout(std::string name, float probability, std::uint64_t stream);
+  std::string kind() const override { return "dropout"; }
+  Shape plan(const Shape& input, Context& ctx) override;
+  Tensor forward(const Tensor& x, Context& ctx, bool training) override;
+  Tensor backward(const Tensor& dy, Context& ctx) override;
+
+ private:
+  float probability_;
+  std::uint64_t stream_;
+  Tensor mask_, output_, grad_input_;
+  bool last_training_ = false;
+};
+
+// [N, ...] -> [N, features], sharing memory.
+class Flatten : public Layer {
+ public:
+  using Layer::Layer;
+  std::string kind() const override { return "flatten"; }
+  Shape plan(const Shape& input, Context& ctx) override;
+  Tensor forward(const Tensor& x, Context& ctx, bool training) override;
+  Tensor backward(const Tensor& dy, Context& ctx) override;
+
+ private:
+  Shape input_shape_;
+};
+
+// Softmax + cross-entropy over [N, classes] logits, in FP32 with a max-subtracted log-sum-exp.
+class SoftmaxCrossEntropy {
+ public:
+  void plan(const Shape& logits, Context& ctx);
+  // Mean loss over the batch (as double-accumulated FP32). Keeps the probabilities for backward.
+  float forward(const Tensor& logits, const std::uint8_t* labels);
+  // d(scale * mean loss)/d logits.
+  Tensor backward(float scale);
+  const Tensor& probabilities() const { return probabilities_; }
+
+ private:
+  Tensor probabilities_, grad_;
+  const std::uint8_t* labels_ = nullptr;
+  std::int64_t rows_ = 0;
+};
+
+}  // namespace mpx::nn

@@ -1,0 +1,99 @@
+// Mixed-precision training of the Fashion-MNIST models: the step (forward, FP32 loss, scaled backward,
+// unscale + inf check, loss-scaler decision, clipping, optimizer on FP32 masters, working-copy refresh),
+// epochs with seeded shuffling, and evaluation. Reports through callbacks; prints nothing itself.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+
+#include "mpx/amp/loss_scaler.h"
+#include "mpx/core/error.h"
+#include "mpx/io/fashion_mnist.h"
+#include "mpx/nn/model.h"
+
+namespace mpx::train {
+
+struct TrainConfig {
+  std::string model = "cnn";
+  std::string precision;            // empty: bf16-mixed where the CPU has AVX512_BF16, else 16-mixed
+  int epochs = 3;
+  int batch_size = 128;
+  float lr = 3e-3f;                 // peak learning rate of the schedule
+  std::string optimizer = "adamw";  // adamw or sgd
+  float weight_decay = 1e-4f;
+  float momentum = 0.9f;            // sgd
+  std::string schedule = "onecycle";  // onecycle, cosine or constant
+  float clip_norm = 0.0f;           // 0: no clipping
+  std::optional<bool> loss_scaling;  // default: the policy's (FP16 presets)
+  std::uint64_t seed = 0;
+  std::int64_t train_subset = 0;    // use only the first N training images (0: all)
+  std::int64_t test_subset = 0;
+  std::int64_t max_steps = 0;       // stop after this many steps in total (0: no limit), for benchmarks
+  int log_every = 50;
+};
+
+// Resolves defaults (precision) and checks ranges; throws InvalidArgument naming the setting.
+TrainConfig resolve(TrainConfig config);
+
+struct StepReport {
+  int epoch = 0;
+  std::int64_t step = 0, steps_per_epoch = 0, total_steps = 0;
+  float loss = 0, lr = 0, loss_scale = 1;
+  bool skipped = false;
+  double images_per_second = 0, elapsed_seconds = 0;
+};
+
+struct EpochReport {
+  int epoch = 0;
+  double train_loss = 0, test_accuracy = 0, seconds = 0, images_per_second = 0;
+  std::int64_t skipped_steps = 0;
+};
+
+struct TrainResult {
+  double test_accuracy = 0, train_seconds = 0, images_per_second = 0, final_loss = 0;
+  std::int64_t steps = 0, skipped_steps = 0;
+  amp::LossScalerState loss_scaler;
+  bool loss_scaling = false;
+};
+
+struct Callbacks {
+  std::function<void(const StepReport&)> on_step;    // every step
+  std::function<void(const EpochReport&)> on_epoch;  // after each epoch's evaluation
+};
+
+class Trainer {
+ public:
+  Trainer(const TrainConfig& config, const io::FashionMnist& data);
+  TrainResult run(const Callbacks& callbacks = {});
+  double evaluate();  // test accuracy, 0-1
+  const TrainConfig& config() const { return config_; }
+  nn::Context& context() { return ctx_; }
+  nn::Sequential& model() { return model_; }
+
+ private:
+  void load_batch(const io::ImageSet& set, const std::vector<std::int64_t>& order, std::int64_t first,
+                  std::int64_t rows);
+  bool step(const Tensor& batch, std::int64_t global_step, float lr, float& loss);
+
+  TrainConfig config_;
+  const io::FashionMnist& data_;
+  nn::Context ctx_;
+  nn::Sequential model_;
+  nn::SoftmaxCrossEntropy loss_;
+  std::vector<nn::Parameter*> params_;
+  std::optional<amp::LossScaler> scaler_;
+  Tensor input_;
+  std::vector<std::uint8_t> labels_;
+  float mean_ = 0, inv_std_ = 1;
+  std::int64_t optimizer_steps_ = 0;
+};
+
+// Thrown when a run without loss scaling produces a non-finite loss: names the step and what to try.
+class TrainingDiverged : public Error {
+ public:
+  using Error::Error;
+};
+
+}  // namespace mpx::train

@@ -1,0 +1,68 @@
+#include "mpx/nn/model.h"
+
+#include "mpx/core/error.h"
+
+namespace mpx::nn {
+
+Shape Sequential::plan(const Shape& input, Context& ctx) {
+  Shape shape = input;
+  for (auto& layer : layers_) shape = layer->plan(shape, ctx);
+  return shape;
+}
+
+Tensor Sequential::forward(const Tensor& x, Context& ctx, bool training) {
+  Tensor h = x;
+  for (auto& layer : layers_) h = layer->forward(h, ctx, training);
+  return h;
+}
+
+void Sequential::backward(const Tensor& dy, Context& ctx) {
+  Tensor g = dy;
+  for (auto it = layers_.rbegin(); it != layers_.rend(); ++it) g = (*it)->backward(g, ctx);
+}
+
+std::vector<Parameter*> Sequential::parameters() {
+  std::vector<Parameter*> out;
+  for (auto& layer : layers_) {
+    for (Parameter* p : layer->parameters()) out.push_back(p);
+  }
+  return out;
+}
+
+Sequential make_cnn(std::uint64_t seed) {
+  Sequential m;
+  m.add(std::make_unique<Conv2d>("conv1", 1, 32, 3, 1, 1, seed + 100));
+  m.add(std::make_unique<BatchNorm2d>("bn1", 32));
+  m.add(std::make_unique<ReLU>("relu1"));
+  m.add(std::make_unique<MaxPool2d>("pool1", 2));
+  m.add(std::make_unique<Conv2d>("conv2", 32, 64, 3, 1, 1, seed + 200));
+  m.add(std::make_unique<BatchNorm2d>("bn2", 64));
+  m.add(std::make_unique<ReLU>("relu2"));
+  m.add(std::make_unique<MaxPool2d>("pool2", 2));
+  m.add(std::make_unique<Flatten>("flatten"));
+  m.add(std::make_unique<Linear>("fc1", 64 * 7 * 7, 256, seed + 300));
+  m.add(std::make_unique<ReLU>("relu3"));
+  m.add(std::make_unique<Dropout>("dropout", 0.25f, 1));
+  m.add(std::make_unique<Linear>("fc2", 256, 10, seed + 400));
+  return m;
+}
+
+Sequential make_mlp(std::uint64_t seed) {
+  Sequential m;
+  m.add(std::make_unique<Flatten>("flatten"));
+  m.add(std::make_unique<Linear>("fc1", 28 * 28, 512, seed + 100));
+  m.add(std::make_unique<ReLU>("relu1"));
+  m.add(std::make_unique<Dropout>("dropout", 0.2f, 1));
+  m.add(std::make_unique<Linear>("fc2", 512, 256, seed + 200));
+  m.add(std::make_unique<ReLU>("relu2"));
+  m.add(std::make_unique<Linear>("fc3", 256, 10, seed + 300));
+  return m;
+}
+
+Sequential make_model(const std::string& name, std::uint64_t seed) {
+  if (name == "cnn") return make_cnn(seed);
+  if (name == "mlp") return make_mlp(seed);
+  throw InvalidArgument("unknown model '" + name + "'; expected cnn or mlp");
+}
+
+}  // namespace mpx::nn

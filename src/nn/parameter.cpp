@@ -1,0 +1,46 @@
+#include <cstring>
+
+#include "mpx/nn/layer.h"
+#include "mpx/numeric/convert.h"
+
+namespace mpx::nn {
+
+DType backend_dtype_for(DType compute) { return compute == DType::bf16 ? DType::bf16 : DType::f32; }
+
+void round_for_backend(const float* src, void* dst, DType compute, std::size_t count) {
+  switch (compute) {
+    case DType::bf16: numeric::convert(src, DType::f32, dst, DType::bf16, count); return;
+    case DType::f16: {
+      // No FP16 arithmetic in oneDNN 2.6 on the CPU: round to FP16, then widen back to FP32 exactly.
+      std::vector<numeric::Half> half(count);
+      numeric::convert(src, DType::f32, half.data(), DType::f16, count);
+      numeric::convert(half.data(), DType::f16, dst, DType::f32, count);
+      return;
+    }
+    default:
+      if (dst != src) std::memcpy(dst, src, count * sizeof(float));
+  }
+}
+
+DType Parameter::backend_dtype() const { return working.defined() ? working.dtype() : DType::f32; }
+
+void Parameter::refresh(bool master_weights) {
+  if (compute == DType::f32) return;
+  const auto n = static_cast<std::size_t>(value.numel());
+  float* v = value.data_as<float>();
+  if (!master_weights) {
+    // *-true: the weights themselves live in the low precision; keep the FP32 buffer rounded to it.
+    if (compute == DType::bf16) {
+      std::vector<numeric::BFloat16> rounded(n);
+      numeric::convert(v, DType::f32, rounded.data(), DType::bf16, n);
+      numeric::convert(rounded.data(), DType::bf16, v, DType::f32, n);
+    } else {
+      round_for_backend(v, v, compute, n);
+    }
+  }
+  if (working.defined()) round_for_backend(v, working.data(), compute, n);
+}
+
+Tensor leading_rows(const Tensor& t, std::int64_t rows) { return t.first_rows(rows); }
+
+}  // namespace mpx::nn

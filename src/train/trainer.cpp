@@ -1,0 +1,211 @@
+#include "mpx/train/trainer.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <numeric>
+#include <random>
+
+#include "mpx/amp/optimizer.h"
+#include "mpx/amp/schedule.h"
+#include "mpx/core/cpu_features.h"
+#include "mpx/core/error.h"
+
+namespace mpx::train {
+
+namespace {
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+}  // namespace
+
+TrainConfig resolve(TrainConfig c) {
+  if (c.precision.empty()) c.precision = cpu_features().avx512_bf16 ? "bf16-mixed" : "16-mixed";
+  c.precision = amp::PrecisionPolicy::preset(c.precision).name;  // validates, canonical name
+  if (c.model != "cnn" && c.model != "mlp") throw InvalidArgument("--model must be cnn or mlp, got " + c.model);
+  if (c.epochs < 1) throw InvalidArgument("--epochs must be at least 1");
+  if (c.batch_size < 1 || c.batch_size > 65536) throw InvalidArgument("--batch-size must be in 1..65536");
+  if (!(c.lr > 0 && std::isfinite(c.lr))) throw InvalidArgument("--lr must be a positive number");
+  if (c.optimizer != "adamw" && c.optimizer != "sgd") throw InvalidArgument("--optimizer must be adamw or sgd");
+  if (c.schedule != "onecycle" && c.schedule != "cosine" && c.schedule != "constant") {
+    throw InvalidArgument("--schedule must be onecycle, cosine or constant");
+  }
+  if (c.clip_norm < 0) throw InvalidArgument("--clip-norm must be >= 0");
+  if (c.log_every < 1) c.log_every = 1;
+  return c;
+}
+
+Trainer::Trainer(const TrainConfig& config, const io::FashionMnist& data)
+    : config_(resolve(config)), data_(data), model_(nn::make_model(config_.model, config_.seed)) {
+  ctx_.policy = amp::PrecisionPolicy::preset(config_.precision);
+  ctx_.seed = config_.seed;
+  const bool scaling = config_.loss_scaling.value_or(ctx_.policy.loss_scaling);
+  if (scaling) scaler_.emplace();
+  const Shape input_shape = {config_.batch_size, 28, 28, 1};
+  input_ = Tensor::empty(input_shape, DType::f32, MemoryCategory::activations, &ctx_.memory);
+  const Shape logits = model_.plan(input_shape, ctx_);
+  loss_.plan(logits, ctx_);
+  params_ = model_.parameters();
+  for (nn::Parameter* p : params_) {
+    p->state1 = Tensor::zeros(p->value.shape(), DType::f32, MemoryCategory::optimizer_state, &ctx_.memory);
+    if (config_.optimizer == "adamw") {
+      p->state2 = Tensor::zeros(p->value.shape(), DType::f32, MemoryCategory::optimizer_state, &ctx_.memory);
+    }
+  }
+  // Normalise with the training set's mean and standard deviation (as the reference recipe does).
+  double sum = 0, sum_sq = 0;
+  for (std::uint8_t v : data_.train.pixels) {
+    const double x = v / 255.0;
+    sum += x;
+    sum_sq += x * x;
+  }
+  const auto n = static_cast<double>(data_.train.pixels.size());
+  const double mean = sum / n;
+  mean_ = static_cast<float>(mean);
+  inv_std_ = static_cast<float>(1.0 / std::sqrt(std::max(1e-12, sum_sq / n - mean * mean)));
+  labels_.resize(static_cast<std::size_t>(config_.batch_size));
+}
+
+void Trainer::load_batch(const io::ImageSet& set, const std::vector<std::int64_t>& order, std::int64_t first,
+                         std::int64_t rows) {
+  constexpr std::int64_t kPixels = 28 * 28;
+  float* x = input_.data_as<float>();
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const std::int64_t index = order.empty() ? first + r : order[static_cast<std::size_t>(first + r)];
+    const std::uint8_t* src = set.pixels.data() + index * kPixels;
+    for (std::int64_t i = 0; i < kPixels; ++i) x[r * kPixels + i] = (src[i] / 255.0f - mean_) * inv_std_;
+    labels_[static_cast<std::size_t>(r)] = set.labels[static_cast<std::size_t>(index)];
+  }
+}
+
+bool Trainer::step(const Tensor& batch, std::int64_t global_step, float lr, float& loss) {
+  ctx_.step = static_cast<std::uint64_t>(global_step);
+  const Tensor logits = model_.forward(batch, ctx_, true);
+  loss = loss_.forward(logits, labels_.data());
+  if (!std::isfinite(loss) && !scaler_) {
+    throw TrainingDiverged("the loss became " + std::string(std::isnan(loss) ? "NaN" : "infinite") + " at step " +
+                           std::to_string(global_step) + " (" + config_.precision +
+                           "); try --precision bf16-mixed (FP32 master weights) or a lower --lr");
+  }
+  const float scale = scaler_ ? scaler_->scale() : 1.0f;
+  model_.backward(loss_.backward(scale), ctx_);
+
+  std::vector<std::span<float>> grads;
+  for (nn::Parameter* p : params_) grads.emplace_back(p->grad.data_as<float>(), static_cast<std::size_t>(p->grad.numel()));
+  const bool found_inf = amp::unscale_and_check(grads, 1.0f / scale) || !std::isfinite(loss);
+  const bool apply = scaler_ ? scaler_->update(found_inf) : !found_inf;
+  if (!apply) return false;
+  if (config_.clip_norm > 0) amp::clip_grad_norm(grads, config_.clip_norm);
+
+  std::vector<amp::ParameterSlot> slots;
+  for (nn::Parameter* p : params_) {
+    const auto n = static_cast<std::size_t>(p->value.numel());
+    slots.push_back({{p->value.data_as<float>(), n},
+                     {p->grad.data_as<float>(), n},
+                     {p->state1.data_as<float>(), n},
+                     p->state2.defined() ? std::span<float>(p->state2.data_as<float>(), n) : std::span<float>(),
+                     p->decay});
+  }
+  ++optimizer_steps_;
+  if (config_.optimizer == "adamw") {
+    amp::AdamWConfig adamw;
+    adamw.weight_decay = config_.weight_decay;
+    amp::adamw_step(adamw, lr, optimizer_steps_, slots);
+  } else {
+    amp::sgd_step({config_.momentum, config_.weight_decay, true}, lr, slots);
+  }
+  for (nn::Parameter* p : params_) p->refresh(ctx_.policy.master_weights);
+  return true;
+}
+
+double Trainer::evaluate() {
+  const io::ImageSet& set = data_.test;
+  const std::int64_t total = config_.test_subset > 0 ? std::min(config_.test_subset, set.count) : set.count;
+  std::int64_t correct = 0;
+  for (std::int64_t first = 0; first < total; first += config_.batch_size) {
+    const std::int64_t rows = std::min<std::int64_t>(config_.batch_size, total - first);
+    load_batch(set, {}, first, rows);
+    const Tensor logits = model_.forward(input_.first_rows(rows), ctx_, false);
+    const float* z = logits.data_as<float>();
+    const std::int64_t classes = logits.dim(1);
+    for (std::int64_t r = 0; r < rows; ++r) {
+      const float* row = z + r * classes;
+      const auto best = std::max_element(row, row + classes) - row;
+      correct += best == labels_[static_cast<std::size_t>(r)];
+    }
+  }
+  return static_cast<double>(correct) / static_cast<double>(total);
+}
+
+TrainResult Trainer::run(const Callbacks& callbacks) {
+  const io::ImageSet& set = data_.train;
+  const std::int64_t images = config_.train_subset > 0 ? std::min(config_.train_subset, set.count) : set.count;
+  const std::int64_t steps_per_epoch = (images + config_.batch_size - 1) / config_.batch_size;
+  std::int64_t total_steps = steps_per_epoch * config_.epochs;
+  if (config_.max_steps > 0) total_steps = std::min(total_steps, config_.max_steps);
+  const amp::OneCycleSchedule one_cycle{config_.lr, total_steps};
+  const amp::CosineSchedule cosine{config_.lr, 0.0f, 0, total_steps};
+
+  TrainResult result;
+  result.loss_scaling = scaler_.has_value();
+  double training_seconds = 0;
+  std::int64_t global_step = 0, images_seen = 0;
+  for (int epoch = 1; epoch <= config_.epochs && global_step < total_steps; ++epoch) {
+    const auto epoch_start = Clock::now();
+    std::vector<std::int64_t> order(static_cast<std::size_t>(images));
+    std::iota(order.begin(), order.end(), 0);
+    std::mt19937_64 rng(config_.seed * 1000003u + static_cast<std::uint64_t>(epoch));
+    std::shuffle(order.begin(), order.end(), rng);
+    double loss_sum = 0;
+    std::int64_t loss_count = 0, epoch_images = 0, skipped_before = result.skipped_steps;
+    for (std::int64_t s = 0; s < steps_per_epoch && global_step < total_steps; ++s, ++global_step) {
+      const std::int64_t first = s * config_.batch_size;
+      const std::int64_t rows = std::min<std::int64_t>(config_.batch_size, images - first);
+      load_batch(set, order, first, rows);
+      const float lr = config_.schedule == "onecycle" ? one_cycle.lr(global_step)
+                       : config_.schedule == "cosine" ? cosine.lr(global_step)
+                                                      : config_.lr;
+      float loss = 0;
+      const bool applied = step(input_.first_rows(rows), global_step, lr, loss);
+      if (!applied) ++result.skipped_steps;
+      if (std::isfinite(loss)) {
+        loss_sum += loss;
+        ++loss_count;
+      }
+      images_seen += rows;
+      epoch_images += rows;
+      if (callbacks.on_step) {
+        StepReport r;
+        r.epoch = epoch;
+        r.step = global_step + 1;
+        r.steps_per_epoch = steps_per_epoch;
+        r.total_steps = total_steps;
+        r.loss = loss;
+        r.lr = lr;
+        r.loss_scale = scaler_ ? scaler_->scale() : 1.0f;
+        r.skipped = !applied;
+        r.elapsed_seconds = training_seconds + seconds_since(epoch_start);
+        r.images_per_second = static_cast<double>(images_seen) / r.elapsed_seconds;
+        callbacks.on_step(r);
+      }
+      result.final_loss = loss;
+    }
+    const double epoch_seconds = seconds_since(epoch_start);
+    training_seconds += epoch_seconds;
+    EpochReport e;
+    e.epoch = epoch;
+    e.train_loss = loss_count ? loss_sum / static_cast<double>(loss_count) : NAN;
+    e.seconds = epoch_seconds;
+    e.images_per_second = static_cast<double>(epoch_images) / epoch_seconds;
+    e.skipped_steps = result.skipped_steps - skipped_before;
+    e.test_accuracy = evaluate();
+    result.test_accuracy = e.test_accuracy;
+    if (callbacks.on_epoch) callbacks.on_epoch(e);
+  }
+  result.steps = global_step;
+  result.train_seconds = training_seconds;
+  result.images_per_second = static_cast<double>(images_seen) / std::max(1e-9, training_seconds);
+  if (scaler_) result.loss_scaler = scaler_->state();
+  return result;
+}
+
+}  // namespace mpx::train
