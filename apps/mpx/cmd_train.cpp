@@ -77,7 +77,8 @@ void run_train(TrainOptions& o) {
                           {"images_per_second", r.images_per_second}});
     }
     if (o.no_progress) return;
-    const double eta = r.images_per_second > 0 ? (r.total_steps - r.step) * config.batch_size / r.images_per_second : 0;
+    const double remaining_images = static_cast<double>((r.total_steps - r.step) * config.batch_size);
+    const double eta = r.images_per_second > 0 ? remaining_images / r.images_per_second : 0;
     const std::string line =
         fmt::format("epoch {}/{} step {}/{} | {:.0f} img/s | loss {:.4f} | scale {:g} | ETA {}", r.epoch,
                     config.epochs, (r.step - 1) % r.steps_per_epoch + 1, r.steps_per_epoch, r.images_per_second,
