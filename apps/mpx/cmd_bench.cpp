@@ -1,4 +1,5 @@
-// `mpx bench <what>`: user-facing benchmarks that print a table or JSON. `convert` for now.
+// `mpx bench <what>`: user-facing benchmarks that print a table or JSON. This file: `bench convert`;
+// `bench matmul` and `bench train` are in cmd_bench_training.cpp.
 #include <fmt/format.h>
 
 #include <nlohmann/json.hpp>
@@ -66,6 +67,7 @@ void run_convert_bench(const ConvertBenchOptions& o) {
 void add_bench_command(CLI::App& app) {
   CLI::App* bench = app.add_subcommand("bench", "Run a benchmark and print a table or JSON");
   bench->require_subcommand(1);
+  add_bench_training_commands(*bench);
 
   auto o = std::make_shared<ConvertBenchOptions>();
   CLI::App* convert = bench->add_subcommand(

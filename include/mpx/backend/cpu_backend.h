@@ -47,4 +47,8 @@ class CpuBackend {
   std::unique_ptr<Impl> impl_;
 };
 
+// For `mpx bench matmul`: the median seconds of C = A B (row-major, FP32 output) through a oneDNN matmul
+// primitive created and executed directly, without CpuBackend's cache and wrappers.
+double time_direct_onednn_matmul(std::int64_t m, std::int64_t n, std::int64_t k, DType input, int repeats);
+
 }  // namespace mpx::backend

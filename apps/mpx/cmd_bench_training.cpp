@@ -1,0 +1,84 @@
+// `mpx bench matmul` (engine vs oneDNN called directly) and `mpx bench train` (img/s per precision).
+#include <fmt/format.h>
+
+#include <nlohmann/json.hpp>
+
+#include "commands.h"
+#include "mpx/bench/training.h"
+#include "mpx/io/fashion_mnist.h"
+
+namespace mpx::cli {
+
+namespace {
+
+struct MatmulOptions {
+  std::string dtype = "bf16";
+  std::int64_t size = 2048;
+  int repeats = 10;
+  bool json = false;
+};
+
+struct TrainBenchOptions {
+  std::string model = "cnn";
+  std::vector<std::string> precisions = {"32-true", "bf16-mixed", "16-mixed"};
+  std::int64_t steps = 50;
+  int batch_size = 128;
+  std::string data = io::kFashionMnistDefaultDir;
+  bool json = false;
+};
+
+void run_matmul(const MatmulOptions& o) {
+  const auto r = bench::run_matmul_benchmark(parse_dtype(o.dtype), o.size, o.repeats);
+  if (o.json) {
+    fmt::print("{}\n", nlohmann::json{{"dtype", name(r.dtype)}, {"size", r.size}, {"flops", r.flops},
+                                      {"engine_gflops", r.engine_gflops}, {"direct_gflops", r.direct_gflops},
+                                      {"ratio", r.ratio}, {"implementation", r.implementation}}
+                           .dump(2));
+    return;
+  }
+  fmt::print("matmul {}^3 {}: engine {:.1f} GFLOP/s, oneDNN direct {:.1f} GFLOP/s, ratio {:.2f} ({})\n", r.size,
+             name(r.dtype), r.engine_gflops, r.direct_gflops, r.ratio, r.implementation);
+}
+
+void run_train_bench(const TrainBenchOptions& o) {
+  nlohmann::json all = nlohmann::json::array();
+  for (const std::string& precision : o.precisions) {
+    const auto r = bench::run_train_benchmark(o.model, precision, o.steps, o.batch_size, o.data);
+    if (o.json) {
+      all.push_back({{"model", r.model}, {"precision", r.precision}, {"steps", r.steps},
+                     {"batch_size", r.batch_size}, {"images_per_second", r.images_per_second},
+                     {"ms_per_step", r.ms_per_step}, {"peak_bytes", r.peak_bytes}, {"real_data", r.real_data}});
+    } else {
+      fmt::print("{} {:<11} {:>8.0f} img/s {:>8.2f} ms/step  peak {:.1f} MiB{}\n", r.model, r.precision,
+                 r.images_per_second, r.ms_per_step, static_cast<double>(r.peak_bytes) / (1 << 20),
+                 r.real_data ? "" : " (random images: Fashion-MNIST not installed)");
+    }
+  }
+  if (o.json) fmt::print("{}\n", all.dump(2));
+}
+
+}  // namespace
+
+void add_bench_training_commands(CLI::App& bench) {
+  auto m = std::make_shared<MatmulOptions>();
+  CLI::App* matmul = bench.add_subcommand("matmul", "GFLOP/s of an n^3 product through the engine and through oneDNN directly");
+  matmul->add_option("--dtype", m->dtype, "f32, bf16 or f16 (f16 is widened to f32 on the CPU)")
+      ->check(CLI::IsMember({"f32", "bf16", "f16"}))
+      ->capture_default_str();
+  matmul->add_option("--size", m->size, "n")->check(CLI::Range(1, 16384))->capture_default_str();
+  matmul->add_option("--repeats", m->repeats, "Timed runs; the median is reported")->check(CLI::PositiveNumber)->capture_default_str();
+  matmul->add_flag("--json", m->json, "Print JSON");
+  matmul->callback([m] { run_matmul(*m); });
+
+  auto t = std::make_shared<TrainBenchOptions>();
+  CLI::App* train = bench.add_subcommand("train", "Training throughput (img/s, ms/step, peak bytes) per precision");
+  train->add_option("--model", t->model, "cnn or mlp")->check(CLI::IsMember({"cnn", "mlp"}))->capture_default_str();
+  train->add_option("--precision", t->precisions, "One or more precisions")->capture_default_str();
+  train->add_option("--steps", t->steps, "Timed steps (after one warm-up step)")->check(CLI::Range(2, 1000000))->capture_default_str();
+  train->add_option("--batch-size", t->batch_size, "Images per step")->check(CLI::Range(1, 65536))->capture_default_str();
+  train->add_option("--data", t->data, "Fashion-MNIST directory (random images when absent)")->capture_default_str();
+  train->add_flag("--json", t->json, "Print JSON");
+  train->callback([t] { run_train_bench(*t); });
+}
+
+}  // namespace mpx::cli

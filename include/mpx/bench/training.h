@@ -1,0 +1,34 @@
+// Benchmarks behind `mpx bench matmul` (GFLOP/s through the engine beside oneDNN called directly) and
+// `mpx bench train` (training throughput of the Fashion-MNIST models per precision).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "mpx/numeric/dtype.h"
+
+namespace mpx::bench {
+
+struct MatmulBenchResult {
+  DType dtype = DType::f32;
+  std::int64_t size = 0;
+  double flops = 0;  // 2 n^3
+  double engine_gflops = 0, direct_gflops = 0, ratio = 0;
+  std::string implementation;
+};
+
+// A square product n x n x n, FP32 output, inputs f32 or bf16 (f16 is widened to f32 on the CPU).
+MatmulBenchResult run_matmul_benchmark(DType dtype, std::int64_t size, int repeats);
+
+struct TrainBenchResult {
+  std::string model, precision;
+  std::int64_t steps = 0, batch_size = 0;
+  double images_per_second = 0, ms_per_step = 0;
+  std::size_t peak_bytes = 0;
+  bool real_data = false;  // Fashion-MNIST was installed; else random images of the same shape
+};
+
+TrainBenchResult run_train_benchmark(const std::string& model, const std::string& precision, std::int64_t steps,
+                                     int batch_size, const std::string& data_dir);
+
+}  // namespace mpx::bench

@@ -1,0 +1,105 @@
+#include "mpx/bench/training.h"
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <random>
+#include <vector>
+
+#include "mpx/backend/cpu_backend.h"
+#include "mpx/core/error.h"
+#include "mpx/io/fashion_mnist.h"
+#include "mpx/numeric/convert.h"
+#include "mpx/train/trainer.h"
+
+namespace mpx::bench {
+
+MatmulBenchResult run_matmul_benchmark(DType dtype, std::int64_t size, int repeats) {
+  if (size < 1 || size > 16384) throw InvalidArgument("--size must be in 1..16384");
+  if (repeats < 1) throw InvalidArgument("--repeats must be at least 1");
+  if (dtype != DType::f32 && dtype != DType::bf16 && dtype != DType::f16) {
+    throw InvalidArgument("--dtype must be f32, bf16 or f16");
+  }
+  const DType backend_dtype = dtype == DType::bf16 ? DType::bf16 : DType::f32;  // f16 widened exactly
+  const auto count = static_cast<std::size_t>(size * size);
+  std::vector<float> a(count), b(count), c(count);
+  std::mt19937 rng(1);
+  std::normal_distribution<float> normal;
+  for (auto& x : a) x = normal(rng);
+  for (auto& x : b) x = normal(rng);
+  std::vector<std::uint16_t> a16(count), b16(count);
+  if (backend_dtype == DType::bf16) {
+    numeric::convert(a.data(), DType::f32, a16.data(), DType::bf16, count);
+    numeric::convert(b.data(), DType::f32, b16.data(), DType::bf16, count);
+  }
+  const void* pa = backend_dtype == DType::bf16 ? static_cast<const void*>(a16.data()) : a.data();
+  const void* pb = backend_dtype == DType::bf16 ? static_cast<const void*>(b16.data()) : b.data();
+
+  backend::CpuBackend engine;
+  std::vector<double> times;
+  for (int r = -1; r < repeats; ++r) {
+    const auto start = std::chrono::steady_clock::now();
+    engine.matmul(pa, false, pb, false, backend_dtype, c.data(), size, size, size);
+    if (r >= 0) times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  std::sort(times.begin(), times.end());
+  MatmulBenchResult result;
+  result.dtype = dtype;
+  result.size = size;
+  result.flops = 2.0 * static_cast<double>(size) * static_cast<double>(size) * static_cast<double>(size);
+  result.engine_gflops = result.flops / times[times.size() / 2] / 1e9;
+  result.direct_gflops = result.flops / backend::time_direct_onednn_matmul(size, size, size, backend_dtype, repeats) / 1e9;
+  result.ratio = result.engine_gflops / result.direct_gflops;
+  result.implementation = engine.last_implementation();
+  return result;
+}
+
+TrainBenchResult run_train_benchmark(const std::string& model, const std::string& precision, std::int64_t steps,
+                                     int batch_size, const std::string& data_dir) {
+  if (steps < 2) throw InvalidArgument("--steps must be at least 2 (the first is a warm-up)");
+  io::FashionMnist data;
+  const bool real = std::filesystem::exists(data_dir);
+  if (real) {
+    data = io::load_fashion_mnist(data_dir);
+  } else {  // random images of the same shape: throughput does not depend on the pixels
+    for (io::ImageSet* set : {&data.train, &data.test}) {
+      set->count = set == &data.train ? 60000 : 10000;
+      set->pixels.resize(static_cast<std::size_t>(set->count * 28 * 28));
+      set->labels.resize(static_cast<std::size_t>(set->count));
+      std::mt19937 rng(3);
+      for (auto& p : set->pixels) p = static_cast<std::uint8_t>(rng());
+      for (auto& l : set->labels) l = static_cast<std::uint8_t>(rng() % 10);
+    }
+  }
+  train::TrainConfig config;
+  config.model = model;
+  config.precision = precision;
+  config.batch_size = batch_size;
+  config.epochs = 1000;
+  config.max_steps = 1;  // warm-up: plans, primitive creation, first touches
+  config.test_subset = 1;
+  train::Trainer warm(config, data);
+  warm.run();
+  config.max_steps = steps;
+  train::Trainer trainer(config, data);
+  std::int64_t last_step = 0;
+  double last_elapsed = 0;
+  train::Callbacks callbacks;
+  callbacks.on_step = [&](const train::StepReport& r) {
+    last_step = r.step;
+    last_elapsed = r.elapsed_seconds;
+  };
+  trainer.run(callbacks);
+  TrainBenchResult result;
+  result.model = model;
+  result.precision = trainer.config().precision;
+  result.steps = last_step;
+  result.batch_size = batch_size;
+  result.ms_per_step = last_elapsed / static_cast<double>(last_step) * 1e3;
+  result.images_per_second = static_cast<double>(last_step * batch_size) / last_elapsed;
+  result.peak_bytes = trainer.context().memory.peak_total();
+  result.real_data = real;
+  return result;
+}
+
+}  // namespace mpx::bench
