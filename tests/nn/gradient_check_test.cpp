@@ -182,3 +182,51 @@ TEST(Layers, ShapeMismatchNamesTheLayer) {
 
 }  // namespace
 }  // namespace mpx::nn
+
+namespace mpx::nn {
+namespace {
+
+TEST(GradientCheck, GeluExact) {
+  GELU layer("gelu");
+  check_layer(layer, {3, 8}, random_vector(24, 10, 1.5f));
+}
+
+TEST(GradientCheck, GeluTanhApproximation) {
+  GELU layer("gelu", true);
+  check_layer(layer, {3, 8}, random_vector(24, 11, 1.5f));
+}
+
+TEST(GradientCheck, LayerNorm) {
+  LayerNorm layer("ln", 6);
+  check_layer(layer, {2, 3, 6}, random_vector(36, 12, 2.0f), 24, 1e-2, 5e-2);
+}
+
+TEST(GradientCheck, EmbeddingTableGradient) {
+  Context ctx;
+  Embedding layer("wte", 11, 4, 13);
+  layer.plan({2, 3}, ctx);
+  Tensor ids = Tensor::empty({2, 3}, DType::i32, MemoryCategory::activations, nullptr);
+  const std::int32_t tokens[] = {3, 7, 3, 0, 10, 7};  // repeats: gradients must add up
+  std::copy(std::begin(tokens), std::end(tokens), ids.data_as<std::int32_t>());
+  const auto r = random_vector(24, 14);
+  auto loss = [&] { return weighted_sum(layer.forward(ids, ctx, true), r); };
+  loss();
+  Tensor dy = Tensor::empty({2, 3, 4}, DType::f32, MemoryCategory::activations, nullptr);
+  std::copy(r.begin(), r.end(), dy.data_as<float>());
+  EXPECT_FALSE(layer.backward(dy, ctx).defined());
+  float* table = layer.table().value.data_as<float>();
+  for (std::int64_t i = 0; i < 44; ++i) {
+    const float saved = table[i];
+    table[i] = saved + 0.5f;
+    const double up = loss();
+    table[i] = saved - 0.5f;
+    const double down = loss();
+    table[i] = saved;
+    EXPECT_NEAR(layer.table().grad.data_as<float>()[i], (up - down) / 1.0, 1e-5) << i;
+  }
+  ids.data_as<std::int32_t>()[0] = 11;
+  EXPECT_THROW(layer.forward(ids, ctx, true), InvalidArgument);
+}
+
+}  // namespace
+}  // namespace mpx::nn

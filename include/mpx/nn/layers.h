@@ -120,6 +120,56 @@ class Flatten : public Layer {
   Shape input_shape_;
 };
 
+// GELU, exact (erf) as PyTorch's nn.GELU() or the tanh approximation GPT-2 uses.
+class GELU : public Layer {
+ public:
+  GELU(std::string name, bool tanh_approximation = false);
+  std::string kind() const override { return "gelu"; }
+  Shape plan(const Shape& input, Context& ctx) override;
+  Tensor forward(const Tensor& x, Context& ctx, bool training) override;
+  Tensor backward(const Tensor& dy, Context& ctx) override;
+
+ private:
+  bool tanh_;
+  Tensor input_, output_, grad_input_;
+};
+
+// Layer normalisation over the last dimension, statistics in FP32 (accumulated in double).
+class LayerNorm : public Layer {
+ public:
+  LayerNorm(std::string name, std::int64_t features, float eps = 1e-5f);
+  std::string kind() const override { return "layer_norm"; }
+  Shape plan(const Shape& input, Context& ctx) override;
+  Tensor forward(const Tensor& x, Context& ctx, bool training) override;
+  Tensor backward(const Tensor& dy, Context& ctx) override;
+  std::vector<Parameter*> parameters() override { return {&gamma_, &beta_}; }
+
+ private:
+  std::int64_t features_;
+  float eps_;
+  Parameter gamma_, beta_;
+  Tensor normalized_, inv_std_, output_, grad_input_;
+};
+
+// Token embedding: i32 ids [N, T] -> [N, T, dim] rows of an FP32 table [vocab, dim] (GPT-2 ties it to the
+// output projection later). backward() fills the table's gradient and returns an undefined tensor.
+class Embedding : public Layer {
+ public:
+  Embedding(std::string name, std::int64_t vocabulary, std::int64_t dim, std::uint64_t init_seed);
+  std::string kind() const override { return "embedding"; }
+  Shape plan(const Shape& input, Context& ctx) override;
+  Tensor forward(const Tensor& ids, Context& ctx, bool training) override;
+  Tensor backward(const Tensor& dy, Context& ctx) override;
+  std::vector<Parameter*> parameters() override { return {&table_}; }
+  Parameter& table() { return table_; }
+
+ private:
+  std::int64_t vocabulary_, dim_;
+  std::uint64_t seed_;
+  Parameter table_;
+  Tensor ids_, output_;
+};
+
 // Softmax + cross-entropy over [N, classes] logits, in FP32 with a max-subtracted log-sum-exp.
 class SoftmaxCrossEntropy {
  public:
