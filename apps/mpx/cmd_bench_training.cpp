@@ -25,6 +25,7 @@ struct TrainBenchOptions {
   int batch_size = 128;
   std::string data = io::kFashionMnistDefaultDir;
   bool json = false;
+  bool profile = false;
 };
 
 void run_matmul(const MatmulOptions& o) {
@@ -43,15 +44,26 @@ void run_matmul(const MatmulOptions& o) {
 void run_train_bench(const TrainBenchOptions& o) {
   nlohmann::json all = nlohmann::json::array();
   for (const std::string& precision : o.precisions) {
-    const auto r = bench::run_train_benchmark(o.model, precision, o.steps, o.batch_size, o.data);
+    const auto r = bench::run_train_benchmark(o.model, precision, o.steps, o.batch_size, o.data, o.profile);
+    nlohmann::json layers = nlohmann::json::array();
+    for (const auto& t : r.layer_times) {
+      const double steps = static_cast<double>(std::max<std::int64_t>(1, t.calls));
+      layers.push_back({{"layer", t.name}, {"forward_ms", t.forward_seconds / steps * 1e3},
+                        {"backward_ms", t.backward_seconds / steps * 1e3}});
+    }
     if (o.json) {
       all.push_back({{"model", r.model}, {"precision", r.precision}, {"steps", r.steps},
                      {"batch_size", r.batch_size}, {"images_per_second", r.images_per_second},
                      {"ms_per_step", r.ms_per_step}, {"peak_bytes", r.peak_bytes}, {"real_data", r.real_data}});
+      if (o.profile) all.back()["layers"] = layers;
     } else {
       fmt::print("{} {:<11} {:>8.0f} img/s {:>8.2f} ms/step  peak {:.1f} MiB{}\n", r.model, r.precision,
                  r.images_per_second, r.ms_per_step, static_cast<double>(r.peak_bytes) / (1 << 20),
                  r.real_data ? "" : " (random images: Fashion-MNIST not installed)");
+      for (const auto& l : layers) {
+        fmt::print("    {:<10} forward {:7.3f} ms  backward {:7.3f} ms\n", l["layer"].get<std::string>(),
+                   l["forward_ms"].get<double>(), l["backward_ms"].get<double>());
+      }
     }
   }
   if (o.json) fmt::print("{}\n", all.dump(2));
@@ -78,6 +90,7 @@ void add_bench_training_commands(CLI::App& bench) {
   train->add_option("--batch-size", t->batch_size, "Images per step")->check(CLI::Range(1, 65536))->capture_default_str();
   train->add_option("--data", t->data, "Fashion-MNIST directory (random images when absent)")->capture_default_str();
   train->add_flag("--json", t->json, "Print JSON");
+  train->add_flag("--profile", t->profile, "Also time every layer's forward and backward (mean per step)");
   train->callback([t] { run_train_bench(*t); });
 }
 

@@ -55,7 +55,7 @@ MatmulBenchResult run_matmul_benchmark(DType dtype, std::int64_t size, int repea
 }
 
 TrainBenchResult run_train_benchmark(const std::string& model, const std::string& precision, std::int64_t steps,
-                                     int batch_size, const std::string& data_dir) {
+                                     int batch_size, const std::string& data_dir, bool profile) {
   if (steps < 2) throw InvalidArgument("--steps must be at least 2 (the first is a warm-up)");
   io::FashionMnist data;
   const bool real = std::filesystem::exists(data_dir);
@@ -82,6 +82,7 @@ TrainBenchResult run_train_benchmark(const std::string& model, const std::string
   warm.run();
   config.max_steps = steps;
   train::Trainer trainer(config, data);
+  trainer.context().profile_layers = profile;
   std::int64_t last_step = 0;
   double last_elapsed = 0;
   train::Callbacks callbacks;
@@ -99,6 +100,7 @@ TrainBenchResult run_train_benchmark(const std::string& model, const std::string
   result.images_per_second = static_cast<double>(last_step * batch_size) / last_elapsed;
   result.peak_bytes = trainer.context().memory.peak_total();
   result.real_data = real;
+  result.layer_times = trainer.context().layer_times;
   return result;
 }
 

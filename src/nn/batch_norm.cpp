@@ -1,4 +1,6 @@
 // BatchNorm2d on NHWC: per-channel statistics over N*H*W rows, accumulated in double; FP32 storage.
+#include <omp.h>
+
 #include <cmath>
 #include <string>
 #include <vector>
@@ -8,6 +10,36 @@
 #include "mpx/nn/layers.h"
 
 namespace mpx::nn {
+
+namespace {
+// Two per-channel sums over all rows, in double: each thread sums its rows, then the partial sums are
+// added in thread order (deterministic for a given thread count).
+template <class Accumulate>
+void per_channel_sums_impl(std::int64_t rows, std::int64_t channels, Accumulate accumulate, std::vector<double>& a,
+                           std::vector<double>& b) {
+  const int threads = rows > 4096 ? omp_get_max_threads() : 1;
+  std::vector<std::vector<double>> part_a(static_cast<std::size_t>(threads)), part_b(static_cast<std::size_t>(threads));
+#pragma omp parallel num_threads(threads)
+  {
+    const auto t = static_cast<std::size_t>(omp_get_thread_num());
+    const auto n = static_cast<std::int64_t>(omp_get_num_threads());
+    std::vector<double> la(static_cast<std::size_t>(channels), 0.0), lb(static_cast<std::size_t>(channels), 0.0);
+    const std::int64_t begin = rows * static_cast<std::int64_t>(t) / n, end = rows * (static_cast<std::int64_t>(t) + 1) / n;
+    for (std::int64_t r = begin; r < end; ++r) {
+      for (std::int64_t c = 0; c < channels; ++c) accumulate(r, c, la[static_cast<std::size_t>(c)], lb[static_cast<std::size_t>(c)]);
+    }
+    part_a[t] = std::move(la);
+    part_b[t] = std::move(lb);
+  }
+  for (std::size_t t = 0; t < part_a.size(); ++t) {
+    for (std::size_t c = 0; c < a.size(); ++c) {
+      if (part_a[t].empty()) continue;
+      a[c] += part_a[t][c];
+      b[c] += part_b[t][c];
+    }
+  }
+}
+}  // namespace
 
 BatchNorm2d::BatchNorm2d(std::string name, std::int64_t channels, float momentum, float eps)
     : Layer(std::move(name)), channels_(channels), momentum_(momentum), eps_(eps) {
@@ -46,13 +78,11 @@ Tensor BatchNorm2d::forward(const Tensor& x, Context&, bool training) {
   float* inv_std = inv_std_.data_as<float>();
   if (training) {
     std::vector<double> sum(c_count, 0.0), sum_sq(c_count, 0.0);
-    for (std::int64_t r = 0; r < rows; ++r) {
-      const float* row = in + r * channels_;
-      for (std::int64_t c = 0; c < channels_; ++c) {
-        sum[c] += row[c];
-        sum_sq[c] += static_cast<double>(row[c]) * row[c];
-      }
-    }
+    per_channel_sums_impl(rows, channels_, [&](std::int64_t r, std::int64_t c, double& a, double& b) {
+      const float v = in[r * channels_ + c];
+      a += v;
+      b += static_cast<double>(v) * v;
+    }, sum, sum_sq);
     float* running_mean = running_mean_.data_as<float>();
     float* running_var = running_var_.data_as<float>();
     for (std::int64_t c = 0; c < channels_; ++c) {
@@ -94,13 +124,11 @@ Tensor BatchNorm2d::backward(const Tensor& dy, Context&) {
   const float* g = dy.data_as<float>();
   const float* xhat = normalized_.data_as<float>();
   std::vector<double> sum_dy(c_count, 0.0), sum_dy_xhat(c_count, 0.0);
-  for (std::int64_t r = 0; r < rows; ++r) {
-    for (std::int64_t c = 0; c < channels_; ++c) {
-      const std::int64_t i = r * channels_ + c;
-      sum_dy[c] += g[i];
-      sum_dy_xhat[c] += static_cast<double>(g[i]) * xhat[i];
-    }
-  }
+  per_channel_sums_impl(rows, channels_, [&](std::int64_t r, std::int64_t c, double& a, double& b) {
+    const std::int64_t i = r * channels_ + c;
+    a += g[i];
+    b += static_cast<double>(g[i]) * xhat[i];
+  }, sum_dy, sum_dy_xhat);
   const float* gamma = gamma_.value.data_as<float>();
   const float* inv_std = inv_std_.data_as<float>();
   std::vector<float> mean_dy(c_count), mean_dy_xhat(c_count), scale(c_count);

@@ -66,8 +66,11 @@ Tensor Conv2d::backward(const Tensor& dy, Context& ctx) {
   const DType compute = weight_.compute;
   const Tensor dy_backend = compute == DType::f32 ? dy : grad_output_.first_rows(s.batch);
   const void* g = detail::backend_input(dy, dy_backend, compute);
-  Tensor dx = grad_input_.first_rows(s.batch);
-  ctx.backend.conv2d_backward_data(s, g, weight_.backend_data(), weight_.backend_dtype(), dx.data_as<float>());
+  Tensor dx;
+  if (input_gradient_needed()) {
+    dx = grad_input_.first_rows(s.batch);
+    ctx.backend.conv2d_backward_data(s, g, weight_.backend_data(), weight_.backend_dtype(), dx.data_as<float>());
+  }
   ctx.backend.conv2d_backward_weights(s, saved_input_.data(), g, weight_.backend_dtype(), weight_.grad.data_as<float>(),
                                       bias_.grad.data_as<float>());
   return dx;

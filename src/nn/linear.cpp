@@ -51,8 +51,11 @@ Tensor Linear::backward(const Tensor& dy, Context& ctx) {
   const Tensor dy_backend = compute == DType::f32 ? dy : grad_output_.first_rows(n);
   const void* g = detail::backend_input(dy, dy_backend, compute);
   const DType bdt = weight_.backend_dtype();
-  Tensor dx = grad_input_.first_rows(n);
-  ctx.backend.matmul(g, false, weight_.backend_data(), false, bdt, dx.data_as<float>(), n, in_, out_);
+  Tensor dx;
+  if (input_gradient_needed()) {
+    dx = grad_input_.first_rows(n);
+    ctx.backend.matmul(g, false, weight_.backend_data(), false, bdt, dx.data_as<float>(), n, in_, out_);
+  }
   ctx.backend.matmul(g, true, saved_input_.data(), false, bdt, weight_.grad.data_as<float>(), out_, in_, n);
   const float* d = dy.data_as<float>();
   float* db = bias_.grad.data_as<float>();

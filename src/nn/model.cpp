@@ -1,24 +1,55 @@
 #include "mpx/nn/model.h"
 
+#include <chrono>
+
 #include "mpx/core/error.h"
 
 namespace mpx::nn {
 
 Shape Sequential::plan(const Shape& input, Context& ctx) {
+  if (!layers_.empty()) layers_.front()->set_input_gradient_needed(false);
   Shape shape = input;
   for (auto& layer : layers_) shape = layer->plan(shape, ctx);
   return shape;
 }
 
+namespace {
+using Clock = std::chrono::steady_clock;
+LayerTime& time_slot(Context& ctx, std::size_t index, const std::string& name) {
+  if (ctx.layer_times.size() <= index) ctx.layer_times.resize(index + 1);
+  ctx.layer_times[index].name = name;
+  return ctx.layer_times[index];
+}
+}  // namespace
+
 Tensor Sequential::forward(const Tensor& x, Context& ctx, bool training) {
   Tensor h = x;
-  for (auto& layer : layers_) h = layer->forward(h, ctx, training);
+  for (std::size_t i = 0; i < layers_.size(); ++i) {
+    if (!ctx.profile_layers) {
+      h = layers_[i]->forward(h, ctx, training);
+      continue;
+    }
+    const auto start = Clock::now();
+    h = layers_[i]->forward(h, ctx, training);
+    LayerTime& t = time_slot(ctx, i, layers_[i]->name());
+    t.forward_seconds += std::chrono::duration<double>(Clock::now() - start).count();
+    ++t.calls;
+  }
   return h;
 }
 
 void Sequential::backward(const Tensor& dy, Context& ctx) {
   Tensor g = dy;
-  for (auto it = layers_.rbegin(); it != layers_.rend(); ++it) g = (*it)->backward(g, ctx);
+  for (std::size_t i = layers_.size(); i-- > 0;) {
+    if (i == 0 && !layers_[0]->input_gradient_needed() && layers_[0]->parameters().empty()) break;
+    if (!ctx.profile_layers) {
+      g = layers_[i]->backward(g, ctx);
+      continue;
+    }
+    const auto start = Clock::now();
+    g = layers_[i]->backward(g, ctx);
+    time_slot(ctx, i, layers_[i]->name()).backward_seconds += std::chrono::duration<double>(Clock::now() - start).count();
+  }
 }
 
 std::vector<Parameter*> Sequential::parameters() {

@@ -4,7 +4,9 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
+#include "mpx/nn/layer.h"
 #include "mpx/numeric/dtype.h"
 
 namespace mpx::bench {
@@ -26,9 +28,10 @@ struct TrainBenchResult {
   double images_per_second = 0, ms_per_step = 0;
   std::size_t peak_bytes = 0;
   bool real_data = false;  // Fashion-MNIST was installed; else random images of the same shape
+  std::vector<nn::LayerTime> layer_times;  // when profiling: forward/backward seconds per layer
 };
 
 TrainBenchResult run_train_benchmark(const std::string& model, const std::string& precision, std::int64_t steps,
-                                     int batch_size, const std::string& data_dir);
+                                     int batch_size, const std::string& data_dir, bool profile = false);
 
 }  // namespace mpx::bench

@@ -16,8 +16,17 @@
 
 namespace mpx::nn {
 
+// Time spent in each layer, when Context::profile_layers is on (mpx bench train --profile).
+struct LayerTime {
+  std::string name;
+  double forward_seconds = 0, backward_seconds = 0;
+  std::int64_t calls = 0;
+};
+
 struct Context {
   backend::CpuBackend backend;
+  bool profile_layers = false;
+  std::vector<LayerTime> layer_times;  // in layer order, filled by Sequential when profiling
   MemoryTracker memory;
   amp::PrecisionPolicy policy = amp::PrecisionPolicy::preset("32-true");
   std::uint64_t seed = 0;
@@ -64,8 +73,14 @@ class Layer {
   virtual Tensor backward(const Tensor& dy, Context& ctx) = 0;
   virtual std::vector<Parameter*> parameters() { return {}; }
 
+  // The first layer of a model needs no gradient for its input (the images): Sequential turns it off, and
+  // layers that can skip that work (convolution, linear) then return an undefined tensor from backward().
+  void set_input_gradient_needed(bool needed) { input_gradient_needed_ = needed; }
+  bool input_gradient_needed() const { return input_gradient_needed_; }
+
  private:
   std::string name_;
+  bool input_gradient_needed_ = true;
 };
 
 // The leading `rows` of a batch-first tensor, sharing memory.

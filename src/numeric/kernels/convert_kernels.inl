@@ -272,6 +272,32 @@ void widen_e5m2_block(const std::uint8_t* in, float* out, std::size_t n, Totals*
   widen_half_block(half, out, n, totals);
 }
 
+// E4M3 is exactly representable as Half: normal codes move their fields into place and add the bias
+// difference (8) to the exponent; subnormal codes (exponent 0) are encoded with exponent 1 and the implicit
+// 2^-6 subtracted after widening (exact); zeros keep their sign; S.1111.111 becomes the quiet NaN.
+void widen_e4m3_block(const std::uint8_t* in, float* out_f, std::size_t n, Totals* totals) {
+  alignas(64) std::uint16_t half[kBlock];
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::uint16_t b = in[i];
+    const std::uint16_t sign = static_cast<std::uint16_t>((b & 0x80u) << 8);
+    const std::uint16_t magnitude = b & 0x7Fu;
+    const std::uint16_t subnormal_bump = (b & 0x78u) == 0 ? 0x0400u : 0u;
+    const std::uint16_t encoded = static_cast<std::uint16_t>((magnitude << 7) + 0x2000u + subnormal_bump);
+    half[i] = static_cast<std::uint16_t>(sign | (magnitude == 0x7Fu ? 0x7E00u : encoded));
+  }
+  widen_half_block(half, out_f, n, nullptr);
+  auto* out = reinterpret_cast<u32_alias*>(out_f);
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::uint32_t b = in[i];
+    const std::uint32_t sign = (b & 0x80u) << 24;
+    const float value = float_from_bits(out[i]);
+    const float unbiased = value - float_from_bits(sign | 0x3C800000u);  // minus +-2^-6
+    const std::uint32_t fixed = (b & 0x7Fu) == 0 ? sign : float_bits_of(unbiased);
+    out[i] = (b & 0x78u) == 0 ? fixed : out[i];
+  }
+  if (totals) widen_stats_block(out, n, *totals);
+}
+
 void widen_bfloat16_block(const std::uint16_t* in, float* out_f, std::size_t n, Totals* totals) {
   auto* out = reinterpret_cast<u32_alias*>(out_f);
   for (std::size_t i = 0; i < n; ++i) out[i] = bfloat16_widen_lane(in[i]);
@@ -320,6 +346,7 @@ void widen_kernel(const KernelArgs& args, ConversionStats* stats) {
     if constexpr (std::is_same_v<Format, HalfFormat>) widen_half_block(in, out, n, totals);
     else if constexpr (std::is_same_v<Format, BFloat16Format>) widen_bfloat16_block(in, out, n, totals);
     else if constexpr (std::is_same_v<Format, E5M2Format>) widen_e5m2_block(in, out, n, totals);
+    else if constexpr (std::is_same_v<Format, E4M3Format>) widen_e4m3_block(in, out, n, totals);
     else widen_block<Format>(in, out, n, totals);
   });
 }
