@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <cstring>
 
 #include "mpx/nn/layer.h"
@@ -11,10 +12,20 @@ void round_for_backend(const float* src, void* dst, DType compute, std::size_t c
   switch (compute) {
     case DType::bf16: numeric::convert(src, DType::f32, dst, DType::bf16, count); return;
     case DType::f16: {
-      // No FP16 arithmetic in oneDNN 2.6 on the CPU: round to FP16, then widen back to FP32 exactly.
-      std::vector<numeric::Half> half(count);
-      numeric::convert(src, DType::f32, half.data(), DType::f16, count);
-      numeric::convert(half.data(), DType::f16, dst, DType::f32, count);
+      // No FP16 arithmetic in oneDNN 2.6 on the CPU: round to FP16, then widen back to FP32 exactly,
+      // through an L1-sized block so that nothing is allocated per call.
+      constexpr std::size_t kBlock = 4096;
+      auto* out = static_cast<float*>(dst);
+#pragma omp parallel if (count > 65536)
+      {
+        alignas(64) numeric::Half half[kBlock];
+#pragma omp for schedule(static)
+        for (std::int64_t first = 0; first < static_cast<std::int64_t>(count); first += kBlock) {
+          const std::size_t n = std::min<std::size_t>(kBlock, count - static_cast<std::size_t>(first));
+          numeric::convert(src + first, DType::f32, half, DType::f16, n, {numeric::CpuPath::automatic, 1});
+          numeric::convert(half, DType::f16, out + first, DType::f32, n, {numeric::CpuPath::automatic, 1});
+        }
+      }
       return;
     }
     default:
