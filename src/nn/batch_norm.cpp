@@ -1,6 +1,7 @@
 // BatchNorm2d on NHWC: per-channel statistics over N*H*W rows, accumulated in double; FP32 storage.
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -12,37 +13,50 @@
 namespace mpx::nn {
 
 namespace {
-// Two per-channel sums over all rows, in double: each thread sums its rows, then the partial sums are
-// added in thread order (deterministic for a given thread count).
-template <class Accumulate>
-void per_channel_sums_impl(std::int64_t rows, std::int64_t channels, Accumulate accumulate, std::vector<double>& a,
+// Two per-channel sums over all rows: FP32 partial sums over blocks of 64 rows (vectorised across
+// channels), added into per-thread double sums, then the threads' sums added in thread order
+// (deterministic for a given thread count). `term(r, c, a, b)` gives row r, channel c's two addends.
+template <class Term>
+void per_channel_sums_impl(std::int64_t rows, std::int64_t channels, Term term, std::vector<double>& a,
                            std::vector<double>& b) {
+  constexpr std::int64_t kBlockRows = 64;
   const int threads = rows > 4096 ? omp_get_max_threads() : 1;
-  std::vector<std::vector<double>> part_a(static_cast<std::size_t>(threads)), part_b(static_cast<std::size_t>(threads));
+  const auto c_count = static_cast<std::size_t>(channels);
+  std::vector<double> part_a(c_count * static_cast<std::size_t>(threads), 0.0), part_b(part_a.size(), 0.0);
 #pragma omp parallel num_threads(threads)
   {
     const auto t = static_cast<std::size_t>(omp_get_thread_num());
-    const auto n = static_cast<std::int64_t>(omp_get_num_threads());
-    std::vector<double> la(static_cast<std::size_t>(channels), 0.0), lb(static_cast<std::size_t>(channels), 0.0);
-    const std::int64_t begin = rows * static_cast<std::int64_t>(t) / n, end = rows * (static_cast<std::int64_t>(t) + 1) / n;
-    for (std::int64_t r = begin; r < end; ++r) {
-      for (std::int64_t c = 0; c < channels; ++c) accumulate(r, c, la[static_cast<std::size_t>(c)], lb[static_cast<std::size_t>(c)]);
+    std::vector<float> block_a(c_count), block_b(c_count);
+#pragma omp for schedule(static)
+    for (std::int64_t first = 0; first < rows; first += kBlockRows) {
+      std::fill(block_a.begin(), block_a.end(), 0.0f);
+      std::fill(block_b.begin(), block_b.end(), 0.0f);
+      const std::int64_t last = std::min(rows, first + kBlockRows);
+      for (std::int64_t r = first; r < last; ++r) {
+        for (std::int64_t c = 0; c < channels; ++c) {
+          float x = 0, y = 0;
+          term(r, c, x, y);
+          block_a[static_cast<std::size_t>(c)] += x;
+          block_b[static_cast<std::size_t>(c)] += y;
+        }
+      }
+      for (std::size_t c = 0; c < c_count; ++c) {
+        part_a[t * c_count + c] += block_a[c];
+        part_b[t * c_count + c] += block_b[c];
+      }
     }
-    part_a[t] = std::move(la);
-    part_b[t] = std::move(lb);
   }
-  for (std::size_t t = 0; t < part_a.size(); ++t) {
-    for (std::size_t c = 0; c < a.size(); ++c) {
-      if (part_a[t].empty()) continue;
-      a[c] += part_a[t][c];
-      b[c] += part_b[t][c];
+  for (std::size_t t = 0; t < static_cast<std::size_t>(threads); ++t) {
+    for (std::size_t c = 0; c < c_count; ++c) {
+      a[c] += part_a[t * c_count + c];
+      b[c] += part_b[t * c_count + c];
     }
   }
 }
 }  // namespace
 
-BatchNorm2d::BatchNorm2d(std::string name, std::int64_t channels, float momentum, float eps)
-    : Layer(std::move(name)), channels_(channels), momentum_(momentum), eps_(eps) {
+BatchNorm2d::BatchNorm2d(std::string name, std::int64_t channels, float momentum, float eps, bool fused_relu)
+    : Layer(std::move(name)), channels_(channels), momentum_(momentum), eps_(eps), fused_relu_(fused_relu) {
   gamma_.name = this->name() + ".weight";
   beta_.name = this->name() + ".bias";
 }
@@ -63,7 +77,6 @@ Shape BatchNorm2d::plan(const Shape& input, Context& ctx) {
   }
   mean_ = Tensor::empty({channels_}, DType::f32, MemoryCategory::activations, &ctx.memory);
   inv_std_ = Tensor::empty({channels_}, DType::f32, MemoryCategory::activations, &ctx.memory);
-  normalized_ = Tensor::empty(input, DType::f32, MemoryCategory::activations, &ctx.memory);
   output_ = Tensor::empty(input, DType::f32, MemoryCategory::activations, &ctx.memory);
   grad_input_ = Tensor::empty(input, DType::f32, MemoryCategory::activations, &ctx.memory);
   return input;
@@ -78,11 +91,19 @@ Tensor BatchNorm2d::forward(const Tensor& x, Context&, bool training) {
   float* inv_std = inv_std_.data_as<float>();
   if (training) {
     std::vector<double> sum(c_count, 0.0), sum_sq(c_count, 0.0);
-    per_channel_sums_impl(rows, channels_, [&](std::int64_t r, std::int64_t c, double& a, double& b) {
-      const float v = in[r * channels_ + c];
-      a += v;
-      b += static_cast<double>(v) * v;
+    // Shifted by the first row's values so that FP32 partial sums of squares do not cancel.
+    std::vector<float> shift(c_count);
+    for (std::int64_t c = 0; c < channels_; ++c) shift[static_cast<std::size_t>(c)] = in[c];
+    per_channel_sums_impl(rows, channels_, [&](std::int64_t r, std::int64_t c, float& a, float& b) {
+      const float v = in[r * channels_ + c] - shift[static_cast<std::size_t>(c)];
+      a = v;
+      b = v * v;
     }, sum, sum_sq);
+    for (std::int64_t c = 0; c < channels_; ++c) {  // back to moments of x
+      const double k = shift[static_cast<std::size_t>(c)];
+      sum_sq[c] += 2 * k * sum[c] + count * k * k;
+      sum[c] += count * k;
+    }
     float* running_mean = running_mean_.data_as<float>();
     float* running_var = running_var_.data_as<float>();
     for (std::int64_t c = 0; c < channels_; ++c) {
@@ -102,16 +123,22 @@ Tensor BatchNorm2d::forward(const Tensor& x, Context&, bool training) {
   }
   const float* gamma = gamma_.value.data_as<float>();
   const float* beta = beta_.value.data_as<float>();
+  input_ = x;
   Tensor y = output_.first_rows(x.dim(0));
-  Tensor xhat_t = normalized_.first_rows(x.dim(0));
   float* out = y.data_as<float>();
-  float* xhat = xhat_t.data_as<float>();
+  // y = x * scale + shift, with scale = gamma * inv_std and shift = beta - mean * scale.
+  std::vector<float> scale(c_count), shift(c_count);
+  for (std::int64_t c = 0; c < channels_; ++c) {
+    scale[c] = gamma[c] * inv_std[c];
+    shift[c] = beta[c] - mean[c] * scale[c];
+  }
+  const bool relu = fused_relu_;
 #pragma omp parallel for if (rows > 4096)
   for (std::int64_t r = 0; r < rows; ++r) {
     for (std::int64_t c = 0; c < channels_; ++c) {
       const std::int64_t i = r * channels_ + c;
-      xhat[i] = (in[i] - mean[c]) * inv_std[c];
-      out[i] = gamma[c] * xhat[i] + beta[c];
+      const float v = in[i] * scale[c] + shift[c];
+      out[i] = relu && !(v > 0.0f) ? 0.0f : v;
     }
   }
   return y;
@@ -121,14 +148,25 @@ Tensor BatchNorm2d::backward(const Tensor& dy, Context&) {
   const std::int64_t rows = dy.numel() / channels_;
   const auto count = static_cast<double>(rows);
   const std::size_t c_count = static_cast<std::size_t>(channels_);
-  const float* g = dy.data_as<float>();
-  const float* xhat = normalized_.data_as<float>();
+  const float* dy_data = dy.data_as<float>();
+  const float* x = input_.data_as<float>();
+  const float* y = output_.data_as<float>();
+  const float* mean = mean_.data_as<float>();
+  // With the fused ReLU the incoming gradient passes only where the output was positive. Both loads are
+  // unconditional and the test a bitwise and, so that the loops stay branch-free and vectorise.
+  const bool relu = fused_relu_;
+  auto g = [&](std::int64_t i) {
+    const float yi = y[i], di = dy_data[i];
+    return (relu & !(yi > 0.0f)) ? 0.0f : di;
+  };
   std::vector<double> sum_dy(c_count, 0.0), sum_dy_xhat(c_count, 0.0);
-  per_channel_sums_impl(rows, channels_, [&](std::int64_t r, std::int64_t c, double& a, double& b) {
+  per_channel_sums_impl(rows, channels_, [&](std::int64_t r, std::int64_t c, float& a, float& b) {
     const std::int64_t i = r * channels_ + c;
-    a += g[i];
-    b += static_cast<double>(g[i]) * xhat[i];
+    const float gi = g(i);
+    a = gi;
+    b = gi * (x[i] - mean[c]);  // x-hat recomputed: times inv_std below
   }, sum_dy, sum_dy_xhat);
+  for (std::int64_t c = 0; c < channels_; ++c) sum_dy_xhat[c] *= inv_std_.data_as<float>()[c];
   const float* gamma = gamma_.value.data_as<float>();
   const float* inv_std = inv_std_.data_as<float>();
   std::vector<float> mean_dy(c_count), mean_dy_xhat(c_count), scale(c_count);
@@ -145,7 +183,8 @@ Tensor BatchNorm2d::backward(const Tensor& dy, Context&) {
   for (std::int64_t r = 0; r < rows; ++r) {
     for (std::int64_t c = 0; c < channels_; ++c) {
       const std::int64_t i = r * channels_ + c;
-      out[i] = scale[c] * (g[i] - mean_dy[c] - xhat[i] * mean_dy_xhat[c]);
+      const float xhat = (x[i] - mean[c]) * inv_std[c];
+      out[i] = scale[c] * (g(i) - mean_dy[c] - xhat * mean_dy_xhat[c]);
     }
   }
   return dx;

@@ -63,12 +63,11 @@ std::vector<Parameter*> Sequential::parameters() {
 Sequential make_cnn(std::uint64_t seed) {
   Sequential m;
   m.add(std::make_unique<Conv2d>("conv1", 1, 32, 3, 1, 1, seed + 100));
-  m.add(std::make_unique<BatchNorm2d>("bn1", 32));
-  m.add(std::make_unique<ReLU>("relu1"));
+  // BatchNorm and ReLU fused into one layer: one memory pass less each way (same function).
+  m.add(std::make_unique<BatchNorm2d>("bn1", 32, 0.1f, 1e-5f, /*fused_relu=*/true));
   m.add(std::make_unique<MaxPool2d>("pool1", 2));
   m.add(std::make_unique<Conv2d>("conv2", 32, 64, 3, 1, 1, seed + 200));
-  m.add(std::make_unique<BatchNorm2d>("bn2", 64));
-  m.add(std::make_unique<ReLU>("relu2"));
+  m.add(std::make_unique<BatchNorm2d>("bn2", 64, 0.1f, 1e-5f, /*fused_relu=*/true));
   m.add(std::make_unique<MaxPool2d>("pool2", 2));
   m.add(std::make_unique<Flatten>("flatten"));
   m.add(std::make_unique<Linear>("fc1", 64 * 7 * 7, 256, seed + 300));

@@ -1,7 +1,9 @@
 // ReLU, Dropout, Flatten and MaxPool2d: FP32, vectorisable loops, OpenMP over rows.
+#include <algorithm>
 #include <cstring>
 #include <limits>
 #include <string>
+#include <vector>
 
 #include "mpx/core/error.h"
 #include "mpx/nn/layers.h"
@@ -109,38 +111,32 @@ Shape MaxPool2d::plan(const Shape& input, Context& ctx) {
   input_shape_ = input;
   const Shape out = {input[0], input[1] / kernel_, input[2] / kernel_, input[3]};
   output_ = Tensor::empty(out, DType::f32, MemoryCategory::activations, &ctx.memory);
-  argmax_ = Tensor::empty(out, DType::i32, MemoryCategory::activations, &ctx.memory);
   grad_input_ = Tensor::empty(input, DType::f32, MemoryCategory::activations, &ctx.memory);
   return out;
 }
 
+// Forward keeps only the maxima; backward finds each window's (first) maximum again by comparing the
+// input, which is still alive in the previous layer's buffer. Both loops are float-only and vectorise.
 Tensor MaxPool2d::forward(const Tensor& x, Context&, bool) {
   const std::int64_t n = x.dim(0), h = x.dim(1), w = x.dim(2), c = x.dim(3);
   const std::int64_t oh = h / kernel_, ow = w / kernel_;
+  input_ = x;
   Tensor y = output_.first_rows(n);
   const float* in = x.data_as<float>();
   float* out = y.data_as<float>();
-  std::int32_t* arg = argmax_.data_as<std::int32_t>();
 #pragma omp parallel for collapse(2) if (n * oh > 64)
   for (std::int64_t b = 0; b < n; ++b) {
     for (std::int64_t i = 0; i < oh; ++i) {
       for (std::int64_t j = 0; j < ow; ++j) {
         float* o = out + ((b * oh + i) * ow + j) * c;
-        std::int32_t* a = arg + ((b * oh + i) * ow + j) * c;
-        for (std::int64_t ch = 0; ch < c; ++ch) {
-          o[ch] = -std::numeric_limits<float>::infinity();
-          a[ch] = 0;
-        }
-        for (std::int64_t r = 0; r < kernel_; ++r) {
-          for (std::int64_t s = 0; s < kernel_; ++s) {
-            const std::int64_t index = ((b * h + i * kernel_ + r) * w + j * kernel_ + s) * c;
-            for (std::int64_t ch = 0; ch < c; ++ch) {
-              // `!(<=)` so that a NaN wins and propagates, as in PyTorch.
-              if (!(in[index + ch] <= o[ch])) {
-                o[ch] = in[index + ch];
-                a[ch] = static_cast<std::int32_t>(index + ch);
-              }
-            }
+        const float* first = in + ((b * h + i * kernel_) * w + j * kernel_) * c;
+        for (std::int64_t ch = 0; ch < c; ++ch) o[ch] = first[ch];
+        for (std::int64_t k = 1; k < kernel_ * kernel_; ++k) {
+          const float* v = in + ((b * h + i * kernel_ + k / kernel_) * w + j * kernel_ + k % kernel_) * c;
+          for (std::int64_t ch = 0; ch < c; ++ch) {
+            // A NaN wins and propagates, as in PyTorch; on ties the first position keeps it.
+            const bool take = v[ch] > o[ch] || (v[ch] != v[ch] && o[ch] == o[ch]);
+            o[ch] = take ? v[ch] : o[ch];
           }
         }
       }
@@ -150,16 +146,61 @@ Tensor MaxPool2d::forward(const Tensor& x, Context&, bool) {
 }
 
 Tensor MaxPool2d::backward(const Tensor& dy, Context&) {
-  Shape shape = input_shape_;
-  shape[0] = dy.dim(0);
-  Tensor dx = grad_input_.first_rows(dy.dim(0));
-  dx.fill_zero();
+  const std::int64_t n = dy.dim(0), h = input_shape_[1], w = input_shape_[2], c = input_shape_[3];
+  const std::int64_t oh = h / kernel_, ow = w / kernel_, window = kernel_ * kernel_;
+  Tensor dx = grad_input_.first_rows(n);
+  if (oh * kernel_ != h || ow * kernel_ != w) dx.fill_zero();  // rows/columns no window covers
   const float* g = dy.data_as<float>();
-  const std::int32_t* arg = argmax_.data_as<std::int32_t>();
+  const float* in = input_.data_as<float>();
+  const float* out_max = output_.data_as<float>();
   float* out = dx.data_as<float>();
-  const std::int64_t n = dy.numel();
-  // Windows do not overlap (stride = kernel), so each input element receives at most one gradient.
-  for (std::int64_t i = 0; i < n; ++i) out[arg[i]] += g[i];
+#pragma omp parallel for collapse(2) if (n * oh > 64)
+  for (std::int64_t b = 0; b < n; ++b) {
+    for (std::int64_t i = 0; i < oh; ++i) {
+      std::vector<std::int64_t> offset(static_cast<std::size_t>(window));
+      for (std::int64_t j = 0; j < ow; ++j) {
+        const std::int64_t o = ((b * oh + i) * ow + j) * c;
+        for (std::int64_t k = 0; k < window; ++k) {
+          offset[static_cast<std::size_t>(k)] = ((b * h + i * kernel_ + k / kernel_) * w + j * kernel_ + k % kernel_) * c;
+        }
+        if (window == 4) {
+          // 2x2, the common case, unrolled so that the channel loop vectorises. Position k takes the
+          // gradient when it holds the maximum (a NaN maximum matches a NaN) and no earlier one did.
+          const float* v0 = in + offset[0];
+          const float* v1 = in + offset[1];
+          const float* v2 = in + offset[2];
+          const float* v3 = in + offset[3];
+          float* d0 = out + offset[0];
+          float* d1 = out + offset[1];
+          float* d2 = out + offset[2];
+          float* d3 = out + offset[3];
+          for (std::int64_t ch = 0; ch < c; ++ch) {
+            const float m = out_max[o + ch], grad = g[o + ch];
+            const bool nan_max = m != m;
+            const bool e0 = (v0[ch] == m) | (nan_max & (v0[ch] != v0[ch]));
+            const bool e1 = (v1[ch] == m) | (nan_max & (v1[ch] != v1[ch]));
+            const bool e2 = (v2[ch] == m) | (nan_max & (v2[ch] != v2[ch]));
+            const bool e3 = (v3[ch] == m) | (nan_max & (v3[ch] != v3[ch]));
+            d0[ch] = e0 ? grad : 0.0f;
+            d1[ch] = (e1 & !e0) ? grad : 0.0f;
+            d2[ch] = (e2 & !(e0 | e1)) ? grad : 0.0f;
+            d3[ch] = (e3 & !(e0 | e1 | e2)) ? grad : 0.0f;
+          }
+          continue;
+        }
+        for (std::int64_t ch = 0; ch < c; ++ch) {
+          const float m = out_max[o + ch];
+          bool taken = false;
+          for (std::int64_t k = 0; k < window; ++k) {
+            const float v = in[offset[static_cast<std::size_t>(k)] + ch];
+            const bool is_max = !taken && (v == m || (m != m && v != v));
+            out[offset[static_cast<std::size_t>(k)] + ch] = is_max ? g[o + ch] : 0.0f;
+            taken = taken || is_max;
+          }
+        }
+      }
+    }
+  }
   return dx;
 }
 

@@ -230,3 +230,48 @@ TEST(GradientCheck, EmbeddingTableGradient) {
 
 }  // namespace
 }  // namespace mpx::nn
+
+namespace mpx::nn {
+namespace {
+
+TEST(GradientCheck, BatchNorm2dWithFusedRelu) {
+  BatchNorm2d layer("bn", 3, 0.1f, 1e-5f, true);
+  check_layer(layer, {2, 3, 4, 3}, random_vector(72, 15, 2.0f), 24, 1e-2, 5e-2);
+}
+
+TEST(Layers, FusedBatchNormReluEqualsBatchNormThenRelu) {
+  Context ctx;
+  BatchNorm2d fused("a", 4, 0.1f, 1e-5f, true), plain("b", 4);
+  ReLU relu("r");
+  const Shape shape = {3, 2, 2, 4};
+  fused.plan(shape, ctx);
+  plain.plan(shape, ctx);
+  relu.plan(shape, ctx);
+  Tensor x = Tensor::empty(shape, DType::f32, MemoryCategory::activations, nullptr);
+  const auto v = random_vector(48, 16);
+  std::copy(v.begin(), v.end(), x.data_as<float>());
+  const Tensor a = fused.forward(x, ctx, true);
+  const Tensor b = relu.forward(plain.forward(x, ctx, true), ctx, true);
+  for (int i = 0; i < 48; ++i) EXPECT_EQ(a.data_as<float>()[i], b.data_as<float>()[i]) << i;
+}
+
+TEST(Layers, MaxPoolPropagatesNaNAndKeepsTheFirstOfTies) {
+  Context ctx;
+  MaxPool2d pool("pool", 2);
+  pool.plan({1, 2, 2, 2}, ctx);
+  Tensor x = Tensor::empty({1, 2, 2, 2}, DType::f32, MemoryCategory::activations, nullptr);
+  const float values[] = {1.0f, 5.0f, 3.0f, NAN, 3.0f, 5.0f, 2.0f, 0.0f};  // NHWC, 2 channels
+  std::copy(std::begin(values), std::end(values), x.data_as<float>());
+  const Tensor y = pool.forward(x, ctx, true);
+  EXPECT_EQ(y.data_as<float>()[0], 3.0f);
+  EXPECT_TRUE(std::isnan(y.data_as<float>()[1]));
+  Tensor dy = Tensor::empty({1, 1, 1, 2}, DType::f32, MemoryCategory::activations, nullptr);
+  dy.data_as<float>()[0] = 1.0f;
+  dy.data_as<float>()[1] = 2.0f;
+  const Tensor dx = pool.backward(dy, ctx);
+  const float expected[] = {0.0f, 0.0f, 1.0f, 2.0f, 0.0f, 0.0f, 0.0f, 0.0f};  // the first 3 takes the gradient
+  for (int i = 0; i < 8; ++i) EXPECT_EQ(dx.data_as<float>()[i], expected[i]) << i;
+}
+
+}  // namespace
+}  // namespace mpx::nn

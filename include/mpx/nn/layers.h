@@ -46,10 +46,12 @@ class Conv2d : public Layer {
 };
 
 // Batch normalisation over N, H, W per channel (NHWC); statistics and running statistics in FP32.
+// With `fused_relu` the output is max(0, BN(x)) in the same pass (one memory pass less each way).
 class BatchNorm2d : public Layer {
  public:
-  BatchNorm2d(std::string name, std::int64_t channels, float momentum = 0.1f, float eps = 1e-5f);
-  std::string kind() const override { return "batch_norm2d"; }
+  BatchNorm2d(std::string name, std::int64_t channels, float momentum = 0.1f, float eps = 1e-5f,
+              bool fused_relu = false);
+  std::string kind() const override { return fused_relu_ ? "batch_norm2d_relu" : "batch_norm2d"; }
   Shape plan(const Shape& input, Context& ctx) override;
   Tensor forward(const Tensor& x, Context& ctx, bool training) override;
   Tensor backward(const Tensor& dy, Context& ctx) override;
@@ -60,8 +62,10 @@ class BatchNorm2d : public Layer {
  private:
   std::int64_t channels_;
   float momentum_, eps_;
+  bool fused_relu_;
   Parameter gamma_, beta_;
-  Tensor running_mean_, running_var_, mean_, inv_std_, normalized_, output_, grad_input_;
+  Tensor running_mean_, running_var_, mean_, inv_std_, output_, grad_input_;
+  Tensor input_;  // the forward input (the previous layer's output buffer): x-hat is recomputed from it
 };
 
 class ReLU : public Layer {
@@ -88,7 +92,7 @@ class MaxPool2d : public Layer {
  private:
   std::int64_t kernel_;
   Shape input_shape_;
-  Tensor output_, argmax_, grad_input_;
+  Tensor input_, output_, grad_input_;
 };
 
 // Inverted dropout; the mask of element i at step s comes from Philox keyed by (seed, layer, s, i).
