@@ -38,9 +38,16 @@ double weighted_sum(const Tensor& y, const std::vector<float>& r) {
 }
 
 // Checks dL/dx and dL/dparam for up to `probes` entries of each.
+// One context for the whole test program: the layers under test are created before check_layer runs and
+// their tensors (accounted to the context's tracker) must not outlive it.
+Context& shared_context() {
+  static Context ctx;
+  return ctx;
+}
+
 void check_layer(Layer& layer, const Shape& input_shape, std::vector<float> x_values, int probes = 24,
                  double eps = 1e-2, double tolerance = 2e-2) {
-  Context ctx;
+  Context& ctx = shared_context();
   const Shape out_shape = layer.plan(input_shape, ctx);
   Tensor x = Tensor::empty(input_shape, DType::f32, MemoryCategory::activations, nullptr);
   std::copy(x_values.begin(), x_values.end(), x.data_as<float>());

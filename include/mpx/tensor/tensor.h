@@ -21,7 +21,8 @@ std::string to_string(const Shape& shape);
 class Tensor {
  public:
   Tensor() = default;
-  // Uninitialised memory. `tracker` may be null (nothing is accounted).
+  // Uninitialised memory. `tracker` may be null (nothing is accounted); when given it must outlive the
+  // tensor and every copy of it (an engine Context outlives the layers that allocate from it).
   static Tensor empty(const Shape& shape, DType dtype, MemoryCategory category, MemoryTracker* tracker);
   static Tensor zeros(const Shape& shape, DType dtype, MemoryCategory category, MemoryTracker* tracker);
 
