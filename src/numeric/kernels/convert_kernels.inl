@@ -276,6 +276,35 @@ void widen_e5m2_block(const std::uint8_t* in, float* out, std::size_t n, Totals*
 // difference (8) to the exponent; subnormal codes (exponent 0) are encoded with exponent 1 and the implicit
 // 2^-6 subtracted after widening (exact); zeros keep their sign; S.1111.111 becomes the quiet NaN.
 void widen_e4m3_block(const std::uint8_t* in, float* out_f, std::size_t n, Totals* totals) {
+#if defined(__AVX512F__)
+  // The same steps in registers, 16 at a time, when no statistics are wanted.
+  if (totals == nullptr) {
+    std::size_t i = 0;
+    const __m512i fraction_and_exponent = _mm512_set1_epi32(0x78), magnitude = _mm512_set1_epi32(0x7F);
+    for (; i + 16 <= n; i += 16) {
+      const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i)));
+      const __m512i sign = _mm512_slli_epi32(_mm512_and_si512(b, _mm512_set1_epi32(0x80)), 8);
+      const __m512i mag = _mm512_and_si512(b, magnitude);
+      const __mmask16 subnormal = _mm512_testn_epi32_mask(b, fraction_and_exponent);
+      const __mmask16 zero = _mm512_testn_epi32_mask(b, magnitude);
+      const __mmask16 nan = _mm512_cmpeq_epi32_mask(mag, magnitude);
+      __m512i encoded = _mm512_add_epi32(_mm512_slli_epi32(mag, 7), _mm512_set1_epi32(0x2000));
+      encoded = _mm512_mask_add_epi32(encoded, subnormal, encoded, _mm512_set1_epi32(0x0400));
+      encoded = _mm512_mask_mov_epi32(encoded, nan, _mm512_set1_epi32(0x7E00));
+      const __m256i half = _mm512_cvtepi32_epi16(_mm512_or_si512(sign, encoded));
+      __m512 f = _mm512_cvtph_ps(half);
+      const __m512i sign32 = _mm512_slli_epi32(sign, 16);
+      const __m512 implicit = _mm512_castsi512_ps(_mm512_or_si512(sign32, _mm512_set1_epi32(0x3C800000)));
+      f = _mm512_mask_sub_ps(f, subnormal, f, implicit);
+      f = _mm512_mask_mov_ps(f, zero, _mm512_castsi512_ps(sign32));
+      _mm512_storeu_ps(out_f + i, f);
+    }
+    if (i == n) return;
+    in += i;
+    out_f += i;
+    n -= i;
+  }
+#endif
   alignas(64) std::uint16_t half[kBlock];
   for (std::size_t i = 0; i < n; ++i) {
     const std::uint16_t b = in[i];
@@ -356,6 +385,27 @@ template <class FromFormat, class ToFormat>
 void narrow_via_float_kernel(const KernelArgs& args, ConversionStats* stats) {
   run_chunk<std::uint16_t, std::uint16_t>(
       args, stats, [](const std::uint16_t* in, std::uint16_t* out, std::size_t n, Totals* totals) {
+#if defined(__AVX512BF16__)
+        // Half -> BF16 without the scratch block: widen and round in registers. A Half never widens to a
+        // float subnormal, so vcvtne2ps2bf16's flushing of subnormal inputs cannot apply here.
+        if constexpr (std::is_same_v<FromFormat, HalfFormat> && std::is_same_v<ToFormat, BFloat16Format>) {
+          if (totals == nullptr) {
+            std::size_t i = 0;
+            for (; i + 32 <= n; i += 32) {
+              const __m512 lo = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + i)));
+              const __m512 hi = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + i + 16)));
+              const __m512bh packed = _mm512_cvtne2ps_pbh(hi, lo);
+              _mm512_storeu_si512(out + i, reinterpret_cast<const __m512i&>(packed));
+            }
+            if (i < n) {
+              alignas(64) float wide[kBlock];
+              widen_half_block(in + i, wide, n - i, nullptr);
+              narrow_bfloat16_block(wide, out + i, n - i, nullptr);
+            }
+            return;
+          }
+        }
+#endif
         alignas(64) float wide[kBlock];
         if constexpr (std::is_same_v<FromFormat, HalfFormat>) widen_half_block(in, wide, n, nullptr);
         else widen_bfloat16_block(in, wide, n, nullptr);
