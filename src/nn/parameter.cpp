@@ -52,6 +52,4 @@ void Parameter::refresh(bool master_weights) {
   if (working.defined()) round_for_backend(v, working.data(), compute, n);
 }
 
-Tensor leading_rows(const Tensor& t, std::int64_t rows) { return t.first_rows(rows); }
-
 }  // namespace mpx::nn

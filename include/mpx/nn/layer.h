@@ -83,7 +83,4 @@ class Layer {
   bool input_gradient_needed_ = true;
 };
 
-// The leading `rows` of a batch-first tensor, sharing memory.
-Tensor leading_rows(const Tensor& t, std::int64_t rows);
-
 }  // namespace mpx::nn
