@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "init.h"
+#include "vector_clones.h"
 #include "mpx/core/error.h"
 #include "mpx/nn/layers.h"
 
@@ -15,9 +16,10 @@ namespace mpx::nn {
 namespace {
 // Two per-channel sums over all rows: FP32 partial sums over blocks of 64 rows (vectorised across
 // channels), added into per-thread double sums, then the threads' sums added in thread order
-// (deterministic for a given thread count). `term(r, c, a, b)` gives row r, channel c's two addends.
-template <class Term>
-void per_channel_sums_impl(std::int64_t rows, std::int64_t channels, Term term, std::vector<double>& a,
+// (deterministic for a given thread count). `block_sums(first, last, a, b)` sets a[c], b[c] to the two
+// FP32 sums over rows [first, last).
+template <class BlockSums>
+void per_channel_sums_impl(std::int64_t rows, std::int64_t channels, BlockSums block_sums, std::vector<double>& a,
                            std::vector<double>& b) {
   constexpr std::int64_t kBlockRows = 64;
   const int threads = rows > 4096 ? omp_get_max_threads() : 1;
@@ -29,17 +31,7 @@ void per_channel_sums_impl(std::int64_t rows, std::int64_t channels, Term term, 
     std::vector<float> block_a(c_count), block_b(c_count);
 #pragma omp for schedule(static)
     for (std::int64_t first = 0; first < rows; first += kBlockRows) {
-      std::fill(block_a.begin(), block_a.end(), 0.0f);
-      std::fill(block_b.begin(), block_b.end(), 0.0f);
-      const std::int64_t last = std::min(rows, first + kBlockRows);
-      for (std::int64_t r = first; r < last; ++r) {
-        for (std::int64_t c = 0; c < channels; ++c) {
-          float x = 0, y = 0;
-          term(r, c, x, y);
-          block_a[static_cast<std::size_t>(c)] += x;
-          block_b[static_cast<std::size_t>(c)] += y;
-        }
-      }
+      block_sums(first, std::min(rows, first + kBlockRows), block_a.data(), block_b.data());
       for (std::size_t c = 0; c < c_count; ++c) {
         part_a[t * c_count + c] += block_a[c];
         part_b[t * c_count + c] += block_b[c];
@@ -50,6 +42,63 @@ void per_channel_sums_impl(std::int64_t rows, std::int64_t channels, Term term, 
     for (std::size_t c = 0; c < c_count; ++c) {
       a[c] += part_a[t * c_count + c];
       b[c] += part_b[t * c_count + c];
+    }
+  }
+}
+MPX_VECTOR_CLONES
+void moment_sums(const float* in, const float* shift, std::int64_t channels, std::int64_t first, std::int64_t last,
+                 float* a, float* b) {
+  for (std::int64_t c = 0; c < channels; ++c) a[c] = b[c] = 0.0f;
+  for (std::int64_t r = first; r < last; ++r) {
+    for (std::int64_t c = 0; c < channels; ++c) {
+      const float v = in[r * channels + c] - shift[c];
+      a[c] += v;
+      b[c] += v * v;
+    }
+  }
+}
+
+// Sums of g and g * (x - mean) (x-hat before the inv_std factor), g masked by the fused ReLU.
+MPX_VECTOR_CLONES
+void gradient_sums(const float* dy, const float* y, const float* x, const float* mean, std::int64_t channels,
+                   std::int64_t first, std::int64_t last, bool relu, float* a, float* b) {
+  for (std::int64_t c = 0; c < channels; ++c) a[c] = b[c] = 0.0f;
+  for (std::int64_t r = first; r < last; ++r) {
+    for (std::int64_t c = 0; c < channels; ++c) {
+      const std::int64_t i = r * channels + c;
+      const float yi = y[i], di = dy[i];
+      const float g = (relu & !(yi > 0.0f)) ? 0.0f : di;
+      a[c] += g;
+      b[c] += g * (x[i] - mean[c]);
+    }
+  }
+}
+
+// y = x * scale + shift per channel, optionally max(0, .), over rows [begin, end).
+MPX_VECTOR_CLONES
+void scale_shift_rows(const float* in, float* out, const float* scale, const float* shift, std::int64_t channels,
+                      std::int64_t begin, std::int64_t end, bool relu) {
+  for (std::int64_t r = begin; r < end; ++r) {
+    for (std::int64_t c = 0; c < channels; ++c) {
+      const std::int64_t i = r * channels + c;
+      const float v = in[i] * scale[c] + shift[c];
+      out[i] = relu && !(v > 0.0f) ? 0.0f : v;
+    }
+  }
+}
+
+// dx = scale * (g - mean_g - x_hat * mean_g_xhat) over rows [begin, end), g masked by the fused ReLU.
+MPX_VECTOR_CLONES
+void input_gradient_rows(const float* dy, const float* y, const float* x, const float* mean, const float* inv_std,
+                         const float* scale, const float* mean_dy, const float* mean_dy_xhat, float* out,
+                         std::int64_t channels, std::int64_t begin, std::int64_t end, bool relu) {
+  for (std::int64_t r = begin; r < end; ++r) {
+    for (std::int64_t c = 0; c < channels; ++c) {
+      const std::int64_t i = r * channels + c;
+      const float yi = y[i], di = dy[i];
+      const float g = (relu & !(yi > 0.0f)) ? 0.0f : di;
+      const float xhat = (x[i] - mean[c]) * inv_std[c];
+      out[i] = scale[c] * (g - mean_dy[c] - xhat * mean_dy_xhat[c]);
     }
   }
 }
@@ -94,10 +143,8 @@ Tensor BatchNorm2d::forward(const Tensor& x, Context&, bool training) {
     // Shifted by the first row's values so that FP32 partial sums of squares do not cancel.
     std::vector<float> shift(c_count);
     for (std::int64_t c = 0; c < channels_; ++c) shift[static_cast<std::size_t>(c)] = in[c];
-    per_channel_sums_impl(rows, channels_, [&](std::int64_t r, std::int64_t c, float& a, float& b) {
-      const float v = in[r * channels_ + c] - shift[static_cast<std::size_t>(c)];
-      a = v;
-      b = v * v;
+    per_channel_sums_impl(rows, channels_, [&](std::int64_t first, std::int64_t last, float* a, float* b) {
+      moment_sums(in, shift.data(), channels_, first, last, a, b);
     }, sum, sum_sq);
     for (std::int64_t c = 0; c < channels_; ++c) {  // back to moments of x
       const double k = shift[static_cast<std::size_t>(c)];
@@ -132,15 +179,9 @@ Tensor BatchNorm2d::forward(const Tensor& x, Context&, bool training) {
     scale[c] = gamma[c] * inv_std[c];
     shift[c] = beta[c] - mean[c] * scale[c];
   }
-  const bool relu = fused_relu_;
-#pragma omp parallel for if (rows > 4096)
-  for (std::int64_t r = 0; r < rows; ++r) {
-    for (std::int64_t c = 0; c < channels_; ++c) {
-      const std::int64_t i = r * channels_ + c;
-      const float v = in[i] * scale[c] + shift[c];
-      out[i] = relu && !(v > 0.0f) ? 0.0f : v;
-    }
-  }
+  detail::parallel_ranges(rows, 4096, [&](std::int64_t begin, std::int64_t end) {
+    scale_shift_rows(in, out, scale.data(), shift.data(), channels_, begin, end, fused_relu_);
+  });
   return y;
 }
 
@@ -152,19 +193,11 @@ Tensor BatchNorm2d::backward(const Tensor& dy, Context&) {
   const float* x = input_.data_as<float>();
   const float* y = output_.data_as<float>();
   const float* mean = mean_.data_as<float>();
-  // With the fused ReLU the incoming gradient passes only where the output was positive. Both loads are
-  // unconditional and the test a bitwise and, so that the loops stay branch-free and vectorise.
-  const bool relu = fused_relu_;
-  auto g = [&](std::int64_t i) {
-    const float yi = y[i], di = dy_data[i];
-    return (relu & !(yi > 0.0f)) ? 0.0f : di;
-  };
+  // With the fused ReLU the incoming gradient passes only where the output was positive (both loads are
+  // unconditional and the test a bitwise and, so that the loops stay branch-free and vectorise).
   std::vector<double> sum_dy(c_count, 0.0), sum_dy_xhat(c_count, 0.0);
-  per_channel_sums_impl(rows, channels_, [&](std::int64_t r, std::int64_t c, float& a, float& b) {
-    const std::int64_t i = r * channels_ + c;
-    const float gi = g(i);
-    a = gi;
-    b = gi * (x[i] - mean[c]);  // x-hat recomputed: times inv_std below
+  per_channel_sums_impl(rows, channels_, [&](std::int64_t first, std::int64_t last, float* a, float* b) {
+    gradient_sums(dy_data, y, x, mean, channels_, first, last, fused_relu_, a, b);  // x-hat: times inv_std below
   }, sum_dy, sum_dy_xhat);
   for (std::int64_t c = 0; c < channels_; ++c) sum_dy_xhat[c] *= inv_std_.data_as<float>()[c];
   const float* gamma = gamma_.value.data_as<float>();
@@ -179,14 +212,10 @@ Tensor BatchNorm2d::backward(const Tensor& dy, Context&) {
   }
   Tensor dx = grad_input_.first_rows(dy.dim(0));
   float* out = dx.data_as<float>();
-#pragma omp parallel for if (rows > 4096)
-  for (std::int64_t r = 0; r < rows; ++r) {
-    for (std::int64_t c = 0; c < channels_; ++c) {
-      const std::int64_t i = r * channels_ + c;
-      const float xhat = (x[i] - mean[c]) * inv_std[c];
-      out[i] = scale[c] * (g(i) - mean_dy[c] - xhat * mean_dy_xhat[c]);
-    }
-  }
+  detail::parallel_ranges(rows, 4096, [&](std::int64_t begin, std::int64_t end) {
+    input_gradient_rows(dy_data, y, x, mean, inv_std, scale.data(), mean_dy.data(), mean_dy_xhat.data(), out,
+                        channels_, begin, end, fused_relu_);
+  });
   return dx;
 }
 
