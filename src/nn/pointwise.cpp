@@ -8,6 +8,7 @@
 #include "mpx/core/error.h"
 #include "mpx/nn/layers.h"
 #include "mpx/numeric/philox.h"
+#include "vector_clones.h"
 
 namespace mpx::nn {
 
@@ -115,33 +116,75 @@ Shape MaxPool2d::plan(const Shape& input, Context& ctx) {
   return out;
 }
 
-// Forward keeps only the maxima; backward finds each window's (first) maximum again by comparing the
-// input, which is still alive in the previous layer's buffer. Both loops are float-only and vectorise.
-Tensor MaxPool2d::forward(const Tensor& x, Context&, bool) {
-  const std::int64_t n = x.dim(0), h = x.dim(1), w = x.dim(2), c = x.dim(3);
-  const std::int64_t oh = h / kernel_, ow = w / kernel_;
-  input_ = x;
-  Tensor y = output_.first_rows(n);
-  const float* in = x.data_as<float>();
-  float* out = y.data_as<float>();
-#pragma omp parallel for collapse(2) if (n * oh > 64)
-  for (std::int64_t b = 0; b < n; ++b) {
+namespace {
+
+// Max over each k x k window for images [first, last) of an NHWC batch.
+MPX_VECTOR_CLONES
+void max_pool_images(const float* in, float* out, std::int64_t first, std::int64_t last, std::int64_t h, std::int64_t w,
+                     std::int64_t c, std::int64_t kernel) {
+  const std::int64_t oh = h / kernel, ow = w / kernel;
+  for (std::int64_t b = first; b < last; ++b) {
     for (std::int64_t i = 0; i < oh; ++i) {
       for (std::int64_t j = 0; j < ow; ++j) {
         float* o = out + ((b * oh + i) * ow + j) * c;
-        const float* first = in + ((b * h + i * kernel_) * w + j * kernel_) * c;
-        for (std::int64_t ch = 0; ch < c; ++ch) o[ch] = first[ch];
-        for (std::int64_t k = 1; k < kernel_ * kernel_; ++k) {
-          const float* v = in + ((b * h + i * kernel_ + k / kernel_) * w + j * kernel_ + k % kernel_) * c;
+        const float* v0 = in + ((b * h + i * kernel) * w + j * kernel) * c;
+        for (std::int64_t ch = 0; ch < c; ++ch) o[ch] = v0[ch];
+        for (std::int64_t k = 1; k < kernel * kernel; ++k) {
+          const float* v = in + ((b * h + i * kernel + k / kernel) * w + j * kernel + k % kernel) * c;
           for (std::int64_t ch = 0; ch < c; ++ch) {
             // A NaN wins and propagates, as in PyTorch; on ties the first position keeps it.
-            const bool take = v[ch] > o[ch] || (v[ch] != v[ch] && o[ch] == o[ch]);
+            const bool take = (v[ch] > o[ch]) | ((v[ch] != v[ch]) & (o[ch] == o[ch]));
             o[ch] = take ? v[ch] : o[ch];
           }
         }
       }
     }
   }
+}
+
+// The gradient of 2x2 pooling for images [first, last): position k of a window takes it when it holds the
+// maximum (a NaN maximum matches a NaN) and no earlier position did. Branch-free, so it vectorises.
+MPX_VECTOR_CLONES
+void max_pool2_gradient_images(const float* in, const float* max, const float* g, float* out, std::int64_t first,
+                               std::int64_t last, std::int64_t h, std::int64_t w, std::int64_t c) {
+  const std::int64_t oh = h / 2, ow = w / 2;
+  for (std::int64_t b = first; b < last; ++b) {
+    for (std::int64_t i = 0; i < oh; ++i) {
+      for (std::int64_t j = 0; j < ow; ++j) {
+        const std::int64_t o = ((b * oh + i) * ow + j) * c;
+        const std::int64_t top = ((b * h + 2 * i) * w + 2 * j) * c, bottom = top + w * c;
+        const float *v0 = in + top, *v1 = in + top + c, *v2 = in + bottom, *v3 = in + bottom + c;
+        float *d0 = out + top, *d1 = out + top + c, *d2 = out + bottom, *d3 = out + bottom + c;
+        for (std::int64_t ch = 0; ch < c; ++ch) {
+          const float m = max[o + ch], grad = g[o + ch];
+          const bool nan_max = m != m;
+          const bool e0 = (v0[ch] == m) | (nan_max & (v0[ch] != v0[ch]));
+          const bool e1 = (v1[ch] == m) | (nan_max & (v1[ch] != v1[ch]));
+          const bool e2 = (v2[ch] == m) | (nan_max & (v2[ch] != v2[ch]));
+          const bool e3 = (v3[ch] == m) | (nan_max & (v3[ch] != v3[ch]));
+          d0[ch] = e0 ? grad : 0.0f;
+          d1[ch] = (e1 & !e0) ? grad : 0.0f;
+          d2[ch] = (e2 & !(e0 | e1)) ? grad : 0.0f;
+          d3[ch] = (e3 & !(e0 | e1 | e2)) ? grad : 0.0f;
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+// Forward keeps only the maxima; backward finds each window's (first) maximum again by comparing the
+// input, which is still alive in the previous layer's buffer.
+Tensor MaxPool2d::forward(const Tensor& x, Context&, bool) {
+  const std::int64_t n = x.dim(0), h = x.dim(1), w = x.dim(2), c = x.dim(3);
+  input_ = x;
+  Tensor y = output_.first_rows(n);
+  const float* in = x.data_as<float>();
+  float* out = y.data_as<float>();
+  detail::parallel_ranges(n, 2, [&](std::int64_t first, std::int64_t last) {
+    max_pool_images(in, out, first, last, h, w, c, kernel_);
+  });
   return y;
 }
 
@@ -154,47 +197,25 @@ Tensor MaxPool2d::backward(const Tensor& dy, Context&) {
   const float* in = input_.data_as<float>();
   const float* out_max = output_.data_as<float>();
   float* out = dx.data_as<float>();
+  if (kernel_ == 2) {
+    detail::parallel_ranges(n, 2, [&](std::int64_t first, std::int64_t last) {
+      max_pool2_gradient_images(in, out_max, g, out, first, last, h, w, c);
+    });
+    return dx;
+  }
+  // Other kernel sizes: the same rule, one window position at a time.
 #pragma omp parallel for collapse(2) if (n * oh > 64)
   for (std::int64_t b = 0; b < n; ++b) {
     for (std::int64_t i = 0; i < oh; ++i) {
-      std::vector<std::int64_t> offset(static_cast<std::size_t>(window));
       for (std::int64_t j = 0; j < ow; ++j) {
         const std::int64_t o = ((b * oh + i) * ow + j) * c;
-        for (std::int64_t k = 0; k < window; ++k) {
-          offset[static_cast<std::size_t>(k)] = ((b * h + i * kernel_ + k / kernel_) * w + j * kernel_ + k % kernel_) * c;
-        }
-        if (window == 4) {
-          // 2x2, the common case, unrolled so that the channel loop vectorises. Position k takes the
-          // gradient when it holds the maximum (a NaN maximum matches a NaN) and no earlier one did.
-          const float* v0 = in + offset[0];
-          const float* v1 = in + offset[1];
-          const float* v2 = in + offset[2];
-          const float* v3 = in + offset[3];
-          float* d0 = out + offset[0];
-          float* d1 = out + offset[1];
-          float* d2 = out + offset[2];
-          float* d3 = out + offset[3];
-          for (std::int64_t ch = 0; ch < c; ++ch) {
-            const float m = out_max[o + ch], grad = g[o + ch];
-            const bool nan_max = m != m;
-            const bool e0 = (v0[ch] == m) | (nan_max & (v0[ch] != v0[ch]));
-            const bool e1 = (v1[ch] == m) | (nan_max & (v1[ch] != v1[ch]));
-            const bool e2 = (v2[ch] == m) | (nan_max & (v2[ch] != v2[ch]));
-            const bool e3 = (v3[ch] == m) | (nan_max & (v3[ch] != v3[ch]));
-            d0[ch] = e0 ? grad : 0.0f;
-            d1[ch] = (e1 & !e0) ? grad : 0.0f;
-            d2[ch] = (e2 & !(e0 | e1)) ? grad : 0.0f;
-            d3[ch] = (e3 & !(e0 | e1 | e2)) ? grad : 0.0f;
-          }
-          continue;
-        }
         for (std::int64_t ch = 0; ch < c; ++ch) {
           const float m = out_max[o + ch];
           bool taken = false;
           for (std::int64_t k = 0; k < window; ++k) {
-            const float v = in[offset[static_cast<std::size_t>(k)] + ch];
-            const bool is_max = !taken && (v == m || (m != m && v != v));
-            out[offset[static_cast<std::size_t>(k)] + ch] = is_max ? g[o + ch] : 0.0f;
+            const std::int64_t index = ((b * h + i * kernel_ + k / kernel_) * w + j * kernel_ + k % kernel_) * c + ch;
+            const bool is_max = !taken && (in[index] == m || (m != m && in[index] != in[index]));
+            out[index] = is_max ? g[o + ch] : 0.0f;
             taken = taken || is_max;
           }
         }
