@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "init.h"
-#include "vector_clones.h"
+#include "../common/vector_clones.h"
 #include "mpx/core/error.h"
 #include "mpx/nn/layers.h"
 
@@ -179,7 +179,7 @@ Tensor BatchNorm2d::forward(const Tensor& x, Context&, bool training) {
     scale[c] = gamma[c] * inv_std[c];
     shift[c] = beta[c] - mean[c] * scale[c];
   }
-  detail::parallel_ranges(rows, 4096, [&](std::int64_t begin, std::int64_t end) {
+  mpx::detail::parallel_ranges(rows, 4096, [&](std::int64_t begin, std::int64_t end) {
     scale_shift_rows(in, out, scale.data(), shift.data(), channels_, begin, end, fused_relu_);
   });
   return y;
@@ -212,7 +212,7 @@ Tensor BatchNorm2d::backward(const Tensor& dy, Context&) {
   }
   Tensor dx = grad_input_.first_rows(dy.dim(0));
   float* out = dx.data_as<float>();
-  detail::parallel_ranges(rows, 4096, [&](std::int64_t begin, std::int64_t end) {
+  mpx::detail::parallel_ranges(rows, 4096, [&](std::int64_t begin, std::int64_t end) {
     input_gradient_rows(dy_data, y, x, mean, inv_std, scale.data(), mean_dy.data(), mean_dy_xhat.data(), out,
                         channels_, begin, end, fused_relu_);
   });

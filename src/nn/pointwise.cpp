@@ -8,7 +8,7 @@
 #include "mpx/core/error.h"
 #include "mpx/nn/layers.h"
 #include "mpx/numeric/philox.h"
-#include "vector_clones.h"
+#include "../common/vector_clones.h"
 
 namespace mpx::nn {
 
@@ -182,7 +182,7 @@ Tensor MaxPool2d::forward(const Tensor& x, Context&, bool) {
   Tensor y = output_.first_rows(n);
   const float* in = x.data_as<float>();
   float* out = y.data_as<float>();
-  detail::parallel_ranges(n, 2, [&](std::int64_t first, std::int64_t last) {
+  mpx::detail::parallel_ranges(n, 2, [&](std::int64_t first, std::int64_t last) {
     max_pool_images(in, out, first, last, h, w, c, kernel_);
   });
   return y;
@@ -198,7 +198,7 @@ Tensor MaxPool2d::backward(const Tensor& dy, Context&) {
   const float* out_max = output_.data_as<float>();
   float* out = dx.data_as<float>();
   if (kernel_ == 2) {
-    detail::parallel_ranges(n, 2, [&](std::int64_t first, std::int64_t last) {
+    mpx::detail::parallel_ranges(n, 2, [&](std::int64_t first, std::int64_t last) {
       max_pool2_gradient_images(in, out_max, g, out, first, last, h, w, c);
     });
     return dx;

@@ -1,6 +1,6 @@
 // Builds of the engine's own hot loops for AVX-512 and AVX2 beside the baseline, chosen at load time
 // (GCC's target_clones, an ifunc). Apply it to plain functions that do the loop work on a range; call
-// them from inside the OpenMP region (OpenMP's outlined bodies are not cloned). Internal to src/nn.
+// them from inside the OpenMP region (OpenMP's outlined bodies are not cloned). Internal to src/.
 #pragma once
 
 #include <omp.h>
@@ -13,7 +13,7 @@
 #define MPX_VECTOR_CLONES
 #endif
 
-namespace mpx::nn::detail {
+namespace mpx::detail {
 
 // Calls chunk(begin, end) on contiguous ranges of [0, count), one per OpenMP thread when count is large.
 template <class Chunk>
@@ -30,4 +30,4 @@ void parallel_ranges(std::int64_t count, std::int64_t min_parallel, Chunk chunk)
   }
 }
 
-}  // namespace mpx::nn::detail
+}  // namespace mpx::detail
