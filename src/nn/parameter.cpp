@@ -39,17 +39,16 @@ void Parameter::refresh(bool master_weights) {
   if (compute == DType::f32) return;
   const auto n = static_cast<std::size_t>(value.numel());
   float* v = value.data_as<float>();
+  // The working copy is the FP32 value rounded once to the compute dtype (every non-FP32 parameter has one).
+  round_for_backend(v, working.data(), compute, n);
   if (!master_weights) {
-    // *-true: the weights themselves live in the low precision; keep the FP32 buffer rounded to it.
-    if (compute == DType::bf16) {
-      std::vector<numeric::BFloat16> rounded(n);
-      numeric::convert(v, DType::f32, rounded.data(), DType::bf16, n);
-      numeric::convert(rounded.data(), DType::bf16, v, DType::f32, n);
+    // *-true: the weights themselves live in the low precision; take the rounded values back (exactly).
+    if (working.dtype() == DType::bf16) {
+      numeric::convert(working.data(), DType::bf16, v, DType::f32, n);
     } else {
-      round_for_backend(v, v, compute, n);
+      std::memcpy(v, working.data(), n * sizeof(float));
     }
   }
-  if (working.defined()) round_for_backend(v, working.data(), compute, n);
 }
 
 }  // namespace mpx::nn

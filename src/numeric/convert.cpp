@@ -185,8 +185,8 @@ void convert(const void* src, DType src_type, void* dst, DType dst_type, std::si
   const auto kernel = table->fn[static_cast<std::size_t>(direction)];
   const std::size_t out_size = size_bytes(dst_type);
   const bool element_aligned = reinterpret_cast<std::uintptr_t>(dst) % out_size == 0;
-  const bool streaming = options.path != CpuPath::scalar && table != &kernels::scalar_kernels() &&
-                         dst_bytes >= kStreamingMinBytes && element_aligned;
+  // Only the SIMD kernels stream (the scalar reference writes plainly).
+  const bool streaming = table != &kernels::scalar_kernels() && dst_bytes >= kStreamingMinBytes && element_aligned;
 
   // Elements before dst reaches a 64-byte boundary go without streaming stores, by the calling thread.
   std::size_t head = 0;

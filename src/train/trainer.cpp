@@ -50,6 +50,13 @@ Trainer::Trainer(const TrainConfig& config, const io::FashionMnist& data)
     if (config_.optimizer == "adamw") {
       p->state2 = Tensor::zeros(p->value.shape(), DType::f32, MemoryCategory::optimizer_state, &ctx_.memory);
     }
+    const auto n = static_cast<std::size_t>(p->value.numel());
+    grads_.emplace_back(p->grad.data_as<float>(), n);
+    slots_.push_back({{p->value.data_as<float>(), n},
+                      {p->grad.data_as<float>(), n},
+                      {p->state1.data_as<float>(), n},
+                      p->state2.defined() ? std::span<float>(p->state2.data_as<float>(), n) : std::span<float>(),
+                      p->decay});
   }
   // Normalise with the training set's mean and standard deviation (as the reference recipe does).
   double sum = 0, sum_sq = 0;
@@ -89,29 +96,17 @@ bool Trainer::step(const Tensor& batch, std::int64_t global_step, float lr, floa
   const float scale = scaler_ ? scaler_->scale() : 1.0f;
   model_.backward(loss_.backward(scale), ctx_);
 
-  std::vector<std::span<float>> grads;
-  for (nn::Parameter* p : params_) grads.emplace_back(p->grad.data_as<float>(), static_cast<std::size_t>(p->grad.numel()));
-  const bool found_inf = amp::unscale_and_check(grads, 1.0f / scale) || !std::isfinite(loss);
+  const bool found_inf = amp::unscale_and_check(grads_, 1.0f / scale) || !std::isfinite(loss);
   const bool apply = scaler_ ? scaler_->update(found_inf) : !found_inf;
   if (!apply) return false;
-  if (config_.clip_norm > 0) amp::clip_grad_norm(grads, config_.clip_norm);
-
-  std::vector<amp::ParameterSlot> slots;
-  for (nn::Parameter* p : params_) {
-    const auto n = static_cast<std::size_t>(p->value.numel());
-    slots.push_back({{p->value.data_as<float>(), n},
-                     {p->grad.data_as<float>(), n},
-                     {p->state1.data_as<float>(), n},
-                     p->state2.defined() ? std::span<float>(p->state2.data_as<float>(), n) : std::span<float>(),
-                     p->decay});
-  }
+  if (config_.clip_norm > 0) amp::clip_grad_norm(grads_, config_.clip_norm);
   ++optimizer_steps_;
   if (config_.optimizer == "adamw") {
     amp::AdamWConfig adamw;
     adamw.weight_decay = config_.weight_decay;
-    amp::adamw_step(adamw, lr, optimizer_steps_, slots);
+    amp::adamw_step(adamw, lr, optimizer_steps_, slots_);
   } else {
-    amp::sgd_step({config_.momentum, config_.weight_decay, true}, lr, slots);
+    amp::sgd_step({config_.momentum, config_.weight_decay, true}, lr, slots_);
   }
   for (nn::Parameter* p : params_) p->refresh(ctx_.policy.master_weights);
   return true;

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <vector>
 
+#include "../support/conversion_stats.h"
 #include "mpx/backend/cuda.h"
 #include "mpx/core/error.h"
 #include "mpx/numeric/convert.h"
@@ -20,11 +21,7 @@ namespace {
     if (devices().empty()) GTEST_SKIP() << "no GPU: " << no_device_reason();           \
   } while (0)
 
-bool same_stats(const numeric::ConversionStats& a, const numeric::ConversionStats& b) {
-  return a.elements == b.elements && a.nan == b.nan && a.inf == b.inf && a.overflow == b.overflow &&
-         a.underflow == b.underflow && a.subnormal == b.subnormal &&
-         std::bit_cast<std::uint32_t>(a.max_abs) == std::bit_cast<std::uint32_t>(b.max_abs);
-}
+using numeric::same_stats;
 
 TEST(CudaConvert, AllFloatsNarrowBitIdenticalToCpu) {
   MPX_SKIP_WITHOUT_GPU();

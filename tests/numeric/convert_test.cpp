@@ -12,6 +12,7 @@
 #include <random>
 #include <vector>
 
+#include "../support/conversion_stats.h"
 #include "../support/reference_formats.h"
 #include "mpx/core/error.h"
 #include "mpx/numeric/convert.h"
@@ -63,13 +64,7 @@ std::vector<unsigned char> source_bytes(DType from, std::size_t n, unsigned seed
 }
 
 void expect_stats_equal(const ConversionStats& a, const ConversionStats& b, const std::string& what) {
-  EXPECT_EQ(a.elements, b.elements) << what;
-  EXPECT_EQ(a.nan, b.nan) << what;
-  EXPECT_EQ(a.inf, b.inf) << what;
-  EXPECT_EQ(a.overflow, b.overflow) << what;
-  EXPECT_EQ(a.underflow, b.underflow) << what;
-  EXPECT_EQ(a.subnormal, b.subnormal) << what;
-  EXPECT_EQ(std::bit_cast<std::uint32_t>(a.max_abs), std::bit_cast<std::uint32_t>(b.max_abs)) << what;
+  EXPECT_TRUE(same_stats(a, b)) << what << ": " << a << " vs " << b;
 }
 
 std::string describe(const Direction& d, CpuPath path, const char* extra = "") {

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <vector>
 
+#include "../support/conversion_stats.h"
 #include "../support/reference_formats.h"
 #include "mpx/numeric/convert.h"
 
@@ -22,12 +23,6 @@ using mpx::testing::FormatSpec;
 
 constexpr std::uint64_t kChunk = std::uint64_t{1} << 20;
 constexpr std::uint64_t kChunks = (std::uint64_t{1} << 32) / kChunk;
-
-bool same_stats(const ConversionStats& a, const ConversionStats& b) {
-  return a.elements == b.elements && a.nan == b.nan && a.inf == b.inf && a.overflow == b.overflow &&
-         a.underflow == b.underflow && a.subnormal == b.subnormal &&
-         std::bit_cast<std::uint32_t>(a.max_abs) == std::bit_cast<std::uint32_t>(b.max_abs);
-}
 
 struct Failure {
   std::atomic<std::uint64_t> count{0};

@@ -6,9 +6,11 @@
 #include <cstdint>
 #include <functional>
 #include <optional>
+#include <span>
 #include <string>
 
 #include "mpx/amp/loss_scaler.h"
+#include "mpx/amp/optimizer.h"
 #include "mpx/core/error.h"
 #include "mpx/io/fashion_mnist.h"
 #include "mpx/nn/model.h"
@@ -83,6 +85,9 @@ class Trainer {
   nn::Sequential model_;
   nn::SoftmaxCrossEntropy loss_;
   std::vector<nn::Parameter*> params_;
+  // Views of every parameter's gradient and optimizer slot, built once: the step reuses them.
+  std::vector<std::span<float>> grads_;
+  std::vector<amp::ParameterSlot> slots_;
   std::optional<amp::LossScaler> scaler_;
   Tensor input_;
   std::vector<std::uint8_t> labels_;
