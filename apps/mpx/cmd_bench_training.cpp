@@ -1,6 +1,8 @@
 // `mpx bench matmul` (engine vs oneDNN called directly) and `mpx bench train` (img/s per precision).
 #include <fmt/format.h>
 
+#include <algorithm>
+
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
@@ -24,6 +26,7 @@ struct TrainBenchOptions {
   std::int64_t steps = 50;
   int batch_size = 128;
   std::string data = io::kFashionMnistDefaultDir;
+  int rounds = 1;
   bool json = false;
   bool profile = false;
 };
@@ -41,10 +44,28 @@ void run_matmul(const MatmulOptions& o) {
              name(r.dtype), r.engine_gflops, r.direct_gflops, r.ratio, r.implementation);
 }
 
+// With several rounds the precisions run interleaved (A B A B ...) and the round with the median img/s
+// is reported for each: a shared machine's drifting speed then affects every precision alike.
 void run_train_bench(const TrainBenchOptions& o) {
+  std::vector<std::vector<bench::TrainBenchResult>> runs(o.precisions.size());
+  for (int round = 0; round < o.rounds; ++round) {
+    for (std::size_t i = 0; i < o.precisions.size(); ++i) {
+      runs[i].push_back(bench::run_train_benchmark(o.model, o.precisions[i], o.steps, o.batch_size, o.data,
+                                                   o.profile));
+    }
+  }
+  std::vector<bench::TrainBenchResult> medians;
+  for (auto& r : runs) {
+    std::sort(r.begin(), r.end(), [](const auto& a, const auto& b) { return a.images_per_second < b.images_per_second; });
+    medians.push_back(r[r.size() / 2]);
+  }
+  double fp32_images_per_second = 0;
+  for (const auto& r : medians) {
+    if (r.precision == "32-true") fp32_images_per_second = r.images_per_second;
+  }
   nlohmann::json all = nlohmann::json::array();
-  for (const std::string& precision : o.precisions) {
-    const auto r = bench::run_train_benchmark(o.model, precision, o.steps, o.batch_size, o.data, o.profile);
+  for (const auto& r : medians) {
+    const double speedup = fp32_images_per_second > 0 ? r.images_per_second / fp32_images_per_second : 0;
     nlohmann::json layers = nlohmann::json::array();
     for (const auto& t : r.layer_times) {
       const double steps = static_cast<double>(std::max<std::int64_t>(1, t.calls));
@@ -53,12 +74,14 @@ void run_train_bench(const TrainBenchOptions& o) {
     }
     if (o.json) {
       all.push_back({{"model", r.model}, {"precision", r.precision}, {"steps", r.steps},
-                     {"batch_size", r.batch_size}, {"images_per_second", r.images_per_second},
+                     {"batch_size", r.batch_size}, {"rounds", o.rounds}, {"images_per_second", r.images_per_second},
                      {"ms_per_step", r.ms_per_step}, {"peak_bytes", r.peak_bytes}, {"real_data", r.real_data}});
+      if (speedup > 0) all.back()["speedup_vs_32_true"] = speedup;
       if (o.profile) all.back()["layers"] = layers;
     } else {
-      fmt::print("{} {:<11} {:>8.0f} img/s {:>8.2f} ms/step  peak {:.1f} MiB{}\n", r.model, r.precision,
+      fmt::print("{} {:<11} {:>8.0f} img/s {:>8.2f} ms/step  peak {:.1f} MiB{}{}\n", r.model, r.precision,
                  r.images_per_second, r.ms_per_step, static_cast<double>(r.peak_bytes) / (1 << 20),
+                 speedup > 0 ? fmt::format("  {:.2f}x 32-true", speedup) : "",
                  r.real_data ? "" : " (random images: Fashion-MNIST not installed)");
       for (const auto& l : layers) {
         fmt::print("    {:<10} forward {:7.3f} ms  backward {:7.3f} ms\n", l["layer"].get<std::string>(),
@@ -89,6 +112,9 @@ void add_bench_training_commands(CLI::App& bench) {
   train->add_option("--steps", t->steps, "Timed steps (after one warm-up step)")->check(CLI::Range(2, 1000000))->capture_default_str();
   train->add_option("--batch-size", t->batch_size, "Images per step")->check(CLI::Range(1, 65536))->capture_default_str();
   train->add_option("--data", t->data, "Fashion-MNIST directory (random images when absent)")->capture_default_str();
+  train->add_option("--rounds", t->rounds, "Runs of each precision, interleaved; the median is reported")
+      ->check(CLI::Range(1, 100))
+      ->capture_default_str();
   train->add_flag("--json", t->json, "Print JSON");
   train->add_flag("--profile", t->profile, "Also time every layer's forward and backward (mean per step)");
   train->callback([t] { run_train_bench(*t); });

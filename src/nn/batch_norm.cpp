@@ -1,4 +1,5 @@
-// BatchNorm2d on NHWC: per-channel statistics over N*H*W rows, accumulated in double; FP32 storage.
+// BatchNorm2d on NHWC: per-channel statistics over N*H*W rows, accumulated in double; FP32 arithmetic on
+// FP32 or BF16 storage (output and gradients keep the input's dtype).
 #include <omp.h>
 
 #include <algorithm>
@@ -7,6 +8,7 @@
 #include <vector>
 
 #include "init.h"
+#include "storage.h"
 #include "../common/vector_clones.h"
 #include "mpx/core/error.h"
 #include "mpx/nn/layers.h"
@@ -14,6 +16,8 @@
 namespace mpx::nn {
 
 namespace {
+using detail::load;
+using detail::store;
 // Two per-channel sums over all rows: FP32 partial sums over blocks of 64 rows (vectorised across
 // channels), added into per-thread double sums, then the threads' sums added in thread order
 // (deterministic for a given thread count). `block_sums(first, last, a, b)` sets a[c], b[c] to the two
@@ -45,13 +49,13 @@ void per_channel_sums_impl(std::int64_t rows, std::int64_t channels, BlockSums b
     }
   }
 }
-MPX_VECTOR_CLONES
-void moment_sums(const float* in, const float* shift, std::int64_t channels, std::int64_t first, std::int64_t last,
+template <class T>
+MPX_VECTOR_CLONES void moment_sums(const T* in, const float* shift, std::int64_t channels, std::int64_t first, std::int64_t last,
                  float* a, float* b) {
   for (std::int64_t c = 0; c < channels; ++c) a[c] = b[c] = 0.0f;
   for (std::int64_t r = first; r < last; ++r) {
     for (std::int64_t c = 0; c < channels; ++c) {
-      const float v = in[r * channels + c] - shift[c];
+      const float v = load(in[r * channels + c]) - shift[c];
       a[c] += v;
       b[c] += v * v;
     }
@@ -59,46 +63,46 @@ void moment_sums(const float* in, const float* shift, std::int64_t channels, std
 }
 
 // Sums of g and g * (x - mean) (x-hat before the inv_std factor), g masked by the fused ReLU.
-MPX_VECTOR_CLONES
-void gradient_sums(const float* dy, const float* y, const float* x, const float* mean, std::int64_t channels,
+template <class T>
+MPX_VECTOR_CLONES void gradient_sums(const T* dy, const T* y, const T* x, const float* mean, std::int64_t channels,
                    std::int64_t first, std::int64_t last, bool relu, float* a, float* b) {
   for (std::int64_t c = 0; c < channels; ++c) a[c] = b[c] = 0.0f;
   for (std::int64_t r = first; r < last; ++r) {
     for (std::int64_t c = 0; c < channels; ++c) {
       const std::int64_t i = r * channels + c;
-      const float yi = y[i], di = dy[i];
+      const float yi = load(y[i]), di = load(dy[i]);
       const float g = (relu & !(yi > 0.0f)) ? 0.0f : di;
       a[c] += g;
-      b[c] += g * (x[i] - mean[c]);
+      b[c] += g * (load(x[i]) - mean[c]);
     }
   }
 }
 
 // y = x * scale + shift per channel, optionally max(0, .), over rows [begin, end).
-MPX_VECTOR_CLONES
-void scale_shift_rows(const float* in, float* out, const float* scale, const float* shift, std::int64_t channels,
+template <class T>
+MPX_VECTOR_CLONES void scale_shift_rows(const T* in, T* out, const float* scale, const float* shift, std::int64_t channels,
                       std::int64_t begin, std::int64_t end, bool relu) {
   for (std::int64_t r = begin; r < end; ++r) {
     for (std::int64_t c = 0; c < channels; ++c) {
       const std::int64_t i = r * channels + c;
-      const float v = in[i] * scale[c] + shift[c];
-      out[i] = relu && !(v > 0.0f) ? 0.0f : v;
+      const float v = load(in[i]) * scale[c] + shift[c];
+      store(out + i, relu && v <= 0.0f ? 0.0f : v);  // a NaN propagates through the ReLU
     }
   }
 }
 
 // dx = scale * (g - mean_g - x_hat * mean_g_xhat) over rows [begin, end), g masked by the fused ReLU.
-MPX_VECTOR_CLONES
-void input_gradient_rows(const float* dy, const float* y, const float* x, const float* mean, const float* inv_std,
-                         const float* scale, const float* mean_dy, const float* mean_dy_xhat, float* out,
+template <class T>
+MPX_VECTOR_CLONES void input_gradient_rows(const T* dy, const T* y, const T* x, const float* mean, const float* inv_std,
+                         const float* scale, const float* mean_dy, const float* mean_dy_xhat, T* out,
                          std::int64_t channels, std::int64_t begin, std::int64_t end, bool relu) {
   for (std::int64_t r = begin; r < end; ++r) {
     for (std::int64_t c = 0; c < channels; ++c) {
       const std::int64_t i = r * channels + c;
-      const float yi = y[i], di = dy[i];
+      const float yi = load(y[i]), di = load(dy[i]);
       const float g = (relu & !(yi > 0.0f)) ? 0.0f : di;
-      const float xhat = (x[i] - mean[c]) * inv_std[c];
-      out[i] = scale[c] * (g - mean_dy[c] - xhat * mean_dy_xhat[c]);
+      const float xhat = (load(x[i]) - mean[c]) * inv_std[c];
+      store(out + i, scale[c] * (g - mean_dy[c] - xhat * mean_dy_xhat[c]));
     }
   }
 }
@@ -110,7 +114,8 @@ BatchNorm2d::BatchNorm2d(std::string name, std::int64_t channels, float momentum
   beta_.name = this->name() + ".bias";
 }
 
-Shape BatchNorm2d::plan(const Shape& input, Context& ctx) {
+TensorSpec BatchNorm2d::plan(const TensorSpec& in, Context& ctx) {
+  const Shape& input = in.shape;
   if (input.size() != 4 || input[3] != channels_) {
     throw InvalidArgument("layer " + name() + " (batch_norm2d, " + std::to_string(channels_) +
                           " channels) got input of shape " + to_string(input) + "; expected NHWC [N, H, W, " +
@@ -126,23 +131,30 @@ Shape BatchNorm2d::plan(const Shape& input, Context& ctx) {
   }
   mean_ = Tensor::empty({channels_}, DType::f32, MemoryCategory::activations, &ctx.memory);
   inv_std_ = Tensor::empty({channels_}, DType::f32, MemoryCategory::activations, &ctx.memory);
-  output_ = Tensor::empty(input, DType::f32, MemoryCategory::activations, &ctx.memory);
-  grad_input_ = Tensor::empty(input, DType::f32, MemoryCategory::activations, &ctx.memory);
-  return input;
+  output_ = Tensor::empty(input, in.dtype, MemoryCategory::activations, &ctx.memory);
+  grad_input_ = Tensor::empty(input, in.dtype, MemoryCategory::activations, &ctx.memory);
+  return in;
 }
 
 Tensor BatchNorm2d::forward(const Tensor& x, Context&, bool training) {
+  detail::require_dtype(x, output_.dtype(), name(), "input");
+  detail::with_storage(x.dtype(), [&](auto tag) { forward_impl<decltype(tag)>(x, training); });
+  return output_.first_rows(x.dim(0));
+}
+
+template <class T>
+void BatchNorm2d::forward_impl(const Tensor& x, bool training) {
   const std::int64_t rows = x.numel() / channels_;
   const auto count = static_cast<double>(rows);
   const std::size_t c_count = static_cast<std::size_t>(channels_);
-  const float* in = x.data_as<float>();
+  const T* in = detail::elements<T>(x);
   float* mean = mean_.data_as<float>();
   float* inv_std = inv_std_.data_as<float>();
   if (training) {
     std::vector<double> sum(c_count, 0.0), sum_sq(c_count, 0.0);
     // Shifted by the first row's values so that FP32 partial sums of squares do not cancel.
     std::vector<float> shift(c_count);
-    for (std::int64_t c = 0; c < channels_; ++c) shift[static_cast<std::size_t>(c)] = in[c];
+    for (std::int64_t c = 0; c < channels_; ++c) shift[static_cast<std::size_t>(c)] = detail::load(in[c]);
     per_channel_sums_impl(rows, channels_, [&](std::int64_t first, std::int64_t last, float* a, float* b) {
       moment_sums(in, shift.data(), channels_, first, last, a, b);
     }, sum, sum_sq);
@@ -171,8 +183,7 @@ Tensor BatchNorm2d::forward(const Tensor& x, Context&, bool training) {
   const float* gamma = gamma_.value.data_as<float>();
   const float* beta = beta_.value.data_as<float>();
   input_ = x;
-  Tensor y = output_.first_rows(x.dim(0));
-  float* out = y.data_as<float>();
+  T* out = detail::mutable_elements<T>(output_);
   // y = x * scale + shift, with scale = gamma * inv_std and shift = beta - mean * scale.
   std::vector<float> scale(c_count), shift(c_count);
   for (std::int64_t c = 0; c < channels_; ++c) {
@@ -182,16 +193,22 @@ Tensor BatchNorm2d::forward(const Tensor& x, Context&, bool training) {
   mpx::detail::parallel_ranges(rows, 4096, [&](std::int64_t begin, std::int64_t end) {
     scale_shift_rows(in, out, scale.data(), shift.data(), channels_, begin, end, fused_relu_);
   });
-  return y;
 }
 
 Tensor BatchNorm2d::backward(const Tensor& dy, Context&) {
+  detail::require_dtype(dy, output_.dtype(), name(), "gradient");
+  detail::with_storage(dy.dtype(), [&](auto tag) { backward_impl<decltype(tag)>(dy); });
+  return grad_input_.first_rows(dy.dim(0));
+}
+
+template <class T>
+void BatchNorm2d::backward_impl(const Tensor& dy) {
   const std::int64_t rows = dy.numel() / channels_;
   const auto count = static_cast<double>(rows);
   const std::size_t c_count = static_cast<std::size_t>(channels_);
-  const float* dy_data = dy.data_as<float>();
-  const float* x = input_.data_as<float>();
-  const float* y = output_.data_as<float>();
+  const T* dy_data = detail::elements<T>(dy);
+  const T* x = detail::elements<T>(input_);
+  const T* y = detail::elements<T>(output_);
   const float* mean = mean_.data_as<float>();
   // With the fused ReLU the incoming gradient passes only where the output was positive (both loads are
   // unconditional and the test a bitwise and, so that the loops stay branch-free and vectorise).
@@ -210,13 +227,11 @@ Tensor BatchNorm2d::backward(const Tensor& dy, Context&) {
     mean_dy_xhat[c] = static_cast<float>(sum_dy_xhat[c] / count);
     scale[c] = gamma[c] * inv_std[c];
   }
-  Tensor dx = grad_input_.first_rows(dy.dim(0));
-  float* out = dx.data_as<float>();
+  T* out = detail::mutable_elements<T>(grad_input_);
   mpx::detail::parallel_ranges(rows, 4096, [&](std::int64_t begin, std::int64_t end) {
     input_gradient_rows(dy_data, y, x, mean, inv_std, scale.data(), mean_dy.data(), mean_dy_xhat.data(), out,
                         channels_, begin, end, fused_relu_);
   });
-  return dx;
 }
 
 }  // namespace mpx::nn

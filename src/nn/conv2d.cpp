@@ -2,6 +2,7 @@
 #include <string>
 
 #include "init.h"
+#include "storage.h"
 #include "mpx/core/error.h"
 #include "mpx/nn/layers.h"
 
@@ -19,7 +20,8 @@ Conv2d::Conv2d(std::string name, std::int64_t in_channels, std::int64_t out_chan
   bias_.name = this->name() + ".bias";
 }
 
-Shape Conv2d::plan(const Shape& input, Context& ctx) {
+TensorSpec Conv2d::plan(const TensorSpec& in, Context& ctx) {
+  const Shape& input = in.shape;
   if (input.size() != 4 || input[3] != shape_.in_channels) {
     throw InvalidArgument("layer " + name() + " (conv2d, " + std::to_string(shape_.in_channels) +
                           " input channels) got input of shape " + to_string(input) + "; expected NHWC [N, H, W, " +
@@ -39,24 +41,25 @@ Shape Conv2d::plan(const Shape& input, Context& ctx) {
                          compute, bound, seed_, true);
   detail::init_parameter(bias_, {shape_.out_channels}, ctx, DType::f32, bound, seed_ + 1, true);
   const Shape out = {shape_.batch, shape_.out_height(), shape_.out_width(), shape_.out_channels};
-  output_ = Tensor::empty(out, DType::f32, MemoryCategory::activations, &ctx.memory);
-  grad_input_ = Tensor::empty(input, DType::f32, MemoryCategory::activations, &ctx.memory);
-  if (compute != DType::f32) {
-    input_ = Tensor::empty(input, backend_dtype_for(compute), MemoryCategory::workspace, &ctx.memory);
-    grad_output_ = Tensor::empty(out, backend_dtype_for(compute), MemoryCategory::workspace, &ctx.memory);
-  }
-  return out;
+  const DType out_dtype = detail::output_storage(compute, ctx);
+  output_ = Tensor::empty(out, out_dtype, MemoryCategory::activations, &ctx.memory);
+  grad_input_ = Tensor::empty(input, in.dtype, MemoryCategory::activations, &ctx.memory);
+  grad_input_wide_ = detail::wide_gradient_scratch(input, in.dtype, compute, ctx);
+  input_ = detail::backend_scratch(input, in.dtype, compute, ctx);
+  grad_output_ = detail::backend_scratch(out, out_dtype, compute, ctx);
+  return {out, out_dtype};
 }
 
 Tensor Conv2d::forward(const Tensor& x, Context& ctx, bool) {
   backend::ConvShape s = shape_;
   s.batch = x.dim(0);
   const DType compute = weight_.compute;
-  saved_input_ = compute == DType::f32 ? x : input_.first_rows(s.batch);
+  detail::require_dtype(x, grad_input_.dtype(), name(), "input");
+  saved_input_ = input_.defined() ? input_.first_rows(s.batch) : x;
   const void* in = detail::backend_input(x, saved_input_, compute);
   Tensor y = output_.first_rows(s.batch);
   ctx.backend.conv2d_forward(s, in, weight_.backend_data(), weight_.backend_dtype(), bias_.value.data_as<float>(),
-                             y.data_as<float>());
+                             y.data(), y.dtype());
   return y;
 }
 
@@ -64,12 +67,16 @@ Tensor Conv2d::backward(const Tensor& dy, Context& ctx) {
   backend::ConvShape s = shape_;
   s.batch = dy.dim(0);
   const DType compute = weight_.compute;
-  const Tensor dy_backend = compute == DType::f32 ? dy : grad_output_.first_rows(s.batch);
+  detail::require_dtype(dy, output_.dtype(), name(), "gradient");
+  const Tensor dy_backend = grad_output_.defined() ? grad_output_.first_rows(s.batch) : dy;
   const void* g = detail::backend_input(dy, dy_backend, compute);
   Tensor dx;
   if (input_gradient_needed()) {
     dx = grad_input_.first_rows(s.batch);
-    ctx.backend.conv2d_backward_data(s, g, weight_.backend_data(), weight_.backend_dtype(), dx.data_as<float>());
+    const Tensor target = grad_input_wide_.defined() ? grad_input_wide_.first_rows(s.batch) : dx;
+    ctx.backend.conv2d_backward_data(s, g, weight_.backend_data(), weight_.backend_dtype(), target.data(),
+                                     target.dtype());
+    if (grad_input_wide_.defined()) detail::narrow_into(target, dx);
   }
   ctx.backend.conv2d_backward_weights(s, saved_input_.data(), g, weight_.backend_dtype(), weight_.grad.data_as<float>(),
                                       bias_.grad.data_as<float>());

@@ -2,6 +2,7 @@
 #include <string>
 
 #include "init.h"
+#include "storage.h"
 #include "mpx/core/error.h"
 #include "mpx/nn/layers.h"
 
@@ -14,7 +15,8 @@ Linear::Linear(std::string name, std::int64_t in_features, std::int64_t out_feat
   seed_ = init_seed;
 }
 
-Shape Linear::plan(const Shape& input, Context& ctx) {
+TensorSpec Linear::plan(const TensorSpec& in, Context& ctx) {
+  const Shape& input = in.shape;
   if (input.size() != 2 || input[1] != in_) {
     throw InvalidArgument("layer " + name() + " (linear " + std::to_string(in_) + " -> " + std::to_string(out_) +
                           ") got input of shape " + to_string(input) + "; expected [N, " + std::to_string(in_) + "]");
@@ -25,44 +27,58 @@ Shape Linear::plan(const Shape& input, Context& ctx) {
   detail::init_parameter(weight_, {out_, in_}, ctx, compute, bound, seed_, true);
   detail::init_parameter(bias_, {out_}, ctx, DType::f32, bound, seed_ + 1, true);
   const std::int64_t n = input[0];
-  output_ = Tensor::empty({n, out_}, DType::f32, MemoryCategory::activations, &ctx.memory);
-  grad_input_ = Tensor::empty({n, in_}, DType::f32, MemoryCategory::activations, &ctx.memory);
-  if (compute != DType::f32) {
-    input_ = Tensor::empty({n, in_}, backend_dtype_for(compute), MemoryCategory::workspace, &ctx.memory);
-    grad_output_ = Tensor::empty({n, out_}, backend_dtype_for(compute), MemoryCategory::workspace, &ctx.memory);
-  }
-  return {n, out_};
+  const DType out_dtype = detail::output_storage(compute, ctx);
+  output_ = Tensor::empty({n, out_}, out_dtype, MemoryCategory::activations, &ctx.memory);
+  grad_input_ = Tensor::empty({n, in_}, in.dtype, MemoryCategory::activations, &ctx.memory);
+  grad_input_wide_ = detail::wide_gradient_scratch({n, in_}, in.dtype, compute, ctx);
+  input_ = detail::backend_scratch({n, in_}, in.dtype, compute, ctx);
+  grad_output_ = detail::backend_scratch({n, out_}, out_dtype, compute, ctx);
+  return {{n, out_}, out_dtype};
 }
 
 Tensor Linear::forward(const Tensor& x, Context& ctx, bool) {
   const std::int64_t n = x.dim(0);
   const DType compute = weight_.compute;
-  saved_input_ = compute == DType::f32 ? x : input_.first_rows(n);
+  detail::require_dtype(x, grad_input_.dtype(), name(), "input");
+  saved_input_ = input_.defined() ? input_.first_rows(n) : x;
   const void* in = detail::backend_input(x, saved_input_, compute);
   Tensor y = output_.first_rows(n);
-  ctx.backend.matmul(in, false, weight_.backend_data(), true, weight_.backend_dtype(), y.data_as<float>(), n, out_,
-                     in_, bias_.value.data_as<float>());
+  ctx.backend.matmul(in, false, weight_.backend_data(), true, weight_.backend_dtype(), y.data(), n, out_, in_,
+                     bias_.value.data_as<float>(), false, y.dtype());
   return y;
 }
+
+namespace {
+// Column sums of a [rows, cols] gradient into FP32 (the bias gradient).
+template <class T>
+void column_sums(const T* d, std::int64_t rows, std::int64_t cols, float* out) {
+  for (std::int64_t j = 0; j < cols; ++j) out[j] = 0.0f;
+  for (std::int64_t i = 0; i < rows; ++i) {
+    for (std::int64_t j = 0; j < cols; ++j) out[j] += detail::load(d[i * cols + j]);
+  }
+}
+}  // namespace
 
 Tensor Linear::backward(const Tensor& dy, Context& ctx) {
   const std::int64_t n = dy.dim(0);
   const DType compute = weight_.compute;
-  const Tensor dy_backend = compute == DType::f32 ? dy : grad_output_.first_rows(n);
+  detail::require_dtype(dy, output_.dtype(), name(), "gradient");
+  const Tensor dy_backend = grad_output_.defined() ? grad_output_.first_rows(n) : dy;
   const void* g = detail::backend_input(dy, dy_backend, compute);
   const DType bdt = weight_.backend_dtype();
   Tensor dx;
   if (input_gradient_needed()) {
     dx = grad_input_.first_rows(n);
-    ctx.backend.matmul(g, false, weight_.backend_data(), false, bdt, dx.data_as<float>(), n, in_, out_);
+    const Tensor target = grad_input_wide_.defined() ? grad_input_wide_.first_rows(n) : dx;
+    ctx.backend.matmul(g, false, weight_.backend_data(), false, bdt, target.data(), n, in_, out_, nullptr, false,
+                       target.dtype());
+    if (grad_input_wide_.defined()) detail::narrow_into(target, dx);
   }
   ctx.backend.matmul(g, true, saved_input_.data(), false, bdt, weight_.grad.data_as<float>(), out_, in_, n);
-  const float* d = dy.data_as<float>();
-  float* db = bias_.grad.data_as<float>();
-  for (std::int64_t j = 0; j < out_; ++j) db[j] = 0.0f;
-  for (std::int64_t i = 0; i < n; ++i) {
-    for (std::int64_t j = 0; j < out_; ++j) db[j] += d[i * out_ + j];
-  }
+  detail::with_storage(dy.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    column_sums(detail::elements<T>(dy), n, out_, bias_.grad.data_as<float>());
+  });
   return dx;
 }
 

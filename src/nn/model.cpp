@@ -6,11 +6,11 @@
 
 namespace mpx::nn {
 
-Shape Sequential::plan(const Shape& input, Context& ctx) {
+TensorSpec Sequential::plan(const TensorSpec& input, Context& ctx) {
   if (!layers_.empty()) layers_.front()->set_input_gradient_needed(false);
-  Shape shape = input;
-  for (auto& layer : layers_) shape = layer->plan(shape, ctx);
-  return shape;
+  TensorSpec spec = input;
+  for (auto& layer : layers_) spec = layer->plan(spec, ctx);
+  return spec;
 }
 
 namespace {

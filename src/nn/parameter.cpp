@@ -6,6 +6,10 @@
 
 namespace mpx::nn {
 
+DType activation_storage(const amp::PrecisionPolicy& policy) {
+  return policy.activations == DType::bf16 ? DType::bf16 : DType::f32;
+}
+
 DType backend_dtype_for(DType compute) { return compute == DType::bf16 ? DType::bf16 : DType::f32; }
 
 void round_for_backend(const float* src, void* dst, DType compute, std::size_t count) {

@@ -10,6 +10,7 @@
 #include "mpx/amp/schedule.h"
 #include "mpx/core/cpu_features.h"
 #include "mpx/core/error.h"
+#include "mpx/numeric/convert.h"
 
 namespace mpx::train {
 
@@ -42,7 +43,7 @@ Trainer::Trainer(const TrainConfig& config, const io::FashionMnist& data)
   if (scaling) scaler_.emplace();
   const Shape input_shape = {config_.batch_size, 28, 28, 1};
   input_ = Tensor::empty(input_shape, DType::f32, MemoryCategory::activations, &ctx_.memory);
-  const Shape logits = model_.plan(input_shape, ctx_);
+  const nn::TensorSpec logits = model_.plan({input_shape, DType::f32}, ctx_);
   loss_.plan(logits, ctx_);
   params_ = model_.parameters();
   for (nn::Parameter* p : params_) {
@@ -120,10 +121,15 @@ double Trainer::evaluate() {
     const std::int64_t rows = std::min<std::int64_t>(config_.batch_size, total - first);
     load_batch(set, {}, first, rows);
     const Tensor logits = model_.forward(input_.first_rows(rows), ctx_, false);
-    const float* z = logits.data_as<float>();
     const std::int64_t classes = logits.dim(1);
+    std::vector<float> z(static_cast<std::size_t>(logits.numel()));  // FP32 view of f32 or bf16 logits
+    if (logits.dtype() == DType::f32) {
+      std::copy_n(logits.data_as<float>(), z.size(), z.data());
+    } else {
+      numeric::convert(logits.data(), logits.dtype(), z.data(), DType::f32, z.size());
+    }
     for (std::int64_t r = 0; r < rows; ++r) {
-      const float* row = z + r * classes;
+      const float* row = z.data() + r * classes;
       const auto best = std::max_element(row, row + classes) - row;
       correct += best == labels_[static_cast<std::size_t>(r)];
     }

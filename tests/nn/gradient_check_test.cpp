@@ -48,7 +48,7 @@ Context& shared_context() {
 void check_layer(Layer& layer, const Shape& input_shape, std::vector<float> x_values, int probes = 24,
                  double eps = 1e-2, double tolerance = 2e-2) {
   Context& ctx = shared_context();
-  const Shape out_shape = layer.plan(input_shape, ctx);
+  const Shape out_shape = layer.plan({input_shape}, ctx).shape;
   Tensor x = Tensor::empty(input_shape, DType::f32, MemoryCategory::activations, nullptr);
   std::copy(x_values.begin(), x_values.end(), x.data_as<float>());
   const auto r = random_vector(static_cast<std::size_t>(numel(out_shape)), 99);
@@ -139,7 +139,7 @@ TEST(GradientCheck, Flatten) {
 TEST(GradientCheck, SoftmaxCrossEntropy) {
   Context ctx;
   SoftmaxCrossEntropy ce;
-  ce.plan({4, 5}, ctx);
+  ce.plan({{4, 5}}, ctx);
   Tensor z = Tensor::empty({4, 5}, DType::f32, MemoryCategory::activations, nullptr);
   const auto values = random_vector(20, 9, 2.0f);
   std::copy(values.begin(), values.end(), z.data_as<float>());
@@ -177,14 +177,14 @@ TEST(Layers, ShapeMismatchNamesTheLayer) {
   Context ctx;
   Linear fc("fc1", 10, 4, 1);
   try {
-    fc.plan({2, 9}, ctx);
+    fc.plan({{2, 9}}, ctx);
     FAIL();
   } catch (const InvalidArgument& e) {
     EXPECT_NE(std::string(e.what()).find("fc1"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("[2, 9]"), std::string::npos) << e.what();
   }
   Conv2d conv("conv1", 3, 4, 3, 1, 1, 1);
-  EXPECT_THROW(conv.plan({2, 5, 5, 1}, ctx), InvalidArgument);
+  EXPECT_THROW(conv.plan({{2, 5, 5, 1}}, ctx), InvalidArgument);
 }
 
 }  // namespace
@@ -211,7 +211,7 @@ TEST(GradientCheck, LayerNorm) {
 TEST(GradientCheck, EmbeddingTableGradient) {
   Context ctx;
   Embedding layer("wte", 11, 4, 13);
-  layer.plan({2, 3}, ctx);
+  layer.plan({{2, 3}, DType::i32}, ctx);
   Tensor ids = Tensor::empty({2, 3}, DType::i32, MemoryCategory::activations, nullptr);
   const std::int32_t tokens[] = {3, 7, 3, 0, 10, 7};  // repeats: gradients must add up
   std::copy(std::begin(tokens), std::end(tokens), ids.data_as<std::int32_t>());
@@ -251,9 +251,9 @@ TEST(Layers, FusedBatchNormReluEqualsBatchNormThenRelu) {
   BatchNorm2d fused("a", 4, 0.1f, 1e-5f, true), plain("b", 4);
   ReLU relu("r");
   const Shape shape = {3, 2, 2, 4};
-  fused.plan(shape, ctx);
-  plain.plan(shape, ctx);
-  relu.plan(shape, ctx);
+  fused.plan({shape}, ctx);
+  plain.plan({shape}, ctx);
+  relu.plan({shape}, ctx);
   Tensor x = Tensor::empty(shape, DType::f32, MemoryCategory::activations, nullptr);
   const auto v = random_vector(48, 16);
   std::copy(v.begin(), v.end(), x.data_as<float>());
@@ -265,7 +265,7 @@ TEST(Layers, FusedBatchNormReluEqualsBatchNormThenRelu) {
 TEST(Layers, MaxPoolPropagatesNaNAndKeepsTheFirstOfTies) {
   Context ctx;
   MaxPool2d pool("pool", 2);
-  pool.plan({1, 2, 2, 2}, ctx);
+  pool.plan({{1, 2, 2, 2}}, ctx);
   Tensor x = Tensor::empty({1, 2, 2, 2}, DType::f32, MemoryCategory::activations, nullptr);
   const float values[] = {1.0f, 5.0f, 3.0f, NAN, 3.0f, 5.0f, 2.0f, 0.0f};  // NHWC, 2 channels
   std::copy(std::begin(values), std::end(values), x.data_as<float>());

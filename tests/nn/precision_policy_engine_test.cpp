@@ -19,13 +19,15 @@ float round_as(float x) {
   return static_cast<float>(Narrow(x));
 }
 
-// Linear forward under `preset` against a double reference on inputs rounded by `round`.
+// Linear forward under `preset` against a double reference on inputs rounded by `round` (activations kept
+// FP32, so that the output is the FP32 accumulation itself).
 template <class Round>
 double linear_error(const char* preset, Round round) {
   Context ctx;
   ctx.policy = amp::PrecisionPolicy::preset(preset);
+  ctx.policy.activations = DType::f32;
   Linear fc("fc", 64, 8, 3);
-  fc.plan({16, 64}, ctx);
+  fc.plan({{16, 64}}, ctx);
   Tensor x = Tensor::empty({16, 64}, DType::f32, MemoryCategory::activations, nullptr);
   std::mt19937 rng(5);
   std::normal_distribution<float> normal;
@@ -63,8 +65,8 @@ TEST(PrecisionEngine, PerLayerOverrideKeepsALayerInFp32) {
   ctx.policy = amp::PrecisionPolicy::preset("bf16-mixed");
   ctx.policy.overrides = {{"head*", DType::f32}};
   Linear body("body", 4, 4, 1), head("head", 4, 2, 2);
-  body.plan({2, 4}, ctx);
-  head.plan({2, 4}, ctx);
+  body.plan({{2, 4}}, ctx);
+  head.plan({{2, 4}}, ctx);
   EXPECT_EQ(body.weight().backend_dtype(), DType::bf16);
   EXPECT_EQ(head.weight().backend_dtype(), DType::f32);
   EXPECT_FALSE(head.weight().working.defined());
@@ -74,7 +76,7 @@ TEST(PrecisionEngine, MasterWeightsStayFp32AndWorkingCopyFollows) {
   Context ctx;
   ctx.policy = amp::PrecisionPolicy::preset("bf16-mixed");
   Linear fc("fc", 4, 2, 1);
-  fc.plan({1, 4}, ctx);
+  fc.plan({{1, 4}}, ctx);
   Parameter& w = fc.weight();
   EXPECT_EQ(w.value.dtype(), DType::f32);
   EXPECT_EQ(w.working.dtype(), DType::bf16);
@@ -87,7 +89,7 @@ TEST(PrecisionEngine, MasterWeightsStayFp32AndWorkingCopyFollows) {
   Context true_ctx;
   true_ctx.policy = amp::PrecisionPolicy::preset("bf16-true");
   Linear fc2("fc", 4, 2, 1);
-  fc2.plan({1, 4}, true_ctx);
+  fc2.plan({{1, 4}}, true_ctx);
   EXPECT_EQ(true_ctx.memory.peak(MemoryCategory::master_weights), 0u);  // *-true: no master copies
   fc2.weight().value.data_as<float>()[0] = 1.0f + 1e-4f;
   fc2.weight().refresh(false);
@@ -98,7 +100,7 @@ TEST(PrecisionEngine, BatchNormStatisticsAreFp32WhateverThePolicy) {
   Context ctx;
   ctx.policy = amp::PrecisionPolicy::preset("bf16-true");
   BatchNorm2d bn("bn", 2);
-  bn.plan({4, 2, 2, 2}, ctx);
+  bn.plan({{4, 2, 2, 2}}, ctx);
   EXPECT_EQ(bn.running_mean().dtype(), DType::f32);
   EXPECT_EQ(bn.running_var().dtype(), DType::f32);
   for (Parameter* p : bn.parameters()) EXPECT_EQ(p->backend_dtype(), DType::f32);

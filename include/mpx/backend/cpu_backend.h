@@ -1,5 +1,5 @@
 // The CPU backend's compute primitives: matrix products and convolutions through oneDNN with FP32 or BF16
-// inputs and FP32 accumulation and output. (oneDNN 2.6 has no FP16 on the CPU: FP16 data is widened to
+// inputs and FP32 accumulation, FP32 or BF16 output (BF16 only from BF16 inputs). (oneDNN 2.6 has no FP16 on the CPU: FP16 data is widened to
 // FP32 exactly before it reaches these calls.) Primitives are created once per shape and cached.
 // Only src/backend/cpu/ includes oneDNN's headers.
 #pragma once
@@ -26,16 +26,19 @@ class CpuBackend {
   CpuBackend(const CpuBackend&) = delete;
   CpuBackend& operator=(const CpuBackend&) = delete;
 
-  // C[m, n] = op(A) op(B) (+ bias[n]) (+ C when accumulate), FP32 C. A is [m, k] (or [k, m] transposed),
-  // B is [k, n] (or [n, k] transposed), row-major, both of `input` dtype (f32 or bf16).
-  void matmul(const void* a, bool transpose_a, const void* b, bool transpose_b, DType input, float* c,
-              std::int64_t m, std::int64_t n, std::int64_t k, const float* bias = nullptr, bool accumulate = false);
+  // C[m, n] = op(A) op(B) (+ bias[n]) (+ C when accumulate). A is [m, k] (or [k, m] transposed),
+  // B is [k, n] (or [n, k] transposed), row-major, both of `input` dtype (f32 or bf16); C of `output` dtype
+  // (f32, or bf16 when the input is bf16: the FP32 sums rounded once).
+  void matmul(const void* a, bool transpose_a, const void* b, bool transpose_b, DType input, void* c,
+              std::int64_t m, std::int64_t n, std::int64_t k, const float* bias = nullptr, bool accumulate = false,
+              DType output = DType::f32);
 
-  // NHWC activations, OIHW weights (PyTorch's layout), FP32 outputs; inputs of `input` dtype (f32 or bf16).
+  // NHWC activations, OIHW weights (PyTorch's layout); inputs of `input` dtype (f32 or bf16), activation
+  // outputs (dst, diff_src) of `output` dtype (f32, or bf16 when the input is bf16); weight gradients FP32.
   void conv2d_forward(const ConvShape& shape, const void* src, const void* weights, DType input, const float* bias,
-                      float* dst);
+                      void* dst, DType output = DType::f32);
   void conv2d_backward_data(const ConvShape& shape, const void* diff_dst, const void* weights, DType input,
-                            float* diff_src);
+                            void* diff_src, DType output = DType::f32);
   void conv2d_backward_weights(const ConvShape& shape, const void* src, const void* diff_dst, DType input,
                                float* diff_weights, float* diff_bias);
 

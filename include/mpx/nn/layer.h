@@ -1,8 +1,10 @@
 // Layers own their forward and backward passes; activations and gradients are planned once for the
 // largest batch (smaller batches use the leading rows of the same buffers), so memory is known up front
-// and a step is a fixed sequence of kernels. Activations are FP32 NHWC (or [N, features]) between layers;
-// matmul and convolution inputs are rounded to the policy's compute dtype for each layer, accumulation is
-// FP32. The Context is the one place that holds mutable engine state.
+// and a step is a fixed sequence of kernels. Activations are NHWC (or [N, features]) and stored in the
+// policy's activation dtype where the CPU engine has one (BF16 in the bf16 presets; FP32 otherwise, FP16
+// values included), as autocast stores them; a gradient has the dtype of the activation it belongs to.
+// Matmul and convolution read their inputs in the layer's compute dtype and accumulate in FP32; elementwise
+// layers compute in FP32 whatever the storage. The Context is the one place that holds mutable engine state.
 #pragma once
 
 #include <cstdint>
@@ -55,6 +57,16 @@ DType backend_dtype_for(DType compute);
 // Rounds `count` floats to `compute` precision into `dst` laid out as backend_dtype_for(compute).
 void round_for_backend(const float* src, void* dst, DType compute, std::size_t count);
 
+// What flows between layers: a shape (batch first) and the dtype its elements are stored in.
+struct TensorSpec {
+  Shape shape;
+  DType dtype = DType::f32;
+};
+
+// The dtype the CPU engine stores activations (and their gradients) in under `policy`: bf16 when the policy
+// asks for it; f32 otherwise (FP16 activations are FP32 buffers here: oneDNN 2.6 has no CPU FP16).
+DType activation_storage(const amp::PrecisionPolicy& policy);
+
 class Layer {
  public:
   explicit Layer(std::string name) : name_(std::move(name)) {}
@@ -64,12 +76,13 @@ class Layer {
 
   const std::string& name() const { return name_; }
   virtual std::string kind() const = 0;
-  // Allocates what forward/backward need for inputs of `input` shape (batch first) and returns the output
-  // shape. Throws InvalidArgument naming the layer when the shape does not fit.
-  virtual Shape plan(const Shape& input, Context& ctx) = 0;
-  // x has the planned shape or fewer rows; the returned tensor has x's batch size.
+  // Allocates what forward/backward need for inputs of `input` shape (batch first) and dtype, and returns
+  // the output's. Throws InvalidArgument naming the layer when the shape or dtype does not fit.
+  virtual TensorSpec plan(const TensorSpec& input, Context& ctx) = 0;
+  // x has the planned shape (or fewer rows) and dtype; the returned tensor has x's batch size.
   virtual Tensor forward(const Tensor& x, Context& ctx, bool training) = 0;
-  // dy: gradient of the loss with respect to the last forward's output. Returns dx; fills parameter grads.
+  // dy: gradient of the loss with respect to the last forward's output, in the output's dtype. Returns dx
+  // in the input's dtype; fills parameter grads (FP32).
   virtual Tensor backward(const Tensor& dy, Context& ctx) = 0;
   virtual std::vector<Parameter*> parameters() { return {}; }
 

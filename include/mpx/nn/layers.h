@@ -10,7 +10,7 @@ class Linear : public Layer {
  public:
   Linear(std::string name, std::int64_t in_features, std::int64_t out_features, std::uint64_t init_seed);
   std::string kind() const override { return "linear"; }
-  Shape plan(const Shape& input, Context& ctx) override;
+  TensorSpec plan(const TensorSpec& input, Context& ctx) override;
   Tensor forward(const Tensor& x, Context& ctx, bool training) override;
   Tensor backward(const Tensor& dy, Context& ctx) override;
   std::vector<Parameter*> parameters() override { return {&weight_, &bias_}; }
@@ -21,7 +21,8 @@ class Linear : public Layer {
   std::int64_t in_, out_;
   std::uint64_t seed_;
   Parameter weight_, bias_;
-  Tensor input_, output_, grad_input_, grad_output_;  // input_/grad_output_ in the backend dtype
+  Tensor input_, output_, grad_input_, grad_output_;  // input_/grad_output_: backend-dtype copies when needed
+  Tensor grad_input_wide_;  // FP32 input gradient before rounding, when the backend cannot write it directly
   Tensor saved_input_;  // what the backend read in forward, for the weight gradient
 };
 
@@ -31,7 +32,7 @@ class Conv2d : public Layer {
   Conv2d(std::string name, std::int64_t in_channels, std::int64_t out_channels, std::int64_t kernel,
          std::int64_t stride, std::int64_t padding, std::uint64_t init_seed);
   std::string kind() const override { return "conv2d"; }
-  Shape plan(const Shape& input, Context& ctx) override;
+  TensorSpec plan(const TensorSpec& input, Context& ctx) override;
   Tensor forward(const Tensor& x, Context& ctx, bool training) override;
   Tensor backward(const Tensor& dy, Context& ctx) override;
   std::vector<Parameter*> parameters() override { return {&weight_, &bias_}; }
@@ -41,7 +42,8 @@ class Conv2d : public Layer {
   backend::ConvShape shape_;
   std::uint64_t seed_;
   Parameter weight_, bias_;
-  Tensor input_, output_, grad_input_, grad_output_;
+  Tensor input_, output_, grad_input_, grad_output_;  // input_/grad_output_: backend-dtype copies when needed
+  Tensor grad_input_wide_;  // FP32 input gradient before rounding, when the backend cannot write it directly
   Tensor saved_input_;
 };
 
@@ -52,7 +54,7 @@ class BatchNorm2d : public Layer {
   BatchNorm2d(std::string name, std::int64_t channels, float momentum = 0.1f, float eps = 1e-5f,
               bool fused_relu = false);
   std::string kind() const override { return fused_relu_ ? "batch_norm2d_relu" : "batch_norm2d"; }
-  Shape plan(const Shape& input, Context& ctx) override;
+  TensorSpec plan(const TensorSpec& input, Context& ctx) override;
   Tensor forward(const Tensor& x, Context& ctx, bool training) override;
   Tensor backward(const Tensor& dy, Context& ctx) override;
   std::vector<Parameter*> parameters() override { return {&gamma_, &beta_}; }
@@ -66,13 +68,18 @@ class BatchNorm2d : public Layer {
   Parameter gamma_, beta_;
   Tensor running_mean_, running_var_, mean_, inv_std_, output_, grad_input_;
   Tensor input_;  // the forward input (the previous layer's output buffer): x-hat is recomputed from it
+
+  template <class T>
+  void forward_impl(const Tensor& x, bool training);
+  template <class T>
+  void backward_impl(const Tensor& dy);
 };
 
 class ReLU : public Layer {
  public:
   using Layer::Layer;
   std::string kind() const override { return "relu"; }
-  Shape plan(const Shape& input, Context& ctx) override;
+  TensorSpec plan(const TensorSpec& input, Context& ctx) override;
   Tensor forward(const Tensor& x, Context& ctx, bool training) override;
   Tensor backward(const Tensor& dy, Context& ctx) override;
 
@@ -85,7 +92,7 @@ class MaxPool2d : public Layer {
  public:
   MaxPool2d(std::string name, std::int64_t kernel);
   std::string kind() const override { return "max_pool2d"; }
-  Shape plan(const Shape& input, Context& ctx) override;
+  TensorSpec plan(const TensorSpec& input, Context& ctx) override;
   Tensor forward(const Tensor& x, Context& ctx, bool training) override;
   Tensor backward(const Tensor& dy, Context& ctx) override;
 
@@ -93,6 +100,9 @@ class MaxPool2d : public Layer {
   std::int64_t kernel_;
   Shape input_shape_;
   Tensor input_, output_, grad_input_;
+
+  template <class T>
+  void backward_impl(const Tensor& dy, const Tensor& dx) const;
 };
 
 // Inverted dropout; the mask of element i at step s comes from Philox keyed by (seed, layer, s, i).
@@ -100,14 +110,14 @@ class Dropout : public Layer {
  public:
   Dropout(std::string name, float probability, std::uint64_t stream);
   std::string kind() const override { return "dropout"; }
-  Shape plan(const Shape& input, Context& ctx) override;
+  TensorSpec plan(const TensorSpec& input, Context& ctx) override;
   Tensor forward(const Tensor& x, Context& ctx, bool training) override;
   Tensor backward(const Tensor& dy, Context& ctx) override;
 
  private:
   float probability_;
   std::uint64_t stream_;
-  Tensor mask_, output_, grad_input_;
+  Tensor keep_, output_, grad_input_;  // keep_: u8, 1 where the element was kept
   bool last_training_ = false;
 };
 
@@ -116,7 +126,7 @@ class Flatten : public Layer {
  public:
   using Layer::Layer;
   std::string kind() const override { return "flatten"; }
-  Shape plan(const Shape& input, Context& ctx) override;
+  TensorSpec plan(const TensorSpec& input, Context& ctx) override;
   Tensor forward(const Tensor& x, Context& ctx, bool training) override;
   Tensor backward(const Tensor& dy, Context& ctx) override;
 
@@ -129,7 +139,7 @@ class GELU : public Layer {
  public:
   GELU(std::string name, bool tanh_approximation = false);
   std::string kind() const override { return "gelu"; }
-  Shape plan(const Shape& input, Context& ctx) override;
+  TensorSpec plan(const TensorSpec& input, Context& ctx) override;
   Tensor forward(const Tensor& x, Context& ctx, bool training) override;
   Tensor backward(const Tensor& dy, Context& ctx) override;
 
@@ -143,7 +153,7 @@ class LayerNorm : public Layer {
  public:
   LayerNorm(std::string name, std::int64_t features, float eps = 1e-5f);
   std::string kind() const override { return "layer_norm"; }
-  Shape plan(const Shape& input, Context& ctx) override;
+  TensorSpec plan(const TensorSpec& input, Context& ctx) override;
   Tensor forward(const Tensor& x, Context& ctx, bool training) override;
   Tensor backward(const Tensor& dy, Context& ctx) override;
   std::vector<Parameter*> parameters() override { return {&gamma_, &beta_}; }
@@ -152,16 +162,22 @@ class LayerNorm : public Layer {
   std::int64_t features_;
   float eps_;
   Parameter gamma_, beta_;
-  Tensor normalized_, inv_std_, output_, grad_input_;
+  Tensor normalized_, inv_std_, output_, grad_input_;  // normalized_ (x-hat) FP32 whatever the storage
+
+  template <class T>
+  void forward_impl(const Tensor& x);
+  template <class T>
+  void backward_impl(const Tensor& dy);
 };
 
-// Token embedding: i32 ids [N, T] -> [N, T, dim] rows of an FP32 table [vocab, dim] (GPT-2 ties it to the
+// Token embedding: i32 ids [N, T] -> [N, T, dim] rows of an FP32 table [vocab, dim], output in the
+// activation storage dtype (GPT-2 ties it to the
 // output projection later). backward() fills the table's gradient and returns an undefined tensor.
 class Embedding : public Layer {
  public:
   Embedding(std::string name, std::int64_t vocabulary, std::int64_t dim, std::uint64_t init_seed);
   std::string kind() const override { return "embedding"; }
-  Shape plan(const Shape& input, Context& ctx) override;
+  TensorSpec plan(const TensorSpec& input, Context& ctx) override;
   Tensor forward(const Tensor& ids, Context& ctx, bool training) override;
   Tensor backward(const Tensor& dy, Context& ctx) override;
   std::vector<Parameter*> parameters() override { return {&table_}; }
@@ -174,10 +190,12 @@ class Embedding : public Layer {
   Tensor ids_, output_;
 };
 
-// Softmax + cross-entropy over [N, classes] logits, in FP32 with a max-subtracted log-sum-exp.
+// Softmax + cross-entropy over [N, classes] logits, in FP32 with a max-subtracted log-sum-exp (BF16 logits
+// are widened first, as autocast does for the loss).
 class SoftmaxCrossEntropy {
  public:
-  void plan(const Shape& logits, Context& ctx);
+  // Logits of f32 or bf16 storage; the gradient returned by backward() has the logits' dtype.
+  void plan(const TensorSpec& logits, Context& ctx);
   // Mean loss over the batch (as double-accumulated FP32). Keeps the probabilities for backward.
   float forward(const Tensor& logits, const std::uint8_t* labels);
   // d(scale * mean loss)/d logits.
@@ -185,7 +203,7 @@ class SoftmaxCrossEntropy {
   const Tensor& probabilities() const { return probabilities_; }
 
  private:
-  Tensor probabilities_, grad_;
+  Tensor probabilities_, grad_, wide_logits_;  // wide_logits_: FP32 copy of BF16 logits
   const std::uint8_t* labels_ = nullptr;
   std::int64_t rows_ = 0;
 };

@@ -13,8 +13,8 @@ namespace mpx::nn {
 class Sequential {
  public:
   void add(std::unique_ptr<Layer> layer) { layers_.push_back(std::move(layer)); }
-  // Plans every layer for the largest batch; returns the output shape.
-  Shape plan(const Shape& input, Context& ctx);
+  // Plans every layer for the largest batch; returns the output's shape and dtype.
+  TensorSpec plan(const TensorSpec& input, Context& ctx);
   Tensor forward(const Tensor& x, Context& ctx, bool training);
   void backward(const Tensor& dy, Context& ctx);
   std::vector<Parameter*> parameters();

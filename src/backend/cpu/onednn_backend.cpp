@@ -27,6 +27,14 @@ dt to_dnnl(DType d) {
   }
 }
 
+// The output dtype a primitive may write: f32, or bf16 when it reads bf16.
+dt output_dnnl(DType input, DType output) {
+  if (output == DType::f32) return dt::f32;
+  if (output == DType::bf16 && input == DType::bf16) return dt::bf16;
+  throw InvalidArgument("the CPU backend writes f32, or bf16 from bf16 inputs; not " + std::string(name(output)) +
+                        " from " + std::string(name(input)));
+}
+
 std::string key_of(const ConvShape& s, DType d) {
   return std::to_string(s.batch) + "," + std::to_string(s.in_channels) + "," + std::to_string(s.height) + "," +
          std::to_string(s.width) + "," + std::to_string(s.out_channels) + "," + std::to_string(s.kernel) + "," +
@@ -59,13 +67,14 @@ struct CpuBackend::Impl {
     dnnl::memory::desc src, weights, bias, dst;
     dnnl::memory::dims strides, padding;
   };
-  ConvDescs conv_descs(const ConvShape& s, DType input) const {
+  ConvDescs conv_descs(const ConvShape& s, DType input, DType output = DType::f32) const {
     const dt in = to_dnnl(input);
     ConvDescs d;
     d.src = dnnl::memory::desc({s.batch, s.in_channels, s.height, s.width}, in, tag::nhwc);
     d.weights = dnnl::memory::desc({s.out_channels, s.in_channels, s.kernel, s.kernel}, in, tag::oihw);
     d.bias = dnnl::memory::desc({s.out_channels}, dt::f32, tag::x);
-    d.dst = dnnl::memory::desc({s.batch, s.out_channels, s.out_height(), s.out_width()}, dt::f32, tag::nhwc);
+    d.dst = dnnl::memory::desc({s.batch, s.out_channels, s.out_height(), s.out_width()}, output_dnnl(input, output),
+                               tag::nhwc);
     d.strides = {s.stride, s.stride};
     d.padding = {s.padding, s.padding};
     return d;
@@ -88,11 +97,13 @@ struct CpuBackend::Impl {
     return converted;
   }
 
-  dnnl::convolution_forward::primitive_desc forward_pd(const ConvShape& s, DType input) {
-    const std::string key = key_of(s, input);
+  // The forward primitive's description, also the hint for the backward ones (which then share its
+  // weights layout whatever the forward's output dtype).
+  dnnl::convolution_forward::primitive_desc forward_pd(const ConvShape& s, DType input, DType output = DType::f32) {
+    const std::string key = key_of(s, input) + ">" + std::string(name(output));
     auto it = conv_forward_pd.find(key);
     if (it != conv_forward_pd.end()) return it->second;
-    const ConvDescs d = conv_descs(s, input);
+    const ConvDescs d = conv_descs(s, input, output);
     // Weights in the layout the fastest implementation wants (tag::any); plain OIHW picks the reference one.
     const dnnl::memory::desc any_weights(d.weights.dims(), d.weights.data_type(), tag::any);
     auto pd = dnnl::convolution_forward::primitive_desc(
@@ -109,16 +120,18 @@ CpuBackend::~CpuBackend() = default;
 
 std::string CpuBackend::last_implementation() const { return impl_->last_impl; }
 
-void CpuBackend::matmul(const void* a, bool transpose_a, const void* b, bool transpose_b, DType input, float* c,
-                        std::int64_t m, std::int64_t n, std::int64_t k, const float* bias, bool accumulate) {
+void CpuBackend::matmul(const void* a, bool transpose_a, const void* b, bool transpose_b, DType input, void* c,
+                        std::int64_t m, std::int64_t n, std::int64_t k, const float* bias, bool accumulate,
+                        DType output) {
   checked("matmul", [&] {
     const dt in = to_dnnl(input);
+    const dt out = output_dnnl(input, output);
     const std::string key = std::to_string(m) + "," + std::to_string(n) + "," + std::to_string(k) + "," +
                             std::to_string(transpose_a) + std::to_string(transpose_b) + std::to_string(bias != nullptr) +
-                            std::to_string(accumulate) + std::string(name(input));
+                            std::to_string(accumulate) + std::string(name(input)) + ">" + std::string(name(output));
     const dnnl::memory::desc a_md({m, k}, in, transpose_a ? dnnl::memory::dims{1, m} : dnnl::memory::dims{k, 1});
     const dnnl::memory::desc b_md({k, n}, in, transpose_b ? dnnl::memory::dims{1, k} : dnnl::memory::dims{n, 1});
-    const dnnl::memory::desc c_md({m, n}, dt::f32, tag::ab);
+    const dnnl::memory::desc c_md({m, n}, out, tag::ab);
     const dnnl::memory::desc bias_md({1, n}, dt::f32, tag::ab);
     auto it = impl_->matmuls.find(key);
     if (it == impl_->matmuls.end()) {
@@ -145,16 +158,16 @@ void CpuBackend::matmul(const void* a, bool transpose_a, const void* b, bool tra
 }
 
 void CpuBackend::conv2d_forward(const ConvShape& s, const void* src, const void* weights, DType input,
-                                const float* bias, float* dst) {
+                                const float* bias, void* dst, DType output) {
   checked("convolution forward", [&] {
-    const std::string key = key_of(s, input);
-    const auto pd = impl_->forward_pd(s, input);
+    const std::string key = key_of(s, input) + ">" + std::string(name(output));
+    const auto pd = impl_->forward_pd(s, input, output);
     auto it = impl_->conv_forward.find(key);
     if (it == impl_->conv_forward.end()) {
       impl_->last_impl = pd.impl_info_str();
       it = impl_->conv_forward.emplace(key, dnnl::convolution_forward(pd)).first;
     }
-    const auto d = impl_->conv_descs(s, input);
+    const auto d = impl_->conv_descs(s, input, output);
     std::vector<float> zero_bias;
     if (!bias) zero_bias.assign(static_cast<std::size_t>(s.out_channels), 0.0f);
     const dnnl::memory user_weights(d.weights, impl_->engine, const_cast<void*>(weights));
@@ -171,11 +184,12 @@ void CpuBackend::conv2d_forward(const ConvShape& s, const void* src, const void*
 }
 
 void CpuBackend::conv2d_backward_data(const ConvShape& s, const void* diff_dst, const void* weights, DType input,
-                                      float* diff_src) {
+                                      void* diff_src, DType output) {
   checked("convolution backward data", [&] {
-    const std::string key = key_of(s, input);
+    const std::string key = key_of(s, input) + ">" + std::string(name(output));
     auto d = impl_->conv_descs(s, input);
-    const dnnl::memory::desc diff_src_md({s.batch, s.in_channels, s.height, s.width}, dt::f32, tag::nhwc);
+    const dnnl::memory::desc diff_src_md({s.batch, s.in_channels, s.height, s.width}, output_dnnl(input, output),
+                                         tag::nhwc);
     const dnnl::memory::desc diff_dst_md({s.batch, s.out_channels, s.out_height(), s.out_width()}, to_dnnl(input),
                                          tag::nhwc);
     auto it = impl_->conv_backward_data.find(key);
