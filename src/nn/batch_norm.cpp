@@ -15,30 +15,46 @@
 
 namespace mpx::nn {
 
+// Rows are processed a group at a time as one flat loop over group * channels elements, with the
+// per-channel parameters repeated `group` times: a long inner loop vectorises well where a 32-channel row
+// is only two vectors and the per-row loop overhead dominates. The loops carry `#pragma GCC ivdep`: their
+// outputs never overlap their inputs, and without it GCC gives up on the runtime alias checks it would
+// need for this many pointers and leaves the FP32 builds scalar.
 namespace {
 using detail::load;
 using detail::store;
-// Two per-channel sums over all rows: FP32 partial sums over blocks of 64 rows (vectorised across
-// channels), added into per-thread double sums, then the threads' sums added in thread order
-// (deterministic for a given thread count). `block_sums(first, last, a, b)` sets a[c], b[c] to the two
-// FP32 sums over rows [first, last).
+
+struct Period {
+  std::int64_t channels = 1, length = 1;  // length: channels times the rows in a group (about 256 values)
+};
+Period period_for(std::int64_t channels) { return {channels, channels * std::max<std::int64_t>(1, 256 / channels)}; }
+std::vector<float> repeated(const float* per_channel, Period p) {
+  std::vector<float> out(static_cast<std::size_t>(p.length));
+  for (std::int64_t j = 0; j < p.length; ++j) out[static_cast<std::size_t>(j)] = per_channel[j % p.channels];
+  return out;
+}
+
+// Two per-channel sums over all rows: FP32 partial sums over blocks of 256 rows (vectorised across a
+// group of rows), added into per-thread double sums, then the threads' sums added in thread order
+// (deterministic for a given thread count). `block_sums(begin, end, a, b)` sets a[j], b[j] (j < length)
+// to the FP32 sums of the elements [begin, end) whose offset from begin is j modulo length.
 template <class BlockSums>
-void per_channel_sums_impl(std::int64_t rows, std::int64_t channels, BlockSums block_sums, std::vector<double>& a,
+void per_channel_sums_impl(std::int64_t rows, Period p, BlockSums block_sums, std::vector<double>& a,
                            std::vector<double>& b) {
-  constexpr std::int64_t kBlockRows = 64;
+  constexpr std::int64_t kBlockRows = 256;
   const int threads = rows > 4096 ? omp_get_max_threads() : 1;
-  const auto c_count = static_cast<std::size_t>(channels);
+  const auto c_count = static_cast<std::size_t>(p.channels);
   std::vector<double> part_a(c_count * static_cast<std::size_t>(threads), 0.0), part_b(part_a.size(), 0.0);
 #pragma omp parallel num_threads(threads)
   {
     const auto t = static_cast<std::size_t>(omp_get_thread_num());
-    std::vector<float> block_a(c_count), block_b(c_count);
+    std::vector<float> block_a(static_cast<std::size_t>(p.length)), block_b(block_a.size());
 #pragma omp for schedule(static)
     for (std::int64_t first = 0; first < rows; first += kBlockRows) {
-      block_sums(first, std::min(rows, first + kBlockRows), block_a.data(), block_b.data());
-      for (std::size_t c = 0; c < c_count; ++c) {
-        part_a[t * c_count + c] += block_a[c];
-        part_b[t * c_count + c] += block_b[c];
+      block_sums(first * p.channels, std::min(rows, first + kBlockRows) * p.channels, block_a.data(), block_b.data());
+      for (std::size_t j = 0; j < block_a.size(); ++j) {
+        part_a[t * c_count + j % c_count] += block_a[j];
+        part_b[t * c_count + j % c_count] += block_b[j];
       }
     }
   }
@@ -49,60 +65,80 @@ void per_channel_sums_impl(std::int64_t rows, std::int64_t channels, BlockSums b
     }
   }
 }
+
 template <class T>
-MPX_VECTOR_CLONES void moment_sums(const T* in, const float* shift, std::int64_t channels, std::int64_t first, std::int64_t last,
-                 float* a, float* b) {
-  for (std::int64_t c = 0; c < channels; ++c) a[c] = b[c] = 0.0f;
-  for (std::int64_t r = first; r < last; ++r) {
-    for (std::int64_t c = 0; c < channels; ++c) {
-      const float v = load(in[r * channels + c]) - shift[c];
-      a[c] += v;
-      b[c] += v * v;
+MPX_VECTOR_CLONES void moment_sums(const T* in, const float* shift, std::int64_t length, std::int64_t begin,
+                                   std::int64_t end, float* a, float* b) {
+  for (std::int64_t j = 0; j < length; ++j) a[j] = b[j] = 0.0f;
+  for (std::int64_t base = begin; base < end; base += length) {
+    const std::int64_t n = std::min(length, end - base);
+#pragma GCC ivdep
+    for (std::int64_t j = 0; j < n; ++j) {
+      const float v = load(in[base + j]) - shift[j];
+      a[j] += v;
+      b[j] += v * v;
     }
   }
+}
+
+// The normalised value before storage rounding; forward and backward both use this one function, so that
+// the fused ReLU's mask can be recomputed from x in backward instead of reading the output again.
+inline float normalised(float x, float scale, float shift) { return x * scale + shift; }
+
+// The incoming gradient where the fused ReLU let the value through (v > 0; a NaN output passes nothing).
+inline float relu_masked(float g, float x, float scale, float shift, bool relu) {
+  return (relu & !(normalised(x, scale, shift) > 0.0f)) ? 0.0f : g;
 }
 
 // Sums of g and g * (x - mean) (x-hat before the inv_std factor), g masked by the fused ReLU.
 template <class T>
-MPX_VECTOR_CLONES void gradient_sums(const T* dy, const T* y, const T* x, const float* mean, std::int64_t channels,
-                   std::int64_t first, std::int64_t last, bool relu, float* a, float* b) {
-  for (std::int64_t c = 0; c < channels; ++c) a[c] = b[c] = 0.0f;
-  for (std::int64_t r = first; r < last; ++r) {
-    for (std::int64_t c = 0; c < channels; ++c) {
-      const std::int64_t i = r * channels + c;
-      const float yi = load(y[i]), di = load(dy[i]);
-      const float g = (relu & !(yi > 0.0f)) ? 0.0f : di;
-      a[c] += g;
-      b[c] += g * (load(x[i]) - mean[c]);
+MPX_VECTOR_CLONES void gradient_sums(const T* dy, const T* x, const float* mean, const float* scale,
+                                     const float* shift, std::int64_t length, std::int64_t begin, std::int64_t end,
+                                     bool relu, float* a, float* b) {
+  for (std::int64_t j = 0; j < length; ++j) a[j] = b[j] = 0.0f;
+  for (std::int64_t base = begin; base < end; base += length) {
+    const std::int64_t n = std::min(length, end - base);
+#pragma GCC ivdep
+    for (std::int64_t j = 0; j < n; ++j) {
+      const float xi = load(x[base + j]);
+      const float g = relu_masked(load(dy[base + j]), xi, scale[j], shift[j], relu);
+      a[j] += g;
+      b[j] += g * (xi - mean[j]);
     }
   }
 }
 
-// y = x * scale + shift per channel, optionally max(0, .), over rows [begin, end).
+// y = x * scale + shift per channel, optionally max(0, .), over elements [begin, end).
 template <class T>
-MPX_VECTOR_CLONES void scale_shift_rows(const T* in, T* out, const float* scale, const float* shift, std::int64_t channels,
-                      std::int64_t begin, std::int64_t end, bool relu) {
-  for (std::int64_t r = begin; r < end; ++r) {
-    for (std::int64_t c = 0; c < channels; ++c) {
-      const std::int64_t i = r * channels + c;
-      const float v = load(in[i]) * scale[c] + shift[c];
-      store(out + i, relu && v <= 0.0f ? 0.0f : v);  // a NaN propagates through the ReLU
+MPX_VECTOR_CLONES void scale_shift_rows(const T* in, T* out, const float* scale, const float* shift,
+                                        std::int64_t length, std::int64_t begin, std::int64_t end, bool relu) {
+  for (std::int64_t base = begin; base < end; base += length) {
+    const std::int64_t n = std::min(length, end - base);
+#pragma GCC ivdep
+    for (std::int64_t j = 0; j < n; ++j) {
+      const float v = normalised(load(in[base + j]), scale[j], shift[j]);
+      store(out + base + j, relu && v <= 0.0f ? 0.0f : v);  // a NaN propagates through the ReLU
     }
   }
 }
 
-// dx = scale * (g - mean_g - x_hat * mean_g_xhat) over rows [begin, end), g masked by the fused ReLU.
+// dx = scale * (g - mean_g - x_hat * mean_g_xhat) over elements [begin, end), g masked by the fused ReLU.
+// `k` holds the per-channel factors, each repeated over the period: mean, inv_std, scale, shift, mean_g,
+// mean_g_xhat.
+struct GradientFactors {
+  const float *mean, *inv_std, *scale, *shift, *mean_dy, *mean_dy_xhat;
+};
 template <class T>
-MPX_VECTOR_CLONES void input_gradient_rows(const T* dy, const T* y, const T* x, const float* mean, const float* inv_std,
-                         const float* scale, const float* mean_dy, const float* mean_dy_xhat, T* out,
-                         std::int64_t channels, std::int64_t begin, std::int64_t end, bool relu) {
-  for (std::int64_t r = begin; r < end; ++r) {
-    for (std::int64_t c = 0; c < channels; ++c) {
-      const std::int64_t i = r * channels + c;
-      const float yi = load(y[i]), di = load(dy[i]);
-      const float g = (relu & !(yi > 0.0f)) ? 0.0f : di;
-      const float xhat = (load(x[i]) - mean[c]) * inv_std[c];
-      store(out + i, scale[c] * (g - mean_dy[c] - xhat * mean_dy_xhat[c]));
+MPX_VECTOR_CLONES void input_gradient_rows(const T* dy, const T* x, GradientFactors k, T* out, std::int64_t length,
+                                           std::int64_t begin, std::int64_t end, bool relu) {
+  for (std::int64_t base = begin; base < end; base += length) {
+    const std::int64_t n = std::min(length, end - base);
+#pragma GCC ivdep
+    for (std::int64_t j = 0; j < n; ++j) {
+      const float xi = load(x[base + j]);
+      const float g = relu_masked(load(dy[base + j]), xi, k.scale[j], k.shift[j], relu);
+      const float xhat = (xi - k.mean[j]) * k.inv_std[j];
+      store(out + base + j, k.scale[j] * (g - k.mean_dy[j] - xhat * k.mean_dy_xhat[j]));
     }
   }
 }
@@ -148,6 +184,7 @@ void BatchNorm2d::forward_impl(const Tensor& x, bool training) {
   const auto count = static_cast<double>(rows);
   const std::size_t c_count = static_cast<std::size_t>(channels_);
   const T* in = detail::elements<T>(x);
+  const Period period = period_for(channels_);
   float* mean = mean_.data_as<float>();
   float* inv_std = inv_std_.data_as<float>();
   if (training) {
@@ -155,8 +192,9 @@ void BatchNorm2d::forward_impl(const Tensor& x, bool training) {
     // Shifted by the first row's values so that FP32 partial sums of squares do not cancel.
     std::vector<float> shift(c_count);
     for (std::int64_t c = 0; c < channels_; ++c) shift[static_cast<std::size_t>(c)] = detail::load(in[c]);
-    per_channel_sums_impl(rows, channels_, [&](std::int64_t first, std::int64_t last, float* a, float* b) {
-      moment_sums(in, shift.data(), channels_, first, last, a, b);
+    const std::vector<float> shift_rep = repeated(shift.data(), period);
+    per_channel_sums_impl(rows, period, [&](std::int64_t begin, std::int64_t end, float* a, float* b) {
+      moment_sums(in, shift_rep.data(), period.length, begin, end, a, b);
     }, sum, sum_sq);
     for (std::int64_t c = 0; c < channels_; ++c) {  // back to moments of x
       const double k = shift[static_cast<std::size_t>(c)];
@@ -184,14 +222,17 @@ void BatchNorm2d::forward_impl(const Tensor& x, bool training) {
   const float* beta = beta_.value.data_as<float>();
   input_ = x;
   T* out = detail::mutable_elements<T>(output_);
-  // y = x * scale + shift, with scale = gamma * inv_std and shift = beta - mean * scale.
-  std::vector<float> scale(c_count), shift(c_count);
-  for (std::int64_t c = 0; c < channels_; ++c) {
-    scale[c] = gamma[c] * inv_std[c];
-    shift[c] = beta[c] - mean[c] * scale[c];
+  // y = x * scale + shift, with scale = gamma * inv_std and shift = beta - mean * scale (kept for backward).
+  scale_.resize(c_count);
+  shift_.resize(c_count);
+  for (std::size_t c = 0; c < c_count; ++c) {
+    scale_[c] = gamma[c] * inv_std[c];
+    shift_[c] = beta[c] - mean[c] * scale_[c];
   }
+  const std::vector<float> scale_rep = repeated(scale_.data(), period), shift_rep = repeated(shift_.data(), period);
   mpx::detail::parallel_ranges(rows, 4096, [&](std::int64_t begin, std::int64_t end) {
-    scale_shift_rows(in, out, scale.data(), shift.data(), channels_, begin, end, fused_relu_);
+    scale_shift_rows(in, out, scale_rep.data(), shift_rep.data(), period.length, begin * channels_, end * channels_,
+                     fused_relu_);
   });
 }
 
@@ -208,29 +249,32 @@ void BatchNorm2d::backward_impl(const Tensor& dy) {
   const std::size_t c_count = static_cast<std::size_t>(channels_);
   const T* dy_data = detail::elements<T>(dy);
   const T* x = detail::elements<T>(input_);
-  const T* y = detail::elements<T>(output_);
-  const float* mean = mean_.data_as<float>();
-  // With the fused ReLU the incoming gradient passes only where the output was positive (both loads are
-  // unconditional and the test a bitwise and, so that the loops stay branch-free and vectorise).
+  const Period period = period_for(channels_);
+  const std::vector<float> mean = repeated(mean_.data_as<float>(), period), scale = repeated(scale_.data(), period),
+                           shift = repeated(shift_.data(), period);
+  // With the fused ReLU the incoming gradient passes only where the output was positive, which is
+  // recomputed from x (the forward's scale and shift, the same function) rather than read back from y.
   std::vector<double> sum_dy(c_count, 0.0), sum_dy_xhat(c_count, 0.0);
-  per_channel_sums_impl(rows, channels_, [&](std::int64_t first, std::int64_t last, float* a, float* b) {
-    gradient_sums(dy_data, y, x, mean, channels_, first, last, fused_relu_, a, b);  // x-hat: times inv_std below
+  per_channel_sums_impl(rows, period, [&](std::int64_t begin, std::int64_t end, float* a, float* b) {
+    // x-hat: times inv_std below
+    gradient_sums(dy_data, x, mean.data(), scale.data(), shift.data(), period.length, begin, end, fused_relu_, a, b);
   }, sum_dy, sum_dy_xhat);
   for (std::int64_t c = 0; c < channels_; ++c) sum_dy_xhat[c] *= inv_std_.data_as<float>()[c];
-  const float* gamma = gamma_.value.data_as<float>();
   const float* inv_std = inv_std_.data_as<float>();
-  std::vector<float> mean_dy(c_count), mean_dy_xhat(c_count), scale(c_count);
+  std::vector<float> mean_dy(c_count), mean_dy_xhat(c_count);
   for (std::int64_t c = 0; c < channels_; ++c) {
     gamma_.grad.data_as<float>()[c] = static_cast<float>(sum_dy_xhat[c]);
     beta_.grad.data_as<float>()[c] = static_cast<float>(sum_dy[c]);
     mean_dy[c] = static_cast<float>(sum_dy[c] / count);
     mean_dy_xhat[c] = static_cast<float>(sum_dy_xhat[c] / count);
-    scale[c] = gamma[c] * inv_std[c];
   }
   T* out = detail::mutable_elements<T>(grad_input_);
+  const std::vector<float> inv_std_rep = repeated(inv_std, period), mean_dy_rep = repeated(mean_dy.data(), period),
+                           mean_dy_xhat_rep = repeated(mean_dy_xhat.data(), period);
+  const GradientFactors factors{mean.data(),  inv_std_rep.data(), scale.data(), shift.data(), mean_dy_rep.data(),
+                                mean_dy_xhat_rep.data()};
   mpx::detail::parallel_ranges(rows, 4096, [&](std::int64_t begin, std::int64_t end) {
-    input_gradient_rows(dy_data, y, x, mean, inv_std, scale.data(), mean_dy.data(), mean_dy_xhat.data(), out,
-                        channels_, begin, end, fused_relu_);
+    input_gradient_rows(dy_data, x, factors, out, period.length, begin * channels_, end * channels_, fused_relu_);
   });
 }
 
