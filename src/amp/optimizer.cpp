@@ -4,6 +4,7 @@
 #include <cstring>
 #include <string>
 
+#include "../common/bf16_bits.h"
 #include "../common/vector_clones.h"
 #include "mpx/core/error.h"
 #include "mpx/numeric/convert.h"
@@ -12,24 +13,41 @@ namespace mpx::amp {
 
 namespace {
 
+struct AdamWFactors {
+  float beta1, beta2, eps, step_size, inv_sqrt_correction2, decay_factor;
+};
+
+// The AdamW update of one element (FP32 arithmetic); returns the new value.
+inline float adamw_update(float& value, float g, float& m1, float& m2, const AdamWFactors& f) {
+  const float m = f.beta1 * m1 + (1.0f - f.beta1) * g;
+  const float v = f.beta2 * m2 + (1.0f - f.beta2) * g * g;
+  m1 = m;
+  m2 = v;
+  const float denom = std::sqrt(v) * f.inv_sqrt_correction2 + f.eps;
+  value = value * f.decay_factor - f.step_size * m / denom;
+  return value;
+}
+
 // AdamW over elements [begin, end): built for AVX-512/AVX2 beside the baseline (sqrt and divide per element).
 MPX_VECTOR_CLONES
 void adamw_range(float* value, const float* grad, float* m1, float* m2, std::int64_t begin, std::int64_t end,
-                 float beta1, float beta2, float eps, float step_size, float inv_sqrt_correction2, float decay_factor) {
+                 AdamWFactors f) {
+  for (std::int64_t i = begin; i < end; ++i) adamw_update(value[i], grad[i], m1[i], m2[i], f);
+}
+
+// The same, also writing the BF16 working copy (one pass over the master weights instead of two).
+MPX_VECTOR_CLONES
+void adamw_range_bf16_copy(float* value, const float* grad, float* m1, float* m2, std::uint16_t* working,
+                           std::int64_t begin, std::int64_t end, AdamWFactors f) {
   for (std::int64_t i = begin; i < end; ++i) {
-    const float g = grad[i];
-    const float m = beta1 * m1[i] + (1.0f - beta1) * g;
-    const float v = beta2 * m2[i] + (1.0f - beta2) * g * g;
-    m1[i] = m;
-    m2[i] = v;
-    const float denom = std::sqrt(v) * inv_sqrt_correction2 + eps;
-    value[i] = value[i] * decay_factor - step_size * m / denom;
+    working[i] = detail::round_to_bf16(adamw_update(value[i], grad[i], m1[i], m2[i], f));
   }
 }
 
 void check_slot(const ParameterSlot& s, bool needs_state2) {
   if (s.grad.size() != s.value.size() || s.state1.size() != s.value.size() ||
-      (needs_state2 && s.state2.size() != s.value.size())) {
+      (needs_state2 && s.state2.size() != s.value.size()) ||
+      (!s.bf16_working.empty() && s.bf16_working.size() != s.value.size())) {
     throw InvalidArgument("optimizer: parameter, gradient and state sizes differ (" + std::to_string(s.value.size()) +
                           ", " + std::to_string(s.grad.size()) + ", " + std::to_string(s.state1.size()) + ")");
   }
@@ -51,6 +69,7 @@ void sgd_step(const SgdConfig& c, float lr, std::span<const ParameterSlot> slots
       }
       s.value[i] -= lr * g;
     }
+    if (!s.bf16_working.empty()) refresh_working_copy(s.value, s.bf16_working.data(), DType::bf16);
   }
 }
 
@@ -64,9 +83,14 @@ void adamw_step(const AdamWConfig& c, float lr, std::int64_t step, std::span<con
     check_slot(s, true);
     const float decay_factor = 1.0f - (s.decay ? lr * c.weight_decay : 0.0f);
     const auto n = static_cast<std::int64_t>(s.value.size());
+    const AdamWFactors f{c.beta1, c.beta2, c.eps, step_size, inv_sqrt_correction2, decay_factor};
     detail::parallel_ranges(n, 65536, [&](std::int64_t begin, std::int64_t end) {
-      adamw_range(s.value.data(), s.grad.data(), s.state1.data(), s.state2.data(), begin, end, c.beta1, c.beta2,
-                  c.eps, step_size, inv_sqrt_correction2, decay_factor);
+      if (s.bf16_working.empty()) {
+        adamw_range(s.value.data(), s.grad.data(), s.state1.data(), s.state2.data(), begin, end, f);
+      } else {
+        adamw_range_bf16_copy(s.value.data(), s.grad.data(), s.state1.data(), s.state2.data(), s.bf16_working.data(),
+                              begin, end, f);
+      }
     });
   }
 }

@@ -7,23 +7,17 @@
 #include <cstdint>
 #include <string>
 
+#include "../common/bf16_bits.h"
 #include "mpx/core/error.h"
 #include "mpx/tensor/tensor.h"
 
 namespace mpx::nn::detail {
 
-using bf16_bits = std::uint16_t;
+using mpx::detail::bf16_bits;
+using mpx::detail::round_to_bf16;
 
 inline float load(float v) { return v; }
-inline float load(bf16_bits v) { return std::bit_cast<float>(static_cast<std::uint32_t>(v) << 16); }
-
-// Round to nearest, ties to even; a NaN stays a (quiet) NaN with its sign, infinities stay infinite.
-inline bf16_bits round_to_bf16(float v) {
-  const std::uint32_t u = std::bit_cast<std::uint32_t>(v);
-  const std::uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-  const std::uint32_t quiet_nan = (u >> 16) | 0x40u;
-  return static_cast<bf16_bits>((u & 0x7FFFFFFFu) > 0x7F800000u ? quiet_nan : rounded);
-}
+inline float load(bf16_bits v) { return mpx::detail::widen_bf16(v); }
 inline void store(float* p, float v) { *p = v; }
 inline void store(bf16_bits* p, float v) { *p = round_to_bf16(v); }
 // For values known to be representable (a copy of a loaded element, or zero): no rounding work. Selecting

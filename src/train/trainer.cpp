@@ -58,6 +58,12 @@ Trainer::Trainer(const TrainConfig& config, const io::FashionMnist& data)
                       {p->state1.data_as<float>(), n},
                       p->state2.defined() ? std::span<float>(p->state2.data_as<float>(), n) : std::span<float>(),
                       p->decay});
+    // BF16 working copies of master weights are written by the optimizer in its own pass.
+    if (ctx_.policy.master_weights && p->working.defined() && p->working.dtype() == DType::bf16) {
+      slots_.back().bf16_working = {static_cast<std::uint16_t*>(p->working.data()), n};
+    } else {
+      needs_refresh_.push_back(p);
+    }
   }
   // Normalise with the training set's mean and standard deviation (as the reference recipe does).
   double sum = 0, sum_sq = 0;
@@ -109,7 +115,7 @@ bool Trainer::step(const Tensor& batch, std::int64_t global_step, float lr, floa
   } else {
     amp::sgd_step({config_.momentum, config_.weight_decay, true}, lr, slots_);
   }
-  for (nn::Parameter* p : params_) p->refresh(ctx_.policy.master_weights);
+  for (nn::Parameter* p : needs_refresh_) p->refresh(ctx_.policy.master_weights);
   return true;
 }
 

@@ -29,6 +29,9 @@ struct ParameterSlot {
   std::span<float> state1;  // SGD momentum / AdamW first moment
   std::span<float> state2;  // AdamW second moment (unused by SGD)
   bool decay = true;        // weight decay applies (biases and norm parameters usually excluded)
+  // When set (BF16 working copy of FP32 master weights): the updated value rounded to nearest-even BF16 is
+  // written here too, in the same pass as the update (AdamW) or right after it (SGD).
+  std::span<std::uint16_t> bf16_working = {};
 };
 
 void sgd_step(const SgdConfig& config, float lr, std::span<const ParameterSlot> slots);

@@ -88,6 +88,7 @@ class Trainer {
   // Views of every parameter's gradient and optimizer slot, built once: the step reuses them.
   std::vector<std::span<float>> grads_;
   std::vector<amp::ParameterSlot> slots_;
+  std::vector<nn::Parameter*> needs_refresh_;  // parameters whose working copy the optimizer does not write
   std::optional<amp::LossScaler> scaler_;
   Tensor input_;
   std::vector<std::uint8_t> labels_;
