@@ -172,8 +172,9 @@ TensorSpec BatchNorm2d::plan(const TensorSpec& in, Context& ctx) {
   return in;
 }
 
-Tensor BatchNorm2d::forward(const Tensor& x, Context&, bool training) {
+Tensor BatchNorm2d::forward(const Tensor& x, Context& ctx, bool training) {
   detail::require_dtype(x, output_.dtype(), name(), "input");
+  update_running_ = ctx.update_running_statistics;
   detail::with_storage(x.dtype(), [&](auto tag) { forward_impl<decltype(tag)>(x, training); });
   return output_.first_rows(x.dim(0));
 }
@@ -209,6 +210,7 @@ void BatchNorm2d::forward_impl(const Tensor& x, bool training) {
       mean[c] = static_cast<float>(m);
       inv_std[c] = static_cast<float>(1.0 / std::sqrt(var + eps_));
       const double unbiased = rows > 1 ? var * count / (count - 1) : var;  // what PyTorch keeps as running_var
+      if (!update_running_) continue;
       running_mean[c] = static_cast<float>((1 - momentum_) * running_mean[c] + momentum_ * m);
       running_var[c] = static_cast<float>((1 - momentum_) * running_var[c] + momentum_ * unbiased);
     }

@@ -25,15 +25,17 @@ LayerTime& time_slot(Context& ctx, std::size_t index, const std::string& name) {
 Tensor Sequential::forward(const Tensor& x, Context& ctx, bool training) {
   Tensor h = x;
   for (std::size_t i = 0; i < layers_.size(); ++i) {
+    const Tensor in = h;
     if (!ctx.profile_layers) {
       h = layers_[i]->forward(h, ctx, training);
-      continue;
+    } else {
+      const auto start = Clock::now();
+      h = layers_[i]->forward(h, ctx, training);
+      LayerTime& t = time_slot(ctx, i, layers_[i]->name());
+      t.forward_seconds += std::chrono::duration<double>(Clock::now() - start).count();
+      ++t.calls;
     }
-    const auto start = Clock::now();
-    h = layers_[i]->forward(h, ctx, training);
-    LayerTime& t = time_slot(ctx, i, layers_[i]->name());
-    t.forward_seconds += std::chrono::duration<double>(Clock::now() - start).count();
-    ++t.calls;
+    for (LayerObserver* o : ctx.observers) o->after_layer(*layers_[i], Pass::forward, in, h, ctx);
   }
   return h;
 }
@@ -42,13 +44,16 @@ void Sequential::backward(const Tensor& dy, Context& ctx) {
   Tensor g = dy;
   for (std::size_t i = layers_.size(); i-- > 0;) {
     if (i == 0 && !layers_[0]->input_gradient_needed() && layers_[0]->parameters().empty()) break;
+    const Tensor in = g;
     if (!ctx.profile_layers) {
       g = layers_[i]->backward(g, ctx);
-      continue;
+    } else {
+      const auto start = Clock::now();
+      g = layers_[i]->backward(g, ctx);
+      time_slot(ctx, i, layers_[i]->name()).backward_seconds +=
+          std::chrono::duration<double>(Clock::now() - start).count();
     }
-    const auto start = Clock::now();
-    g = layers_[i]->backward(g, ctx);
-    time_slot(ctx, i, layers_[i]->name()).backward_seconds += std::chrono::duration<double>(Clock::now() - start).count();
+    for (LayerObserver* o : ctx.observers) o->after_layer(*layers_[i], Pass::backward, in, g, ctx);
   }
 }
 

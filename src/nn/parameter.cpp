@@ -6,6 +6,8 @@
 
 namespace mpx::nn {
 
+const char* pass_name(Pass pass) { return pass == Pass::forward ? "forward" : "backward"; }
+
 DType activation_storage(const amp::PrecisionPolicy& policy) {
   return policy.activations == DType::bf16 ? DType::bf16 : DType::f32;
 }

@@ -32,6 +32,8 @@ TrainConfig resolve(TrainConfig c) {
   }
   if (c.clip_norm < 0) throw InvalidArgument("--clip-norm must be >= 0");
   if (c.log_every < 1) c.log_every = 1;
+  if (c.numerics_every < 0) throw InvalidArgument("--numerics-every must be >= 0 (0: off)");
+  if (!c.inject_nonfinite.empty()) telemetry::NonFiniteInjector::parse(c.inject_nonfinite);  // validates
   return c;
 }
 
@@ -39,6 +41,11 @@ Trainer::Trainer(const TrainConfig& config, const io::FashionMnist& data)
     : config_(resolve(config)), data_(data), model_(nn::make_model(config_.model, config_.seed)) {
   ctx_.policy = amp::PrecisionPolicy::preset(config_.precision);
   ctx_.seed = config_.seed;
+  if (!config_.inject_nonfinite.empty()) {
+    injector_.emplace(telemetry::NonFiniteInjector::parse(config_.inject_nonfinite));
+    ctx_.observers.push_back(&*injector_);
+  }
+  ctx_.observers.push_back(&monitor_);
   const bool scaling = config_.loss_scaling.value_or(ctx_.policy.loss_scaling);
   if (scaling) scaler_.emplace();
   const Shape input_shape = {config_.batch_size, 28, 28, 1};
@@ -92,31 +99,83 @@ void Trainer::load_batch(const io::ImageSet& set, const std::vector<std::int64_t
 }
 
 bool Trainer::step(const Tensor& batch, std::int64_t global_step, float lr, float& loss) {
+  using Mode = telemetry::NumericsMonitor::Mode;
   ctx_.step = static_cast<std::uint64_t>(global_step);
+  const std::int64_t step_number = global_step + 1;
+  const float scale = scaler_ ? scaler_->scale() : 1.0f;
+  const bool sample = config_.numerics_every > 0 && step_number % config_.numerics_every == 0;
+  monitor_.begin(sample ? Mode::sample : Mode::off, step_number, scale);
   const Tensor logits = model_.forward(batch, ctx_, true);
   loss = loss_.forward(logits, labels_.data());
-  if (!std::isfinite(loss) && !scaler_) {
+  // Without master weights or a loss scaler there is nothing to recover with: stop, saying where it began.
+  // Mixed presets skip the step instead (as GradScaler does) and stop only if it keeps happening.
+  if (!std::isfinite(loss) && !scaler_ && !ctx_.policy.master_weights) {
+    const auto origin = locate_nonfinite(batch, step_number, scale, false);
     throw TrainingDiverged("the loss became " + std::string(std::isnan(loss) ? "NaN" : "infinite") + " at step " +
-                           std::to_string(global_step) + " (" + config_.precision +
-                           "); try --precision bf16-mixed (FP32 master weights) or a lower --lr");
+                           std::to_string(step_number) + " (" + config_.precision +
+                           "); try --precision bf16-mixed (FP32 master weights) or a lower --lr" +
+                           (origin ? "; it started at " + origin->describe() : std::string()));
   }
-  const float scale = scaler_ ? scaler_->scale() : 1.0f;
   model_.backward(loss_.backward(scale), ctx_);
+  if (sample) pending_sample_ = monitor_.take_sample();  // activations and their gradients
 
   const bool found_inf = amp::unscale_and_check(grads_, 1.0f / scale) || !std::isfinite(loss);
-  const bool apply = scaler_ ? scaler_->update(found_inf) : !found_inf;
-  if (!apply) return false;
-  if (config_.clip_norm > 0) amp::clip_grad_norm(grads_, config_.clip_norm);
-  ++optimizer_steps_;
-  if (config_.optimizer == "adamw") {
-    amp::AdamWConfig adamw;
-    adamw.weight_decay = config_.weight_decay;
-    amp::adamw_step(adamw, lr, optimizer_steps_, slots_);
-  } else {
-    amp::sgd_step({config_.momentum, config_.weight_decay, true}, lr, slots_);
+  consecutive_nonfinite_ = found_inf ? consecutive_nonfinite_ + 1 : 0;
+  if (found_inf) {
+    pending_origin_ = locate_nonfinite(batch, step_number, scale, true);
+    if (!pending_origin_) pending_origin_ = telemetry::NonFiniteOrigin{step_number, "loss", "forward", {}, {}};
+    if (config_.detect_anomaly) {
+      throw TrainingDiverged("anomaly detected (--detect-anomaly) at " + pending_origin_->describe());
+    }
+    if (consecutive_nonfinite_ >= kMaxConsecutiveNonfinite) {
+      throw TrainingDiverged(std::to_string(consecutive_nonfinite_) + " steps in a row went non-finite (" +
+                             config_.precision + "), the last at " + pending_origin_->describe() +
+                             "; try a lower --lr or --precision bf16-mixed");
+    }
   }
-  for (nn::Parameter* p : needs_refresh_) p->refresh(ctx_.policy.master_weights);
-  return true;
+  const bool apply = scaler_ ? scaler_->update(found_inf) : !found_inf;
+  if (apply) {
+    if (config_.clip_norm > 0) amp::clip_grad_norm(grads_, config_.clip_norm);
+    ++optimizer_steps_;
+    if (config_.optimizer == "adamw") {
+      amp::AdamWConfig adamw;
+      adamw.weight_decay = config_.weight_decay;
+      amp::adamw_step(adamw, lr, optimizer_steps_, slots_);
+    } else {
+      amp::sgd_step({config_.momentum, config_.weight_decay, true}, lr, slots_);
+    }
+    for (nn::Parameter* p : needs_refresh_) p->refresh(ctx_.policy.master_weights);
+  }
+  if (sample) {  // weights, gradients and optimizer state after the update
+    monitor_.begin(Mode::sample, step_number, scale);
+    monitor_.record_parameters(params_, ctx_.policy.master_weights);
+    for (auto& t : monitor_.take_sample().tensors) pending_sample_->tensors.push_back(std::move(t));
+  }
+  return apply;
+}
+
+std::optional<telemetry::NonFiniteOrigin> Trainer::locate_nonfinite(const Tensor& batch, std::int64_t step, float scale,
+                                                                    bool backward) {
+  // The same batch, weights, dropout masks (keyed by the step) and scale: the replay computes the same
+  // values, this time checking each layer's output. BatchNorm keeps its running statistics as they are.
+  ctx_.update_running_statistics = false;
+  monitor_.begin(telemetry::NumericsMonitor::Mode::locate, step, scale);
+  const Tensor logits = model_.forward(batch, ctx_, true);
+  loss_.forward(logits, labels_.data());
+  if (backward) model_.backward(loss_.backward(scale), ctx_);
+  ctx_.update_running_statistics = true;
+  auto origin = monitor_.take_origin();
+  if (!origin && backward) {
+    // Every layer output was finite: the first weight gradient (in backward order) that is not.
+    for (auto it = params_.rbegin(); it != params_.rend(); ++it) {
+      const telemetry::TensorStats g =
+          telemetry::compute_stats((*it)->grad.data(), DType::f32, static_cast<std::size_t>((*it)->grad.numel()));
+      if (g.nonfinite() == 0) continue;
+      origin = telemetry::NonFiniteOrigin{step, (*it)->name, "backward (weight gradient)", {}, g};
+      break;
+    }
+  }
+  return origin;
 }
 
 double Trainer::evaluate() {
@@ -174,6 +233,17 @@ TrainResult Trainer::run(const Callbacks& callbacks) {
       float loss = 0;
       const bool applied = step(input_.first_rows(rows), global_step, lr, loss);
       if (!applied) ++result.skipped_steps;
+      if (pending_origin_) {
+        ++result.nonfinite_steps;
+        if (result.nonfinite_origins.size() < 10) result.nonfinite_origins.push_back(*pending_origin_);
+        if (callbacks.on_nonfinite) callbacks.on_nonfinite(*pending_origin_);
+        pending_origin_.reset();
+      }
+      if (pending_sample_) {
+        result.headroom = telemetry::layer_headroom(*pending_sample_);
+        if (callbacks.on_numerics) callbacks.on_numerics(*pending_sample_);
+        pending_sample_.reset();
+      }
       if (std::isfinite(loss)) {
         loss_sum += loss;
         ++loss_count;
@@ -212,6 +282,8 @@ TrainResult Trainer::run(const Callbacks& callbacks) {
   result.train_seconds = training_seconds;
   result.images_per_second = static_cast<double>(images_seen) / std::max(1e-9, training_seconds);
   if (scaler_) result.loss_scaler = scaler_->state();
+  result.recommendation =
+      telemetry::recommendation(result.headroom, scaler_.has_value(), result.skipped_steps, result.steps);
   return result;
 }
 

@@ -25,6 +25,23 @@ struct LayerTime {
   std::int64_t calls = 0;
 };
 
+class Layer;
+struct Context;
+
+enum class Pass : std::uint8_t { forward, backward };
+const char* pass_name(Pass pass);
+
+// Sees every layer's result as the model runs (numerics telemetry, fault injection for drills and
+// tests). `input` is what the layer read (backward: the incoming gradient), `output` what it wrote
+// (backward: the input gradient, undefined when the first layer skips it). An observer may write into
+// `output`'s memory (that is how faults are injected); it must not keep the tensors.
+class LayerObserver {
+ public:
+  virtual ~LayerObserver() = default;
+  virtual void after_layer(const Layer& layer, Pass pass, const Tensor& input, const Tensor& output,
+                           const Context& ctx) = 0;
+};
+
 struct Context {
   backend::CpuBackend backend;
   bool profile_layers = false;
@@ -33,6 +50,10 @@ struct Context {
   amp::PrecisionPolicy policy = amp::PrecisionPolicy::preset("32-true");
   std::uint64_t seed = 0;
   std::uint64_t step = 0;  // training step: with the seed, it keys dropout's counter-based randomness
+  // Off while a step is replayed to find where it went non-finite: BatchNorm then leaves its running
+  // statistics as they were.
+  bool update_running_statistics = true;
+  std::vector<LayerObserver*> observers;  // called in order after each layer, when any
 };
 
 // A trainable tensor. `value` is FP32: the master weights in mixed precision, or (in *-true presets) the

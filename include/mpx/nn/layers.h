@@ -69,6 +69,7 @@ class BatchNorm2d : public Layer {
   Tensor running_mean_, running_var_, mean_, inv_std_, output_, grad_input_;
   Tensor input_;  // the forward input (the previous layer's output buffer): x-hat is recomputed from it
   std::vector<float> scale_, shift_;  // the last forward's y = x * scale + shift, per channel
+  bool update_running_ = true;        // this forward updates the running statistics
 
   template <class T>
   void forward_impl(const Tensor& x, bool training);

@@ -14,6 +14,7 @@
 #include "mpx/core/error.h"
 #include "mpx/io/fashion_mnist.h"
 #include "mpx/nn/model.h"
+#include "mpx/telemetry/numerics_monitor.h"
 
 namespace mpx::train {
 
@@ -34,6 +35,11 @@ struct TrainConfig {
   std::int64_t test_subset = 0;
   std::int64_t max_steps = 0;       // stop after this many steps in total (0: no limit), for benchmarks
   int log_every = 50;
+  // Numerics telemetry: statistics of every tensor every N steps (0: off; 1% of step time at the default,
+  // docs/PERFORMANCE.md); a step that goes non-finite is replayed to find the op where it started.
+  int numerics_every = 100;
+  bool detect_anomaly = false;  // stop at the first non-finite step (TrainingDiverged with the origin)
+  std::string inject_nonfinite;  // drill: LAYER:forward|backward:STEP[:COUNT[:nan]] (see NonFiniteInjector)
 };
 
 // Resolves defaults (precision) and checks ranges; throws InvalidArgument naming the setting.
@@ -58,11 +64,17 @@ struct TrainResult {
   std::int64_t steps = 0, skipped_steps = 0;
   amp::LossScalerState loss_scaler;
   bool loss_scaling = false;
+  std::int64_t nonfinite_steps = 0;                         // steps whose loss or gradients were non-finite
+  std::vector<telemetry::NonFiniteOrigin> nonfinite_origins;  // the first ten of them
+  std::vector<telemetry::LayerHeadroom> headroom;            // from the last numerics sample
+  std::string recommendation;
 };
 
 struct Callbacks {
   std::function<void(const StepReport&)> on_step;    // every step
   std::function<void(const EpochReport&)> on_epoch;  // after each epoch's evaluation
+  std::function<void(const telemetry::NumericsSample&)> on_numerics;      // every numerics_every steps
+  std::function<void(const telemetry::NonFiniteOrigin&)> on_nonfinite;  // each step that went non-finite
 };
 
 class Trainer {
@@ -78,6 +90,9 @@ class Trainer {
   void load_batch(const io::ImageSet& set, const std::vector<std::int64_t>& order, std::int64_t first,
                   std::int64_t rows);
   bool step(const Tensor& batch, std::int64_t global_step, float lr, float& loss);
+  // Replays the current step's forward (and backward) pass to find where it first went non-finite.
+  std::optional<telemetry::NonFiniteOrigin> locate_nonfinite(const Tensor& batch, std::int64_t step, float scale,
+                                                             bool backward);
 
   TrainConfig config_;
   const io::FashionMnist& data_;
@@ -94,6 +109,12 @@ class Trainer {
   std::vector<std::uint8_t> labels_;
   float mean_ = 0, inv_std_ = 1;
   std::int64_t optimizer_steps_ = 0;
+  telemetry::NumericsMonitor monitor_;
+  std::optional<telemetry::NonFiniteInjector> injector_;
+  std::optional<telemetry::NumericsSample> pending_sample_;   // handed to the callbacks after the step
+  std::optional<telemetry::NonFiniteOrigin> pending_origin_;
+  std::int64_t consecutive_nonfinite_ = 0;
+  static constexpr std::int64_t kMaxConsecutiveNonfinite = 100;  // then the run stops: it is not recovering
 };
 
 // Thrown when a run without loss scaling produces a non-finite loss: names the step and what to try.
