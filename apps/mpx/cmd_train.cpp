@@ -13,6 +13,7 @@
 #include "mpx/build_info.h"
 #include "mpx/core/error.h"
 #include "mpx/numeric/convert.h"
+#include "mpx/telemetry/json.h"
 #include "mpx/train/run_files.h"
 #include "mpx/train/trainer.h"
 
@@ -69,13 +70,20 @@ void run_train(TrainOptions& o) {
   std::fflush(stdout);
 
   train::Callbacks callbacks;
+  float previous_scale = 0;
   callbacks.on_step = [&](const train::StepReport& r) {
-    const bool log = r.step % config.log_every == 0 || r.step == r.total_steps;
+    // Skipped steps and loss-scale changes are always recorded; other steps every --log-every.
+    const bool log = r.step % config.log_every == 0 || r.step == r.total_steps || r.skipped;
     if (log) {
       run.append_metrics({{"type", "step"}, {"step", r.step}, {"epoch", r.epoch}, {"loss", train::json_number(r.loss)},
                           {"lr", r.lr}, {"loss_scale", r.loss_scale}, {"skipped", r.skipped},
-                          {"images_per_second", r.images_per_second}});
+                          {"images_per_second", r.images_per_second}, {"elapsed_seconds", r.elapsed_seconds}});
     }
+    if (previous_scale != 0 && r.loss_scale != previous_scale) {
+      run.append_metrics({{"type", "loss_scale"}, {"step", r.step},
+                          {"event", r.loss_scale > previous_scale ? "growth" : "backoff"}, {"scale", r.loss_scale}});
+    }
+    previous_scale = r.loss_scale;
     if (o.no_progress) return;
     const double remaining_images = static_cast<double>((r.total_steps - r.step) * config.batch_size);
     const double eta = r.images_per_second > 0 ? remaining_images / r.images_per_second : 0;
@@ -100,6 +108,15 @@ void run_train(TrainOptions& o) {
                         {"images_per_second", e.images_per_second}, {"skipped_steps", e.skipped_steps}});
   };
 
+  callbacks.on_numerics = [&](const telemetry::NumericsSample& sample) { run.append_metrics(telemetry::to_json(sample)); };
+  callbacks.on_nonfinite = [&](const telemetry::NonFiniteOrigin& origin) {
+    nlohmann::json record = telemetry::to_json(origin);
+    record["type"] = "nonfinite";
+    run.append_metrics(record);
+    if (terminal) fmt::print(stderr, "\r{:<100}\r", "");
+    fmt::print(stderr, "non-finite values at {} (step skipped)\n", origin.describe());
+  };
+
   const train::TrainResult result = trainer.run(callbacks);
   const MemoryTracker& memory = trainer.context().memory;
   nlohmann::json peak = nlohmann::json::object();
@@ -120,10 +137,17 @@ void run_train(TrainOptions& o) {
     summary["loss_scaler"] = {{"growths", result.loss_scaler.growths}, {"backoffs", result.loss_scaler.backoffs},
                               {"growth_tracker", result.loss_scaler.growth_tracker}};
   }
+  nlohmann::json origins = nlohmann::json::array(), headroom = nlohmann::json::array();
+  for (const auto& origin : result.nonfinite_origins) origins.push_back(telemetry::to_json(origin));
+  for (const auto& h : result.headroom) headroom.push_back(telemetry::to_json(h));
+  summary["numerics"] = {{"every", config.numerics_every}, {"nonfinite_steps", result.nonfinite_steps},
+                         {"first_nonfinite", origins}, {"headroom", headroom},
+                         {"recommendation", result.recommendation}};
   train::write_json_atomic(run.file("summary.json"), summary);
   fmt::print("done: test accuracy {:.2f}% in {:.1f} s ({:.0f} img/s), {} skipped steps; summary in {}\n",
              100 * result.test_accuracy, result.train_seconds, result.images_per_second, result.skipped_steps,
              run.file("summary.json"));
+  if (!result.recommendation.empty()) fmt::print("numerics: {}\n", result.recommendation);
 }
 
 }  // namespace
@@ -154,6 +178,14 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--test-subset", c.test_subset, "Evaluate on the first N test images only (0: all)")->check(CLI::NonNegativeNumber);
   cmd->add_option("--log-every", c.log_every, "Steps between metrics.jsonl records")->check(CLI::PositiveNumber)->capture_default_str();
   cmd->add_flag("--no-progress", o->no_progress, "No progress line");
+  cmd->add_option("--numerics-every", c.numerics_every,
+                  "Steps between numerics samples (statistics of every tensor; 0: off)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_flag("--detect-anomaly", c.detect_anomaly,
+                "Stop at the first step that goes non-finite, naming the layer and pass where it began");
+  cmd->add_option("--inject-nonfinite", c.inject_nonfinite,
+                  "Drill: make one layer's output non-finite, LAYER:forward|backward:STEP[:COUNT[:nan]]");
   cmd->callback([o] {
     if (o->device == "auto") o->device = "cpu";
     run_train(*o);

@@ -135,7 +135,7 @@ std::vector<LayerHeadroom> layer_headroom(const NumericsSample& sample) {
     } else if (h.gradient_headroom < 1.0) {
       h.advice = "lower the loss scale";
     } else if (h.underflow_scaled > 0.01) {
-      h.advice = "raise the initial scale";
+      h.advice = sample.loss_scale > 1 ? "raise the initial scale" : "needs loss scaling in FP16";
     } else {
       h.advice = "keep";
     }
@@ -144,15 +144,14 @@ std::vector<LayerHeadroom> layer_headroom(const NumericsSample& sample) {
   return out;
 }
 
-std::string recommendation(const std::vector<LayerHeadroom>& headroom, bool loss_scaling, std::int64_t skipped_steps,
+std::string recommendation(const std::vector<LayerHeadroom>& headroom, bool fp16_run, std::int64_t skipped_steps,
                            std::int64_t steps) {
-  std::vector<std::string> fp32_layers, raise, lower;
-  double worst_unscaled = 0;
+  std::vector<std::string> fp32_layers, raise, unscaled, lower;
   for (const LayerHeadroom& h : headroom) {
     if (h.advice == "keep in FP32") fp32_layers.push_back(h.layer);
     if (h.advice == "raise the initial scale") raise.push_back(h.layer);
+    if (h.advice == "needs loss scaling in FP16") unscaled.push_back(h.layer);
     if (h.advice == "lower the loss scale") lower.push_back(h.layer);
-    worst_unscaled = std::max(worst_unscaled, h.underflow_unscaled);
   }
   auto join = [](const std::vector<std::string>& v) {
     std::string s;
@@ -161,27 +160,23 @@ std::string recommendation(const std::vector<LayerHeadroom>& headroom, bool loss
   };
   std::string text;
   if (!fp32_layers.empty()) {
-    text += "Keep " + join(fp32_layers) + " in FP32 (activations within a factor 2 of FP16's maximum 65504) or use bf16. ";
+    text += "Keep " + join(fp32_layers) + " in FP32 under FP16 (activations within a factor 2 of 65504) or use bf16. ";
   }
   if (!raise.empty()) {
-    text += loss_scaling ? "Raise the initial loss scale: " + join(raise) + " lose over 1% of their gradients below FP16's "
-                                                                            "smallest normal. "
-                         : "Use loss scaling (16-mixed) or bf16: " + join(raise) +
-                               " lose over 1% of their gradients below FP16's smallest normal. ";
+    text += "Raise the initial loss scale: " + join(raise) + " lose over 1% of their gradients below FP16's smallest "
+            "normal at the current scale. ";
+  }
+  if (!unscaled.empty()) {
+    text += (fp16_run ? "Use loss scaling: " : "For FP16, use loss scaling (16-mixed): ") + join(unscaled) +
+            " would lose over 1% of their gradients below FP16's smallest normal without it. ";
   }
   if (!lower.empty()) text += "Lower the loss scale: the scaled gradients of " + join(lower) + " come within 2x of 65504. ";
   const double skipped = steps > 0 ? static_cast<double>(skipped_steps) / static_cast<double>(steps) : 0;
   if (skipped > 0.05) {
-    text += fmt::format("{:.1f}% of steps were skipped for overflow: switch to bf16 or lower the initial scale. ",
-                        100 * skipped);
+    text += fmt::format("{:.1f}% of steps were skipped as non-finite: {}. ", 100 * skipped,
+                        fp16_run ? "switch to bf16 or lower the initial scale" : "lower the learning rate");
   }
-  if (text.empty()) {
-    text = loss_scaling || worst_unscaled <= 0.01
-               ? "Keep: every layer has FP16 headroom and its gradients stay above FP16's smallest normal."
-               : fmt::format("Keep for bf16; for FP16 use loss scaling (up to {:.1f}% of a layer's gradients are below "
-                             "FP16's smallest normal without it).",
-                             100 * worst_unscaled);
-  }
+  if (text.empty()) text = "Keep: every layer has FP16 headroom and its gradients stay above FP16's smallest normal.";
   while (!text.empty() && text.back() == ' ') text.pop_back();
   return text;
 }

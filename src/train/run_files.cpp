@@ -14,12 +14,6 @@ namespace mpx::train {
 
 namespace fs = std::filesystem;
 
-nlohmann::json json_number(double value) {
-  if (std::isnan(value)) return "NaN";
-  if (std::isinf(value)) return value > 0 ? "Infinity" : "-Infinity";
-  return value;
-}
-
 namespace {
 [[noreturn]] void io_fail(const std::string& what, const std::string& path) {
   throw IoError(what + " " + path + ": " + std::strerror(errno));

@@ -282,8 +282,8 @@ TrainResult Trainer::run(const Callbacks& callbacks) {
   result.train_seconds = training_seconds;
   result.images_per_second = static_cast<double>(images_seen) / std::max(1e-9, training_seconds);
   if (scaler_) result.loss_scaler = scaler_->state();
-  result.recommendation =
-      telemetry::recommendation(result.headroom, scaler_.has_value(), result.skipped_steps, result.steps);
+  const bool fp16_run = ctx_.policy.compute == DType::f16 || ctx_.policy.activations == DType::f16;
+  result.recommendation = telemetry::recommendation(result.headroom, fp16_run, result.skipped_steps, result.steps);
   return result;
 }
 

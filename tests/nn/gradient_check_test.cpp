@@ -280,5 +280,21 @@ TEST(Layers, MaxPoolPropagatesNaNAndKeepsTheFirstOfTies) {
   for (int i = 0; i < 8; ++i) EXPECT_EQ(dx.data_as<float>()[i], expected[i]) << i;
 }
 
+TEST(Layers, BatchNormLeavesRunningStatisticsAloneDuringAReplay) {
+  Context ctx;
+  BatchNorm2d bn("bn", 2);
+  bn.plan({{4, 2, 2, 2}}, ctx);
+  Tensor x = Tensor::empty({4, 2, 2, 2}, DType::f32, MemoryCategory::activations, nullptr);
+  const auto v = random_vector(32, 21, 3.0f);
+  std::copy(v.begin(), v.end(), x.data_as<float>());
+  ctx.update_running_statistics = false;
+  bn.forward(x, ctx, true);
+  EXPECT_EQ(bn.running_mean().data_as<float>()[0], 0.0f);
+  EXPECT_EQ(bn.running_var().data_as<float>()[1], 1.0f);
+  ctx.update_running_statistics = true;
+  bn.forward(x, ctx, true);
+  EXPECT_NE(bn.running_mean().data_as<float>()[0], 0.0f);
+}
+
 }  // namespace
 }  // namespace mpx::nn

@@ -153,6 +153,7 @@ TEST(NumericsMonitor, HeadroomAndAdviceFollowTheSample) {
   EXPECT_DOUBLE_EQ(h[1].underflow_unscaled, 1.0);  // both below 2^-14 once divided by 2^10
   EXPECT_EQ(h[1].advice, "raise the initial scale");
   const std::string advice = recommendation(h, true, 0, 100);
+  EXPECT_NE(recommendation(h, false, 10, 100).find("lower the learning rate"), std::string::npos);
   EXPECT_NE(advice.find("Keep a in FP32"), std::string::npos) << advice;
   EXPECT_NE(advice.find("Raise the initial loss scale: b"), std::string::npos) << advice;
   EXPECT_EQ(recommendation({}, true, 0, 100).substr(0, 4), "Keep");

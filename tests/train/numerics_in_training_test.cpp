@@ -115,6 +115,19 @@ TEST(NumericsInTraining, DetectAnomalyStopsAtTheOrigin) {
   }
 }
 
+TEST(NumericsInTraining, SamplingEveryStepDoesNotChangeTheRun) {
+  MPX_NEED_DATA();
+  TrainConfig quiet = short_run("bf16-mixed", ""), watched = quiet;
+  quiet.numerics_every = 0;
+  watched.numerics_every = 1;
+  const TrainResult a = Trainer(quiet, *dataset()).run();
+  const TrainResult b = Trainer(watched, *dataset()).run();
+  EXPECT_EQ(a.final_loss, b.final_loss);
+  EXPECT_EQ(a.test_accuracy, b.test_accuracy);
+  EXPECT_TRUE(a.headroom.empty());
+  EXPECT_FALSE(b.headroom.empty());
+}
+
 TEST(NumericsInTraining, CleanRunHasNoNonFiniteStepsAndARecommendation) {
   MPX_NEED_DATA();
   const TrainResult r = Trainer(short_run("16-mixed", ""), *dataset()).run();

@@ -46,14 +46,16 @@ struct LayerHeadroom {
   double gradient_headroom = 0;    // the same for the incoming gradient as stored (scaled)
   double underflow_unscaled = 0;   // fraction of incoming-gradient values below 2^-14 without loss scaling
   double underflow_scaled = 0;     // ... with the run's loss scale
-  std::string advice;              // keep | keep in FP32 | raise the initial scale | lower the loss scale
+  // keep | keep in FP32 | lower the loss scale | raise the initial scale | needs loss scaling in FP16
+  std::string advice;
 };
 
 // Headroom of each layer with sampled activations, in model order.
 std::vector<LayerHeadroom> layer_headroom(const NumericsSample& sample);
-// One paragraph for people: what to do about FP16 (keep, raise the initial scale, switch to bf16, keep these
-// layers in FP32), from the headroom table and the run's skipped steps.
-std::string recommendation(const std::vector<LayerHeadroom>& headroom, bool loss_scaling, std::int64_t skipped_steps,
+// One paragraph for people: what to do about FP16 (keep, raise the initial scale, use loss scaling, switch
+// to bf16, keep these layers in FP32), from the headroom table and the run's skipped steps. `fp16_run`: the
+// run itself stores FP16 (else the advice is for an FP16 rollout of it).
+std::string recommendation(const std::vector<LayerHeadroom>& headroom, bool fp16_run, std::int64_t skipped_steps,
                            std::int64_t steps);
 
 class NumericsMonitor : public nn::LayerObserver {

@@ -8,11 +8,13 @@
 
 #include <nlohmann/json.hpp>
 
+#include "mpx/telemetry/json.h"
+
 namespace mpx::train {
 
 // A JSON value for a double that keeps non-finite values explicit ("NaN", "Infinity", "-Infinity")
 // instead of nlohmann's null.
-nlohmann::json json_number(double value);
+using telemetry::json_number;
 
 // Writes `value` to `path` atomically. Throws IoError naming the path (and leaves any old file intact).
 void write_json_atomic(const std::string& path, const nlohmann::json& value);
