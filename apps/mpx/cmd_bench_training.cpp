@@ -29,6 +29,7 @@ struct TrainBenchOptions {
   int rounds = 1;
   bool json = false;
   bool profile = false;
+  int numerics_every = train::TrainConfig{}.numerics_every;
 };
 
 void run_matmul(const MatmulOptions& o) {
@@ -51,7 +52,7 @@ void run_train_bench(const TrainBenchOptions& o) {
   for (int round = 0; round < o.rounds; ++round) {
     for (std::size_t i = 0; i < o.precisions.size(); ++i) {
       runs[i].push_back(bench::run_train_benchmark(o.model, o.precisions[i], o.steps, o.batch_size, o.data,
-                                                   o.profile));
+                                                   o.profile, o.numerics_every));
     }
   }
   std::vector<bench::TrainBenchResult> medians;
@@ -117,6 +118,9 @@ void add_bench_training_commands(CLI::App& bench) {
       ->capture_default_str();
   train->add_flag("--json", t->json, "Print JSON");
   train->add_flag("--profile", t->profile, "Also time every layer's forward and backward (mean per step)");
+  train->add_option("--numerics-every", t->numerics_every, "Steps between numerics samples, as mpx train (0: off)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   train->callback([t] { run_train_bench(*t); });
 }
 

@@ -9,6 +9,7 @@ namespace mpx::cli {
 void add_info_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
 void add_train_command(CLI::App& app);
+void add_report_command(CLI::App& app);
 void add_bench_training_commands(CLI::App& bench);  // `bench matmul`, `bench train`
 
 }  // namespace mpx::cli

@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   mpx::cli::add_info_command(app);
   mpx::cli::add_train_command(app);
+  mpx::cli::add_report_command(app);
   mpx::cli::add_bench_command(app);
   if (argc > 1 && argv[1][0] != '-') {
     try {

@@ -55,7 +55,7 @@ MatmulBenchResult run_matmul_benchmark(DType dtype, std::int64_t size, int repea
 }
 
 TrainBenchResult run_train_benchmark(const std::string& model, const std::string& precision, std::int64_t steps,
-                                     int batch_size, const std::string& data_dir, bool profile) {
+                                     int batch_size, const std::string& data_dir, bool profile, int numerics_every) {
   if (steps < 2) throw InvalidArgument("--steps must be at least 2 (the first is a warm-up)");
   io::FashionMnist data;
   const bool real = std::filesystem::exists(data_dir);
@@ -81,6 +81,7 @@ TrainBenchResult run_train_benchmark(const std::string& model, const std::string
   constexpr std::int64_t kWarmupSteps = 3;
   config.max_steps = kWarmupSteps + steps;
   config.test_subset = 1;
+  config.numerics_every = numerics_every;
   train::Trainer trainer(config, data);
   trainer.context().profile_layers = profile;
   std::int64_t last_step = 0;

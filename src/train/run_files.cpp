@@ -29,7 +29,10 @@ void fsync_directory(const std::string& dir) {
 }  // namespace
 
 void write_json_atomic(const std::string& path, const nlohmann::json& value) {
-  const std::string text = value.dump(2) + "\n";
+  write_text_atomic(path, value.dump(2) + "\n");
+}
+
+void write_text_atomic(const std::string& path, const std::string& text) {
   const std::string tmp = path + ".tmp." + std::to_string(::getpid());
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   if (fd < 0) io_fail("cannot create", tmp);

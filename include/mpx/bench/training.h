@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "mpx/nn/layer.h"
+#include "mpx/train/trainer.h"
 #include "mpx/numeric/dtype.h"
 
 namespace mpx::bench {
@@ -32,6 +33,7 @@ struct TrainBenchResult {
 };
 
 TrainBenchResult run_train_benchmark(const std::string& model, const std::string& precision, std::int64_t steps,
-                                     int batch_size, const std::string& data_dir, bool profile = false);
+                                     int batch_size, const std::string& data_dir, bool profile = false,
+                                     int numerics_every = train::TrainConfig{}.numerics_every);
 
 }  // namespace mpx::bench

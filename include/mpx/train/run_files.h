@@ -18,6 +18,7 @@ using telemetry::json_number;
 
 // Writes `value` to `path` atomically. Throws IoError naming the path (and leaves any old file intact).
 void write_json_atomic(const std::string& path, const nlohmann::json& value);
+void write_text_atomic(const std::string& path, const std::string& text);
 
 class RunDirectory {
  public:
