@@ -7,9 +7,14 @@ packages=(
   build-essential cmake ninja-build pkg-config
   libcli11-dev nlohmann-json3-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  libdnnl-dev zlib1g-dev
+  libdnnl-dev zlib1g-dev prometheus-cpp-dev
   dataset-fashion-mnist
 )
+# `--test-tools`: also what the tests check mpx against (not dependencies of mpx): the Prometheus server and
+# promtool for the metrics exporter's tests.
+if [ "${1:-}" = "--test-tools" ]; then
+  packages+=(prometheus)
+fi
 
 missing=()
 for p in "${packages[@]}"; do

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <ctime>
 #include <filesystem>
+#include <thread>
 
 #include <fmt/format.h>
 
@@ -14,6 +15,7 @@
 #include "mpx/core/error.h"
 #include "mpx/numeric/convert.h"
 #include "mpx/telemetry/json.h"
+#include "mpx/telemetry/prometheus_exporter.h"
 #include "mpx/train/run_files.h"
 #include "mpx/train/trainer.h"
 
@@ -28,6 +30,9 @@ struct TrainOptions {
   std::string out;
   std::string data = io::kFashionMnistDefaultDir;
   bool no_progress = false;
+  int metrics_port = 0;
+  std::string metrics_bind = "127.0.0.1";
+  double metrics_linger = 0;
 };
 
 std::string default_run_name(const train::TrainConfig& c) {
@@ -59,6 +64,8 @@ void run_train(TrainOptions& o) {
   const train::TrainConfig config = train::resolve(o.config);
   const std::string out = o.out.empty() ? default_run_name(config) : o.out;
   train::RunDirectory run(out);  // fails before loading data or training if it cannot be written
+  // Also before any training: a port in use is a clear error now, not after the data is loaded.
+  telemetry::PrometheusExporter metrics(o.metrics_bind, o.metrics_port);
   const io::FashionMnist data = io::load_fashion_mnist(o.data);
   train::Trainer trainer(config, data);
   train::write_json_atomic(run.file("config.json"), config_json(o, config));
@@ -67,11 +74,16 @@ void run_train(TrainOptions& o) {
   fmt::print("training {} on Fashion-MNIST: {}, {} epochs, batch {}, {} {} lr {}, {} threads -> {}\n", config.model,
              config.precision, config.epochs, config.batch_size, config.optimizer, config.schedule, config.lr,
              omp_get_max_threads(), out);
+  if (!metrics.url().empty()) fmt::print("metrics: {}\n", metrics.url());
   std::fflush(stdout);
 
   train::Callbacks callbacks;
   float previous_scale = 0;
+  double previous_elapsed = 0;
   callbacks.on_step = [&](const train::StepReport& r) {
+    const double step_seconds = r.elapsed_seconds - (r.step == 1 || r.elapsed_seconds < previous_elapsed ? 0 : previous_elapsed);
+    previous_elapsed = r.elapsed_seconds;
+    metrics.record_step(r.step, r.loss, r.lr, r.loss_scale, r.skipped, config.batch_size, step_seconds);
     // Skipped steps and loss-scale changes are always recorded; other steps every --log-every.
     const bool log = r.step % config.log_every == 0 || r.step == r.total_steps || r.skipped;
     if (log) {
@@ -103,13 +115,18 @@ void run_train(TrainOptions& o) {
                100 * e.test_accuracy, e.seconds, e.images_per_second,
                e.skipped_steps ? fmt::format(", {} skipped steps", e.skipped_steps) : "");
     std::fflush(stdout);
+    metrics.record_epoch(e.epoch, e.train_loss, e.test_accuracy);
     run.append_metrics({{"type", "epoch"}, {"epoch", e.epoch}, {"train_loss", train::json_number(e.train_loss)},
                         {"test_accuracy", e.test_accuracy}, {"seconds", e.seconds},
                         {"images_per_second", e.images_per_second}, {"skipped_steps", e.skipped_steps}});
   };
 
-  callbacks.on_numerics = [&](const telemetry::NumericsSample& sample) { run.append_metrics(telemetry::to_json(sample)); };
+  callbacks.on_numerics = [&](const telemetry::NumericsSample& sample) {
+    metrics.record_sample(sample);
+    run.append_metrics(telemetry::to_json(sample));
+  };
   callbacks.on_nonfinite = [&](const telemetry::NonFiniteOrigin& origin) {
+    metrics.record_nonfinite(origin);
     nlohmann::json record = telemetry::to_json(origin);
     record["type"] = "nonfinite";
     run.append_metrics(record);
@@ -123,6 +140,7 @@ void run_train(TrainOptions& o) {
   for (int c = 0; c < static_cast<int>(MemoryCategory::count); ++c) {
     const auto category = static_cast<MemoryCategory>(c);
     peak[std::string(name(category))] = memory.peak(category);
+    metrics.record_memory_peak(std::string(name(category)), static_cast<double>(memory.peak(category)));
   }
   peak["total"] = memory.peak_total();
   nlohmann::json summary = {
@@ -148,6 +166,11 @@ void run_train(TrainOptions& o) {
              100 * result.test_accuracy, result.train_seconds, result.images_per_second, result.skipped_steps,
              run.file("summary.json"));
   if (!result.recommendation.empty()) fmt::print("numerics: {}\n", result.recommendation);
+  if (!metrics.url().empty() && o.metrics_linger > 0) {
+    fmt::print("metrics: serving the final values for {} s more\n", o.metrics_linger);
+    std::fflush(stdout);
+    std::this_thread::sleep_for(std::chrono::duration<double>(o.metrics_linger));
+  }
 }
 
 }  // namespace
@@ -182,6 +205,11 @@ void add_train_command(CLI::App& app) {
                   "Steps between numerics samples (statistics of every tensor; 0: off)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
+  cmd->add_option("--metrics-port", o->metrics_port, "Serve Prometheus metrics on this port while training (0: off)")
+      ->check(CLI::Range(0, 65535));
+  cmd->add_option("--metrics-bind", o->metrics_bind, "Address the metrics endpoint listens on")->capture_default_str();
+  cmd->add_option("--metrics-linger", o->metrics_linger, "Keep serving metrics this many seconds after training")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_flag("--detect-anomaly", c.detect_anomaly,
                 "Stop at the first step that goes non-finite, naming the layer and pass where it began");
   cmd->add_option("--inject-nonfinite", c.inject_nonfinite,

@@ -233,16 +233,17 @@ TrainResult Trainer::run(const Callbacks& callbacks) {
       float loss = 0;
       const bool applied = step(input_.first_rows(rows), global_step, lr, loss);
       if (!applied) ++result.skipped_steps;
+      // The sample of a step first, then where it went non-finite (consumers count each value once).
+      if (pending_sample_) {
+        result.headroom = telemetry::layer_headroom(*pending_sample_);
+        if (callbacks.on_numerics) callbacks.on_numerics(*pending_sample_);
+        pending_sample_.reset();
+      }
       if (pending_origin_) {
         ++result.nonfinite_steps;
         if (result.nonfinite_origins.size() < 10) result.nonfinite_origins.push_back(*pending_origin_);
         if (callbacks.on_nonfinite) callbacks.on_nonfinite(*pending_origin_);
         pending_origin_.reset();
-      }
-      if (pending_sample_) {
-        result.headroom = telemetry::layer_headroom(*pending_sample_);
-        if (callbacks.on_numerics) callbacks.on_numerics(*pending_sample_);
-        pending_sample_.reset();
       }
       if (std::isfinite(loss)) {
         loss_sum += loss;
