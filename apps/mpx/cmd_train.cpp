@@ -16,6 +16,7 @@
 #include "mpx/numeric/convert.h"
 #include "mpx/telemetry/json.h"
 #include "mpx/telemetry/prometheus_exporter.h"
+#include "mpx/telemetry/tensorboard_writer.h"
 #include "mpx/train/run_files.h"
 #include "mpx/train/trainer.h"
 
@@ -66,6 +67,7 @@ void run_train(TrainOptions& o) {
   train::RunDirectory run(out);  // fails before loading data or training if it cannot be written
   // Also before any training: a port in use is a clear error now, not after the data is loaded.
   telemetry::PrometheusExporter metrics(o.metrics_bind, o.metrics_port);
+  telemetry::TensorBoardWriter tensorboard(run.file("tensorboard"));
   const io::FashionMnist data = io::load_fashion_mnist(o.data);
   train::Trainer trainer(config, data);
   train::write_json_atomic(run.file("config.json"), config_json(o, config));
@@ -87,6 +89,10 @@ void run_train(TrainOptions& o) {
     // Skipped steps and loss-scale changes are always recorded; other steps every --log-every.
     const bool log = r.step % config.log_every == 0 || r.step == r.total_steps || r.skipped;
     if (log) {
+      tensorboard.scalar("train/loss", r.loss, r.step);
+      tensorboard.scalar("train/learning_rate", r.lr, r.step);
+      tensorboard.scalar("train/loss_scale", r.loss_scale, r.step);
+      tensorboard.scalar("train/images_per_second", r.images_per_second, r.step);
       run.append_metrics({{"type", "step"}, {"step", r.step}, {"epoch", r.epoch}, {"loss", train::json_number(r.loss)},
                           {"lr", r.lr}, {"loss_scale", r.loss_scale}, {"skipped", r.skipped},
                           {"images_per_second", r.images_per_second}, {"elapsed_seconds", r.elapsed_seconds}});
@@ -116,6 +122,9 @@ void run_train(TrainOptions& o) {
                e.skipped_steps ? fmt::format(", {} skipped steps", e.skipped_steps) : "");
     std::fflush(stdout);
     metrics.record_epoch(e.epoch, e.train_loss, e.test_accuracy);
+    tensorboard.scalar("test/accuracy", e.test_accuracy, e.epoch);
+    tensorboard.scalar("train/epoch_loss", e.train_loss, e.epoch);
+    tensorboard.flush();
     run.append_metrics({{"type", "epoch"}, {"epoch", e.epoch}, {"train_loss", train::json_number(e.train_loss)},
                         {"test_accuracy", e.test_accuracy}, {"seconds", e.seconds},
                         {"images_per_second", e.images_per_second}, {"skipped_steps", e.skipped_steps}});
@@ -123,10 +132,12 @@ void run_train(TrainOptions& o) {
 
   callbacks.on_numerics = [&](const telemetry::NumericsSample& sample) {
     metrics.record_sample(sample);
+    tensorboard.sample(sample);
     run.append_metrics(telemetry::to_json(sample));
   };
   callbacks.on_nonfinite = [&](const telemetry::NonFiniteOrigin& origin) {
     metrics.record_nonfinite(origin);
+    tensorboard.scalar("train/nonfinite_step", 1, origin.step);
     nlohmann::json record = telemetry::to_json(origin);
     record["type"] = "nonfinite";
     run.append_metrics(record);
