@@ -51,6 +51,10 @@ std::string line_chart(const Axes& a, const std::vector<Series>& series) {
     return out;
   }
   if (x1 == x0) x1 = x0 + 1;
+  if (a.log2_y) {  // whole powers of two at the ends
+    y0 = std::floor(y0);
+    y1 = std::ceil(y1);
+  }
   if (y1 == y0) {
     y0 -= 1;
     y1 += 1;
@@ -63,7 +67,7 @@ std::string line_chart(const Axes& a, const std::vector<Series>& series) {
     const double y = top + h - h * i / 4;
     out += fmt::format(R"svg(<line x1="{}" x2="{}" y1="{:.1f}" y2="{:.1f}" stroke="#eee"/>)svg", left, left + w, y, y);
     out += fmt::format(R"svg(<text x="{}" y="{:.1f}" font-size="10" text-anchor="end">{}</text>)svg", left - 4, y + 3,
-                       a.log2_y ? fmt::format("2^{:.0f}", v) : tick_label(v));
+                       a.log2_y ? fmt::format("2^{:.3g}", v) : tick_label(v));
     const double xv = x0 + (x1 - x0) * i / 4;
     out += fmt::format(R"svg(<text x="{:.1f}" y="{}" font-size="10" text-anchor="middle">{}</text>)svg", px(xv),
                        top + h + 14, tick_label(xv));

@@ -3,6 +3,7 @@
 #include <prometheus/counter.h>
 #include <prometheus/exposer.h>
 #include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
 
@@ -63,6 +64,10 @@ struct PrometheusExporter::Impl {
       BuildGauge().Name("mpx_fp16_headroom_binades").Help("Binades between the largest value and FP16's maximum").Register(*registry);
   prometheus::Family<prometheus::Gauge>& underflow =
       BuildGauge().Name("mpx_fp16_gradient_underflow_ratio").Help("Fraction of gradient values below FP16's smallest normal").Register(*registry);
+  // Magnitudes of sampled activations and gradients, buckets at every second power of two (2^-40 .. 2^16;
+  // a value equal to a boundary lands in the bucket above it); NaNs are not observed.
+  prometheus::Family<prometheus::Histogram>& magnitude =
+      prometheus::BuildHistogram().Name("mpx_tensor_magnitude").Help("|x| of sampled activations and gradients").Register(*registry);
   prometheus::Family<prometheus::Gauge>& sample_step =
       BuildGauge().Name("mpx_numerics_sample_step").Help("Step of the last numerics sample").Register(*registry);
 };
@@ -123,6 +128,24 @@ void PrometheusExporter::record_sample(const NumericsSample& sample) {
     if (const auto inf = r.stats.pos_inf + r.stats.neg_inf) {
       m.nonfinite_values.Add({{"layer", r.layer}, {"kind", kind}, {"value", "inf"}}).Increment(static_cast<double>(inf));
     }
+  }
+  prometheus::Histogram::BucketBoundaries bounds;
+  for (int k = -40; k <= 16; k += 2) bounds.push_back(std::ldexp(1.0, k));
+  for (const TensorRecord& r : sample.tensors) {
+    if (r.kind != TensorKind::activation && r.kind != TensorKind::activation_grad) continue;
+    std::vector<double> increments(bounds.size() + 1, 0.0);
+    double sum = 0;
+    for (int b = 0; b < TensorStats::kBuckets; ++b) {
+      const auto n = static_cast<double>(r.stats.histogram[static_cast<std::size_t>(b)]);
+      if (n == 0) continue;
+      const int binade = TensorStats::kMinBinade + b - 1;
+      // The first boundary above [2^binade, 2^(binade+1)): index of the smallest even k > binade.
+      const int k = binade + 1 + ((binade + 1) % 2 != 0 ? 1 : 0);
+      const auto index = static_cast<std::size_t>(std::clamp((k + 40) / 2, 0, static_cast<int>(bounds.size())));
+      increments[index] += n;
+      if (b > 0 && b + 1 < TensorStats::kBuckets) sum += n * 1.5 * std::ldexp(1.0, binade);
+    }
+    m.magnitude.Add({{"layer", r.layer}, {"kind", kind_name(r.kind)}}, bounds).ObserveMultiple(increments, sum);
   }
   for (const auto& [key, value] : per_kind) {
     m.max_abs.Add({{"layer", key.first}, {"kind", key.second}}).Set(value.first);

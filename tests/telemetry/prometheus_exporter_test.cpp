@@ -67,7 +67,7 @@ NumericsSample sample_with_nan() {
 // in _total, names carry the mpx_ prefix.
 void expect_valid_exposition(const std::string& text) {
   const std::regex sample(R"(^(mpx_[a-z0-9_]+)(\{[a-z_]+="[^"]*"(,[a-z_]+="[^"]*")*\})? (-?[0-9.e+-]+|[+-]Inf|NaN)$)");
-  const std::regex type(R"(^# TYPE (mpx_[a-z0-9_]+) (counter|gauge)$)");
+  const std::regex type(R"(^# TYPE (mpx_[a-z0-9_]+) (counter|gauge|histogram)$)");
   std::istringstream in(text);
   std::string line;
   int samples = 0;
@@ -109,6 +109,10 @@ TEST(PrometheusExporter, ExpositionParsesAndCarriesTheNumbers) {
       << text;
   EXPECT_NE(text.find("mpx_memory_peak_bytes{category=\"activations\"} 1048576"), std::string::npos);
   EXPECT_NE(text.find("mpx_fp16_headroom_binades{layer=\"fc1\",tensor=\"activation\"}"), std::string::npos);
+  // The magnitude histogram holds the finite values: 1 and 3 (NaN not observed); 2^2 is the first bound above 3.
+  EXPECT_NE(text.find("mpx_tensor_magnitude_count{kind=\"activation\",layer=\"fc1\"} 2"), std::string::npos) << text;
+  EXPECT_NE(text.find("mpx_tensor_magnitude_bucket{kind=\"activation\",layer=\"fc1\",le=\"1\"} 0"), std::string::npos);
+  EXPECT_NE(text.find("mpx_tensor_magnitude_bucket{kind=\"activation\",layer=\"fc1\",le=\"4\"} 2"), std::string::npos);
 }
 
 TEST(PrometheusExporter, ServesMetricsOverHttpAndRejectsAPortInUse) {
