@@ -122,6 +122,11 @@ void run_train(TrainOptions& o) {
                e.skipped_steps ? fmt::format(", {} skipped steps", e.skipped_steps) : "");
     std::fflush(stdout);
     metrics.record_epoch(e.epoch, e.train_loss, e.test_accuracy);
+    for (int c = 0; c < static_cast<int>(MemoryCategory::count); ++c) {
+      const auto category = static_cast<MemoryCategory>(c);
+      metrics.record_memory_peak(std::string(name(category)),
+                                 static_cast<double>(trainer.context().memory.peak(category)));
+    }
     tensorboard.scalar("test/accuracy", e.test_accuracy, e.epoch);
     tensorboard.scalar("train/epoch_loss", e.train_loss, e.epoch);
     tensorboard.flush();

@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <iterator>
 #include <regex>
 #include <sstream>
 #include <string>
@@ -113,6 +114,30 @@ TEST(PrometheusExporter, ExpositionParsesAndCarriesTheNumbers) {
   EXPECT_NE(text.find("mpx_tensor_magnitude_count{kind=\"activation\",layer=\"fc1\"} 2"), std::string::npos) << text;
   EXPECT_NE(text.find("mpx_tensor_magnitude_bucket{kind=\"activation\",layer=\"fc1\",le=\"1\"} 0"), std::string::npos);
   EXPECT_NE(text.find("mpx_tensor_magnitude_bucket{kind=\"activation\",layer=\"fc1\",le=\"4\"} 2"), std::string::npos);
+}
+
+// Every metric the Grafana dashboard in docs/ queries is one the exporter produces.
+TEST(PrometheusExporter, GrafanaDashboardQueriesExistingMetrics) {
+  std::ifstream in(std::string(MPX_SOURCE_DIR) + "/docs/grafana/mpx-training.json");
+  ASSERT_TRUE(in) << "docs/grafana/mpx-training.json missing";
+  const std::string dashboard((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  PrometheusExporter exporter("127.0.0.1", 0);
+  exporter.record_step(1, 2.5, 1e-3, 65536, true, 128, 0.02);
+  exporter.record_step(2, 2.5, 1e-3, 32768, true, 128, 0.02);
+  exporter.record_epoch(1, 2.45, 0.875);
+  exporter.record_sample(sample_with_nan());
+  exporter.record_nonfinite({3, "fc1", "forward", {}, {}});
+  exporter.record_memory_peak("activations", 1);
+  const std::string text = exporter.text();
+  const std::regex metric(R"(mpx_[a-z0-9_]+)");
+  int checked = 0;
+  for (auto it = std::sregex_iterator(dashboard.begin(), dashboard.end(), metric); it != std::sregex_iterator(); ++it) {
+    const std::string name = it->str();
+    if (name == "mpx_training") continue;  // the dashboard's uid
+    EXPECT_NE(text.find("\n" + name), std::string::npos) << name << " is not exported";
+    ++checked;
+  }
+  EXPECT_GT(checked, 10);
 }
 
 TEST(PrometheusExporter, ServesMetricsOverHttpAndRejectsAPortInUse) {
