@@ -8,7 +8,7 @@
 #include <cstdint>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__gnu_linux__)
-#define MPX_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define MPX_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define MPX_VECTOR_CLONES
 #endif
