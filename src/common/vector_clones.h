@@ -1,4 +1,5 @@
-// Builds of the engine's own hot loops for AVX-512 and AVX2 beside the baseline, chosen at load time
+// Builds of the engine's own hot loops for x86-64-v4 (AVX-512 F/BW/DQ/VL) and x86-64-v3 (AVX2) beside the
+// baseline, chosen at load time
 // (GCC's target_clones, an ifunc). Apply it to plain functions that do the loop work on a range; call
 // them from inside the OpenMP region (OpenMP's outlined bodies are not cloned). Internal to src/.
 #pragma once
