@@ -6,22 +6,14 @@
 #include <filesystem>
 
 #include "mpx/core/error.h"
+#include "../support/fashion_mnist.h"
 #include "mpx/io/fashion_mnist.h"
 #include "mpx/train/trainer.h"
 
 namespace mpx::train {
 namespace {
 
-const io::FashionMnist* dataset() {
-  static const io::FashionMnist* data = [] () -> io::FashionMnist* {
-    if (!std::filesystem::exists(io::kFashionMnistDefaultDir)) return nullptr;
-    return new io::FashionMnist(io::load_fashion_mnist(io::kFashionMnistDefaultDir));
-  }();
-  return data;
-}
-
-#define MPX_NEED_DATA()                                                                                   \
-  if (dataset() == nullptr) GTEST_SKIP() << "Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)"
+const io::FashionMnist* dataset() { return test::fashion_mnist(); }
 
 TEST(Training, ShortRunReachesAClearBarInEveryPrecision) {
   MPX_NEED_DATA();
