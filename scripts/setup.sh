@@ -7,7 +7,7 @@ packages=(
   build-essential cmake ninja-build pkg-config
   libcli11-dev nlohmann-json3-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  libdnnl-dev zlib1g-dev prometheus-cpp-dev
+  libdnnl-dev zlib1g-dev prometheus-cpp-dev libssl-dev
   dataset-fashion-mnist
 )
 # `--test-tools`: also what the tests check mpx against (not dependencies of mpx): the Prometheus server and
