@@ -17,6 +17,7 @@
 #include "mpx/telemetry/json.h"
 #include "mpx/telemetry/prometheus_exporter.h"
 #include "mpx/telemetry/tensorboard_writer.h"
+#include "mpx/train/model_file.h"
 #include "mpx/train/run_files.h"
 #include "mpx/train/trainer.h"
 
@@ -177,6 +178,10 @@ void run_train(TrainOptions& o) {
   summary["numerics"] = {{"every", config.numerics_every}, {"nonfinite_steps", result.nonfinite_steps},
                          {"first_nonfinite", origins}, {"headroom", headroom},
                          {"recommendation", result.recommendation}};
+  train::save_model(run.file("model.safetensors"), trainer.model(),
+                    {{"mpx.model", config.model}, {"mpx.precision", config.precision},
+                     {"mpx.test_accuracy", fmt::format("{:.6f}", result.test_accuracy)},
+                     {"mpx.version", build::kVersion}});
   train::write_json_atomic(run.file("summary.json"), summary);
   fmt::print("done: test accuracy {:.2f}% in {:.1f} s ({:.0f} img/s), {} skipped steps; summary in {}\n",
              100 * result.test_accuracy, result.train_seconds, result.images_per_second, result.skipped_steps,

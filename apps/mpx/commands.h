@@ -6,10 +6,18 @@
 
 namespace mpx::cli {
 
+// Thrown by a command whose check failed (a gate such as a checksum or a parity threshold): main() exits
+// with `code` (1) after the command has printed its report.
+struct CheckFailed {
+  int code = 1;
+};
+
 void add_info_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
 void add_train_command(CLI::App& app);
 void add_report_command(CLI::App& app);
+void add_inspect_command(CLI::App& app);
+void add_convert_command(CLI::App& app);
 void add_bench_training_commands(CLI::App& bench);  // `bench matmul`, `bench train`
 
 }  // namespace mpx::cli

@@ -14,6 +14,8 @@ int main(int argc, char** argv) {
   mpx::cli::add_info_command(app);
   mpx::cli::add_train_command(app);
   mpx::cli::add_report_command(app);
+  mpx::cli::add_inspect_command(app);
+  mpx::cli::add_convert_command(app);
   mpx::cli::add_bench_command(app);
   if (argc > 1 && argv[1][0] != '-') {
     try {
@@ -34,6 +36,8 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     app.exit(e);
     return 2;
+  } catch (const mpx::cli::CheckFailed& failed) {
+    return failed.code;
   } catch (const mpx::Error& e) {
     std::fprintf(stderr, "mpx: error: %s\n", e.what());
     return 2;

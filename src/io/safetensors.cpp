@@ -79,7 +79,7 @@ std::uint64_t checked_product(const Shape& shape, std::size_t element_bytes, con
 
 }  // namespace
 
-SafetensorsFile SafetensorsFile::read(const std::string& path) {
+SafetensorsFile SafetensorsFile::read(const std::string& path, bool verify_checksum) {
   std::ifstream in(path, std::ios::binary | std::ios::ate);
   if (!in) throw IoError("cannot open " + path + ": missing or unreadable");
   const std::streamoff size = in.tellg();
@@ -87,7 +87,7 @@ SafetensorsFile SafetensorsFile::read(const std::string& path) {
   std::vector<std::byte> bytes(static_cast<std::size_t>(size));
   in.seekg(0);
   if (!in.read(reinterpret_cast<char*>(bytes.data()), size)) throw IoError("cannot read " + path);
-  return parse(std::move(bytes), path);
+  return parse(std::move(bytes), path, verify_checksum);
 }
 
 SafetensorsFile SafetensorsFile::parse(std::vector<std::byte> bytes, const std::string& origin, bool verify_checksum) {
@@ -172,12 +172,12 @@ SafetensorsFile SafetensorsFile::parse(std::vector<std::byte> bytes, const std::
     throw IoError(fail + "the tensors cover " + std::to_string(next) + " bytes of data but the file holds " +
                   std::to_string(data_size) + (next > data_size ? " (truncated?)" : " (trailing bytes)"));
   }
-  if (const auto it = f.metadata_.find(kDataSha256Key); it != f.metadata_.end() && verify_checksum) {
-    if (sha256_hex(f.data_section()) != it->second) {
+  if (const auto it = f.metadata_.find(kDataSha256Key); it != f.metadata_.end()) {
+    f.checksum_status_ = sha256_hex(f.data_section()) == it->second ? "verified" : "mismatch";
+    if (f.checksum_status_ == "mismatch" && verify_checksum) {
       throw IoError(origin + ": checksum mismatch: the data's SHA-256 differs from the one recorded when it was "
                     "written (the file is damaged)");
     }
-    f.checksum_status_ = "verified";
   }
   return f;
 }
@@ -192,6 +192,8 @@ const SafetensorsEntry* SafetensorsFile::find(const std::string& tensor_name) co
 std::span<const std::byte> SafetensorsFile::data_section() const {
   return std::span<const std::byte>(bytes_).subspan(static_cast<std::size_t>(data_start_));
 }
+
+std::string SafetensorsFile::file_sha256() const { return sha256_hex(bytes_); }
 
 std::span<const std::byte> SafetensorsFile::data(const SafetensorsEntry& e) const {
   return data_section().subspan(static_cast<std::size_t>(e.begin), static_cast<std::size_t>(e.end - e.begin));

@@ -34,7 +34,8 @@ class SafetensorsFile {
  public:
   // Reads and validates `path`; throws IoError naming the file and what is wrong. Verifies the data's
   // SHA-256 against the metadata when the file records one.
-  static SafetensorsFile read(const std::string& path);
+  // With verify_checksum false a recorded checksum is compared but a mismatch only sets checksum_status().
+  static SafetensorsFile read(const std::string& path, bool verify_checksum = true);
   // The same checks on bytes already in memory (`origin` names them in errors).
   static SafetensorsFile parse(std::vector<std::byte> bytes, const std::string& origin, bool verify_checksum = true);
 
@@ -43,6 +44,7 @@ class SafetensorsFile {
   const SafetensorsEntry* find(const std::string& name) const;  // nullptr when absent
   std::span<const std::byte> data(const SafetensorsEntry& entry) const;
   std::span<const std::byte> data_section() const;
+  std::string file_sha256() const;  // of the whole file as read
   // "verified", "mismatch" or "not recorded"
   const std::string& checksum_status() const { return checksum_status_; }
 

@@ -106,6 +106,8 @@ class Layer {
   // in the input's dtype; fills parameter grads (FP32).
   virtual Tensor backward(const Tensor& dy, Context& ctx) = 0;
   virtual std::vector<Parameter*> parameters() { return {}; }
+  // State that is not trained but belongs to the model (BatchNorm's running statistics), by full name.
+  virtual std::vector<std::pair<std::string, Tensor*>> buffers() { return {}; }
 
   // The first layer of a model needs no gradient for its input (the images): Sequential turns it off, and
   // layers that can skip that work (convolution, linear) then return an undefined tensor from backward().

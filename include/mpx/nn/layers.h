@@ -58,6 +58,9 @@ class BatchNorm2d : public Layer {
   Tensor forward(const Tensor& x, Context& ctx, bool training) override;
   Tensor backward(const Tensor& dy, Context& ctx) override;
   std::vector<Parameter*> parameters() override { return {&gamma_, &beta_}; }
+  std::vector<std::pair<std::string, Tensor*>> buffers() override {
+    return {{name() + ".running_mean", &running_mean_}, {name() + ".running_var", &running_var_}};
+  }
   const Tensor& running_mean() const { return running_mean_; }
   const Tensor& running_var() const { return running_var_; }
 
