@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test-tools
 # Independent Python references for the tests labelled `interop` (not dependencies of mpx itself).
-python3 -m pip install --quiet --disable-pip-version-check numpy ml_dtypes 2>/dev/null ||
+python3 -m pip install --quiet --disable-pip-version-check numpy ml_dtypes safetensors 2>/dev/null ||
   echo "test: numpy/ml_dtypes not installable here; the interop tests will report themselves skipped"
 scripts/build.sh default
 ctest --preset default "$@"
