@@ -32,6 +32,7 @@ struct TrainOptions {
   std::string out;
   std::string data = io::kFashionMnistDefaultDir;
   bool no_progress = false;
+  std::string resume;
   int metrics_port = 0;
   std::string metrics_bind = "127.0.0.1";
   double metrics_linger = 0;
@@ -63,14 +64,26 @@ void run_train(TrainOptions& o) {
     throw NotAvailable("training on CUDA is not available yet (the CUDA engine is the next milestone); use --device cpu");
   }
   if (o.threads > 0) omp_set_num_threads(o.threads);
-  const train::TrainConfig config = train::resolve(o.config);
-  const std::string out = o.out.empty() ? default_run_name(config) : o.out;
+  train::TrainConfig settings = o.config;
+  // --resume DIR continues that run in place (unless --out says otherwise), checkpointing as it goes.
+  std::string resume_file = o.resume;
+  if (!o.resume.empty() && std::filesystem::is_directory(o.resume)) resume_file = o.resume + "/checkpoint.safetensors";
+  const train::TrainConfig resolved = train::resolve(settings);
+  const std::string out = !o.out.empty() ? o.out : !o.resume.empty() && std::filesystem::is_directory(o.resume)
+                                                       ? o.resume
+                                                       : default_run_name(resolved);
+  settings.checkpoint_path = (std::filesystem::path(out) / "checkpoint.safetensors").string();
+  const train::TrainConfig config = train::resolve(settings);
   train::RunDirectory run(out);  // fails before loading data or training if it cannot be written
   // Also before any training: a port in use is a clear error now, not after the data is loaded.
   telemetry::PrometheusExporter metrics(o.metrics_bind, o.metrics_port);
   telemetry::TensorBoardWriter tensorboard(run.file("tensorboard"));
   const io::FashionMnist data = io::load_fashion_mnist(o.data);
   train::Trainer trainer(config, data);
+  if (!resume_file.empty()) {
+    trainer.load_checkpoint(resume_file);
+    fmt::print("resuming from {}\n", resume_file);
+  }
   train::write_json_atomic(run.file("config.json"), config_json(o, config));
 
   const bool terminal = !o.no_progress && ::isatty(STDERR_FILENO);
@@ -226,6 +239,12 @@ void add_train_command(CLI::App& app) {
                   "Steps between numerics samples (statistics of every tensor; 0: off)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
+  cmd->add_option("--checkpoint-every", c.checkpoint_every,
+                  "Write RUN/checkpoint.safetensors every N steps and at the end (0: never)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--resume", o->resume, "Continue from a run directory's checkpoint (or a checkpoint file)");
+  cmd->add_option("--max-steps", c.max_steps, "Stop after N steps in total (the schedule still spans --epochs)")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--metrics-port", o->metrics_port, "Serve Prometheus metrics on this port while training (0: off)")
       ->check(CLI::Range(0, 65535));
   cmd->add_option("--metrics-bind", o->metrics_bind, "Address the metrics endpoint listens on")->capture_default_str();

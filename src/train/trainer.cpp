@@ -206,16 +206,19 @@ TrainResult Trainer::run(const Callbacks& callbacks) {
   const io::ImageSet& set = data_.train;
   const std::int64_t images = config_.train_subset > 0 ? std::min(config_.train_subset, set.count) : set.count;
   const std::int64_t steps_per_epoch = (images + config_.batch_size - 1) / config_.batch_size;
-  std::int64_t total_steps = steps_per_epoch * config_.epochs;
-  if (config_.max_steps > 0) total_steps = std::min(total_steps, config_.max_steps);
-  const amp::OneCycleSchedule one_cycle{config_.lr, total_steps};
-  const amp::CosineSchedule cosine{config_.lr, 0.0f, 0, total_steps};
+  const std::int64_t schedule_steps = steps_per_epoch * config_.epochs;
+  const std::int64_t total_steps =
+      config_.max_steps > 0 ? std::min(schedule_steps, config_.max_steps) : schedule_steps;
+  const amp::OneCycleSchedule one_cycle{config_.lr, schedule_steps};
+  const amp::CosineSchedule cosine{config_.lr, 0.0f, 0, schedule_steps};
 
   TrainResult result;
   result.loss_scaling = scaler_.has_value();
-  double training_seconds = 0;
-  std::int64_t global_step = 0, images_seen = 0;
-  for (int epoch = 1; epoch <= config_.epochs && global_step < total_steps; ++epoch) {
+  result.skipped_steps = position_.skipped_steps;
+  result.nonfinite_steps = position_.nonfinite_steps;
+  double training_seconds = position_.train_seconds;
+  std::int64_t global_step = position_.global_step, images_seen = position_.images_seen;
+  for (int epoch = position_.epoch; epoch <= config_.epochs && global_step < total_steps; ++epoch) {
     const auto epoch_start = Clock::now();
     std::vector<std::int64_t> order(static_cast<std::size_t>(images));
     std::iota(order.begin(), order.end(), 0);
@@ -223,7 +226,8 @@ TrainResult Trainer::run(const Callbacks& callbacks) {
     std::shuffle(order.begin(), order.end(), rng);
     double loss_sum = 0;
     std::int64_t loss_count = 0, epoch_images = 0, skipped_before = result.skipped_steps;
-    for (std::int64_t s = 0; s < steps_per_epoch && global_step < total_steps; ++s, ++global_step) {
+    const std::int64_t first_step = epoch == position_.epoch ? position_.step_in_epoch : 0;
+    for (std::int64_t s = first_step; s < steps_per_epoch && global_step < total_steps; ++s, ++global_step) {
       const std::int64_t first = s * config_.batch_size;
       const std::int64_t rows = std::min<std::int64_t>(config_.batch_size, images - first);
       load_batch(set, order, first, rows);
@@ -266,6 +270,13 @@ TrainResult Trainer::run(const Callbacks& callbacks) {
         callbacks.on_step(r);
       }
       result.final_loss = loss;
+      const bool last = global_step + 1 == total_steps;
+      if (config_.checkpoint_every > 0 && ((global_step + 1) % config_.checkpoint_every == 0 || last)) {
+        position_ = {s + 1 == steps_per_epoch ? epoch + 1 : epoch, s + 1 == steps_per_epoch ? 0 : s + 1,
+                     global_step + 1, result.skipped_steps, result.nonfinite_steps, images_seen,
+                     training_seconds + seconds_since(epoch_start)};
+        save_checkpoint(config_.checkpoint_path);
+      }
     }
     const double epoch_seconds = seconds_since(epoch_start);
     training_seconds += epoch_seconds;

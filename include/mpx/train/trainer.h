@@ -33,13 +33,17 @@ struct TrainConfig {
   std::uint64_t seed = 0;
   std::int64_t train_subset = 0;    // use only the first N training images (0: all)
   std::int64_t test_subset = 0;
-  std::int64_t max_steps = 0;       // stop after this many steps in total (0: no limit), for benchmarks
+  std::int64_t max_steps = 0;       // stop after this many steps in total (0: no limit); the schedule still
+                                    // spans `epochs`, so a stopped run resumes onto the same curve
   int log_every = 50;
   // Numerics telemetry: statistics of every tensor every N steps (0: off; 1% of step time at the default,
   // docs/PERFORMANCE.md); a step that goes non-finite is replayed to find the op where it started.
   int numerics_every = 100;
   bool detect_anomaly = false;  // stop at the first non-finite step (TrainingDiverged with the origin)
   std::string inject_nonfinite;  // drill: LAYER:forward|backward:STEP[:COUNT[:nan]] (see NonFiniteInjector)
+  // Checkpoints (train/checkpoint.cpp): written to checkpoint_path every N steps and at the end (0: never).
+  std::int64_t checkpoint_every = 0;
+  std::string checkpoint_path;
 };
 
 // Resolves defaults (precision) and checks ranges; throws InvalidArgument naming the setting.
@@ -83,6 +87,12 @@ class Trainer {
   TrainResult run(const Callbacks& callbacks = {});
   double evaluate();  // test accuracy, 0-1
   const TrainConfig& config() const { return config_; }
+  // Everything a run needs to continue bit for bit: FP32 weights, optimizer state, BatchNorm statistics,
+  // loss-scaler state, step, optimizer step, data position (epoch, step in epoch; the shuffle and dropout
+  // are keyed by the seed and step), the counters so far and the configuration. One safetensors file,
+  // written atomically with its SHA-256; load verifies it and that the configuration matches.
+  void save_checkpoint(const std::string& path) const;
+  void load_checkpoint(const std::string& path);  // before run(); throws IoError naming a mismatch
   nn::Context& context() { return ctx_; }
   nn::Sequential& model() { return model_; }
 
@@ -114,6 +124,14 @@ class Trainer {
   std::optional<telemetry::NumericsSample> pending_sample_;   // handed to the callbacks after the step
   std::optional<telemetry::NonFiniteOrigin> pending_origin_;
   std::int64_t consecutive_nonfinite_ = 0;
+  // Where run() starts (after load_checkpoint) and where it is (for save_checkpoint).
+  struct Position {
+    int epoch = 1;                     // 1-based
+    std::int64_t step_in_epoch = 0;    // steps of `epoch` already done
+    std::int64_t global_step = 0;      // steps done
+    std::int64_t skipped_steps = 0, nonfinite_steps = 0, images_seen = 0;
+    double train_seconds = 0;
+  } position_;
   static constexpr std::int64_t kMaxConsecutiveNonfinite = 100;  // then the run stops: it is not recovering
 };
 

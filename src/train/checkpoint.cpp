@@ -1,0 +1,121 @@
+// Trainer checkpoints: one safetensors file with the FP32 weights, optimizer state and BatchNorm statistics
+// as tensors, and the rest (position, optimizer step, loss scaler, counters, configuration) as JSON in the
+// metadata under "mpx.checkpoint". Written atomically; the data's SHA-256 is verified on load.
+#include <cstring>
+#include <nlohmann/json.hpp>
+
+#include "mpx/core/error.h"
+#include "mpx/io/safetensors.h"
+#include "mpx/train/trainer.h"
+
+namespace mpx::train {
+
+namespace {
+
+constexpr const char* kStateKey = "mpx.checkpoint";
+
+// The settings a run's trajectory depends on: a resume must use the same.
+nlohmann::json trajectory_settings(const TrainConfig& c) {
+  return {{"model", c.model},         {"precision", c.precision},   {"epochs", c.epochs},
+          {"batch_size", c.batch_size}, {"lr", c.lr},               {"optimizer", c.optimizer},
+          {"weight_decay", c.weight_decay}, {"momentum", c.momentum}, {"schedule", c.schedule},
+          {"clip_norm", c.clip_norm}, {"seed", c.seed},             {"train_subset", c.train_subset},
+          {"loss_scaling", c.loss_scaling ? nlohmann::json(*c.loss_scaling) : nlohmann::json("default")}};
+}
+
+// Every tensor of the checkpoint, by name, with the engine's tensor behind it.
+std::vector<std::pair<std::string, const Tensor*>> checkpoint_tensors(nn::Sequential& model,
+                                                                     const std::vector<nn::Parameter*>& params) {
+  std::vector<std::pair<std::string, const Tensor*>> out;
+  for (const nn::Parameter* p : params) {
+    out.emplace_back(p->name, &p->value);
+    if (p->state1.defined()) out.emplace_back("optimizer." + p->name + ".state1", &p->state1);
+    if (p->state2.defined()) out.emplace_back("optimizer." + p->name + ".state2", &p->state2);
+  }
+  for (const auto& layer : model.layers()) {
+    for (const auto& [buffer_name, t] : layer->buffers()) out.emplace_back(buffer_name, t);
+  }
+  return out;
+}
+
+}  // namespace
+
+void Trainer::save_checkpoint(const std::string& path) const {
+  if (path.empty()) throw InvalidArgument("checkpointing needs a path (TrainConfig::checkpoint_path)");
+  std::vector<io::TensorToWrite> tensors;
+  auto& model = const_cast<nn::Sequential&>(model_);  // layers() hands out non-const buffers; nothing changes
+  for (const auto& [tensor_name, t] : checkpoint_tensors(model, params_)) {
+    tensors.push_back({tensor_name, t->dtype(), t->shape(), t->data()});
+  }
+  nlohmann::json state = {{"epoch", position_.epoch},
+                          {"step_in_epoch", position_.step_in_epoch},
+                          {"global_step", position_.global_step},
+                          {"optimizer_steps", optimizer_steps_},
+                          {"skipped_steps", position_.skipped_steps},
+                          {"nonfinite_steps", position_.nonfinite_steps},
+                          {"images_seen", position_.images_seen},
+                          {"train_seconds", position_.train_seconds},
+                          {"consecutive_nonfinite", consecutive_nonfinite_},
+                          {"settings", trajectory_settings(config_)}};
+  if (scaler_) {
+    const amp::LossScalerState& s = scaler_->state();
+    state["loss_scaler"] = {{"scale", s.scale},         {"growth_tracker", s.growth_tracker}, {"steps", s.steps},
+                            {"skipped_steps", s.skipped_steps}, {"growths", s.growths},       {"backoffs", s.backoffs}};
+  }
+  io::write_safetensors(path, tensors, {{kStateKey, state.dump()}, {"format", "pt"}});
+}
+
+void Trainer::load_checkpoint(const std::string& path) {
+  const io::SafetensorsFile file = io::SafetensorsFile::read(path);
+  const auto it = file.metadata().find(kStateKey);
+  if (it == file.metadata().end()) throw IoError(path + ": not an mpx checkpoint (no " + std::string(kStateKey) + ")");
+  nlohmann::json state;
+  try {
+    state = nlohmann::json::parse(it->second);
+  } catch (const nlohmann::json::exception& e) {
+    throw IoError(path + ": damaged checkpoint state: " + e.what());
+  }
+  const nlohmann::json expected = trajectory_settings(config_);
+  for (const auto& [key, value] : expected.items()) {
+    if (!state["settings"].contains(key) || state["settings"][key] != value) {
+      throw IoError(path + ": the checkpoint was trained with " + key + " = " +
+                    (state["settings"].contains(key) ? state["settings"][key].dump() : "(unset)") +
+                    ", this run has " + value.dump() + "; resume with the same settings");
+    }
+  }
+  for (const auto& [tensor_name, t] : checkpoint_tensors(model_, params_)) {
+    const io::SafetensorsEntry* e = file.find(tensor_name);
+    if (!e) throw IoError(path + ": tensor '" + tensor_name + "' is missing from the checkpoint");
+    if (e->shape != t->shape() || e->dtype != t->dtype()) {
+      throw IoError(path + ": tensor '" + tensor_name + "' is " + std::string(name(e->dtype)) + " " + to_string(e->shape) +
+                    " in the checkpoint but " + std::string(name(t->dtype())) + " " + to_string(t->shape()) +
+                    " in this model");
+    }
+    std::memcpy(t->data(), file.data(*e).data(), t->bytes());
+  }
+  for (nn::Parameter* p : params_) p->refresh(ctx_.policy.master_weights);  // working copies from the masters
+  try {
+    position_ = {state.at("epoch").get<int>(),          state.at("step_in_epoch").get<std::int64_t>(),
+                 state.at("global_step").get<std::int64_t>(), state.at("skipped_steps").get<std::int64_t>(),
+                 state.at("nonfinite_steps").get<std::int64_t>(), state.at("images_seen").get<std::int64_t>(),
+                 state.at("train_seconds").get<double>()};
+    optimizer_steps_ = state.at("optimizer_steps").get<std::int64_t>();
+    consecutive_nonfinite_ = state.at("consecutive_nonfinite").get<std::int64_t>();
+    if (scaler_.has_value() != state.contains("loss_scaler")) throw IoError(path + ": loss scaling differs from this run");
+    if (scaler_) {
+      const nlohmann::json& s = state["loss_scaler"];
+      amp::LossScalerState ls;
+      ls.scale = s.at("scale").get<float>();
+      ls.growth_tracker = s.at("growth_tracker").get<int>();
+      ls.steps = s.at("steps").get<std::uint64_t>();
+      ls.skipped_steps = s.at("skipped_steps").get<std::uint64_t>();
+      ls.growths = s.at("growths").get<std::uint64_t>();
+      ls.backoffs = s.at("backoffs").get<std::uint64_t>();
+      scaler_->load_state(ls);
+    }
+  } catch (const nlohmann::json::exception& e) {
+    throw IoError(path + ": damaged checkpoint state: " + e.what());
+  }
+}
+
+}  // namespace mpx::train
