@@ -1,5 +1,7 @@
 #include "mpx/io/fashion_mnist.h"
 
+#include <algorithm>
+#include <cmath>
 #include <filesystem>
 
 #include "mpx/core/error.h"
@@ -54,6 +56,18 @@ FashionMnist load_fashion_mnist(const std::string& dir) {
   data.train = load_split(dir, "train-images-idx3-ubyte", "train-labels-idx1-ubyte");
   data.test = load_split(dir, "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte");
   return data;
+}
+
+PixelNormalisation pixel_normalisation(const ImageSet& set) {
+  double sum = 0, sum_sq = 0;
+  for (std::uint8_t v : set.pixels) {
+    const double x = v / 255.0;
+    sum += x;
+    sum_sq += x * x;
+  }
+  const auto n = static_cast<double>(std::max<std::size_t>(1, set.pixels.size()));
+  const double mean = sum / n;
+  return {static_cast<float>(mean), static_cast<float>(1.0 / std::sqrt(std::max(1e-12, sum_sq / n - mean * mean)))};
 }
 
 }  // namespace mpx::io

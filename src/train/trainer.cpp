@@ -73,16 +73,7 @@ Trainer::Trainer(const TrainConfig& config, const io::FashionMnist& data)
     }
   }
   // Normalise with the training set's mean and standard deviation (as the reference recipe does).
-  double sum = 0, sum_sq = 0;
-  for (std::uint8_t v : data_.train.pixels) {
-    const double x = v / 255.0;
-    sum += x;
-    sum_sq += x * x;
-  }
-  const auto n = static_cast<double>(data_.train.pixels.size());
-  const double mean = sum / n;
-  mean_ = static_cast<float>(mean);
-  inv_std_ = static_cast<float>(1.0 / std::sqrt(std::max(1e-12, sum_sq / n - mean * mean)));
+  normalise_ = io::pixel_normalisation(data_.train);
   labels_.resize(static_cast<std::size_t>(config_.batch_size));
 }
 
@@ -93,7 +84,7 @@ void Trainer::load_batch(const io::ImageSet& set, const std::vector<std::int64_t
   for (std::int64_t r = 0; r < rows; ++r) {
     const std::int64_t index = order.empty() ? first + r : order[static_cast<std::size_t>(first + r)];
     const std::uint8_t* src = set.pixels.data() + index * kPixels;
-    for (std::int64_t i = 0; i < kPixels; ++i) x[r * kPixels + i] = (src[i] / 255.0f - mean_) * inv_std_;
+    for (std::int64_t i = 0; i < kPixels; ++i) x[r * kPixels + i] = normalise_(src[i]);
     labels_[static_cast<std::size_t>(r)] = set.labels[static_cast<std::size_t>(index)];
   }
 }

@@ -23,4 +23,12 @@ struct FashionMnist {
 // Throws IoError; a missing directory or file names the command that installs the data set.
 FashionMnist load_fashion_mnist(const std::string& dir);
 
+// x = (pixel / 255 - mean) * inv_std with the mean and standard deviation of `set` (the training set, as the
+// reference recipe normalises); training and evaluation use the same.
+struct PixelNormalisation {
+  float mean = 0, inv_std = 1;
+  float operator()(std::uint8_t pixel) const { return (static_cast<float>(pixel) / 255.0f - mean) * inv_std; }
+};
+PixelNormalisation pixel_normalisation(const ImageSet& set);
+
 }  // namespace mpx::io

@@ -14,8 +14,9 @@ namespace mpx::train {
 // from it with `mpx convert`.
 void save_model(const std::string& path, nn::Sequential& model, const std::map<std::string, std::string>& metadata);
 
-// Loads the FP32 weights and statistics saved by save_model into a planned model of the same architecture.
+// Loads the weights and statistics saved by save_model (or an `mpx convert` copy of them: narrow floats are
+// widened exactly) into a planned model of the same architecture, then refreshes the working copies.
 // Throws IoError naming the tensor and both shapes when they differ, or a missing tensor.
-void load_model(const std::string& path, nn::Sequential& model);
+void load_model(const std::string& path, nn::Sequential& model, bool master_weights);
 
 }  // namespace mpx::train

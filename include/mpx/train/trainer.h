@@ -117,7 +117,7 @@ class Trainer {
   std::optional<amp::LossScaler> scaler_;
   Tensor input_;
   std::vector<std::uint8_t> labels_;
-  float mean_ = 0, inv_std_ = 1;
+  io::PixelNormalisation normalise_;
   std::int64_t optimizer_steps_ = 0;
   telemetry::NumericsMonitor monitor_;
   std::optional<telemetry::NonFiniteInjector> injector_;

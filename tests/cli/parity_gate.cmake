@@ -1,0 +1,35 @@
+# `mpx parity` as a CI gate: a trained model passes against its FP16 evaluation (exit 0, JSON written);
+# an FP8 copy under an impossible per-class gate fails (exit 1); a model file of another architecture is an
+# error naming the tensor and both shapes (exit 2); a missing checkpoint names the file (exit 2).
+set(dir "${WORK}/parity")
+file(REMOVE_RECURSE "${dir}")
+execute_process(COMMAND ${MPX} train --epochs 1 --train-subset 1280 --test-subset 128 --numerics-every 0
+                        --out "${dir}/run" --no-progress RESULT_VARIABLE code OUTPUT_QUIET ERROR_VARIABLE err)
+if(NOT code EQUAL 0)
+  message(FATAL_ERROR "training failed: ${err}")
+endif()
+execute_process(COMMAND ${MPX} parity "${dir}/run" --json "${dir}/parity.json" RESULT_VARIABLE code OUTPUT_VARIABLE out)
+if(NOT code EQUAL 0 OR NOT out MATCHES "parity: PASS" OR NOT EXISTS "${dir}/parity.json")
+  message(FATAL_ERROR "parity against 16-mixed should pass: ${code}\n${out}")
+endif()
+file(READ "${dir}/parity.json" json)
+string(JSON passed GET "${json}" passed)
+string(JSON agreement GET "${json}" top1_agreement)
+if(NOT passed OR agreement LESS 0.95)
+  message(FATAL_ERROR "parity.json: passed=${passed} agreement=${agreement}")
+endif()
+execute_process(COMMAND ${MPX} convert "${dir}/run/model.safetensors" "${dir}/e4m3.safetensors" --to fp8-e4m3
+                        --on-overflow clamp RESULT_VARIABLE code OUTPUT_QUIET)
+execute_process(COMMAND ${MPX} parity "${dir}/run" --against "${dir}/e4m3.safetensors" --max-class-drop 0
+                        --max-accuracy-drop 0 RESULT_VARIABLE code OUTPUT_VARIABLE out)
+if(NOT code EQUAL 1 OR NOT out MATCHES "parity: FAIL")
+  message(FATAL_ERROR "an FP8 copy under a zero gate should fail with exit 1: ${code}\n${out}")
+endif()
+execute_process(COMMAND ${MPX} parity "${dir}/run" --model mlp RESULT_VARIABLE code ERROR_VARIABLE err)
+if(NOT code EQUAL 2 OR NOT err MATCHES "tensor 'fc1.weight' is f32 \\[256, 3136\\] in the file but f32 \\[512, 784\\]")
+  message(FATAL_ERROR "another architecture should be an error naming the tensor and shapes: ${code} ${err}")
+endif()
+execute_process(COMMAND ${MPX} parity "${dir}/missing.safetensors" --model cnn RESULT_VARIABLE code ERROR_VARIABLE err)
+if(NOT code EQUAL 2 OR NOT err MATCHES "missing.safetensors")
+  message(FATAL_ERROR "a missing checkpoint should be an error naming it: ${code} ${err}")
+endif()
