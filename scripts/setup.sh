@@ -11,9 +11,9 @@ packages=(
   dataset-fashion-mnist
 )
 # `--test-tools`: also what the tests check mpx against (not dependencies of mpx): the Prometheus server and
-# promtool for the metrics exporter's tests.
+# promtool for the metrics exporter's tests, clang (libFuzzer) for the fuzz targets.
 if [ "${1:-}" = "--test-tools" ]; then
-  packages+=(prometheus)
+  packages+=(prometheus clang)
 fi
 
 missing=()

@@ -2,6 +2,7 @@
 
 #include <zlib.h>
 
+#include <algorithm>
 #include <limits>
 #include <memory>
 
@@ -68,8 +69,20 @@ IdxArray read_idx(const std::string& path) {
     if (elements > kMaxElements) fail(path, "dimensions multiply to more than 2^32 elements");
     array.dims.push_back(size);
   }
-  array.data.resize(static_cast<std::size_t>(elements));
-  read_exactly(file.get(), path, array.data.data(), array.data.size(), "the data");
+  // Grown as the data arrives, so that a header announcing more than the file holds fails at the end of
+  // the file instead of allocating what it announces.
+  constexpr std::uint64_t kChunk = std::uint64_t{1} << 20;
+  while (array.data.size() < elements) {
+    const std::size_t have = array.data.size();
+    const auto chunk = static_cast<std::size_t>(std::min<std::uint64_t>(kChunk, elements - have));
+    array.data.resize(have + chunk);
+    const int got = gzread(file.get(), array.data.data() + have, static_cast<unsigned>(chunk));
+    if (got < 0) fail(path, "corrupt or unreadable compressed data while reading the data");
+    if (static_cast<std::size_t>(got) < chunk) {
+      fail(path, "truncated: the data needs " + std::to_string(elements) + " bytes, file has " +
+                     std::to_string(have + static_cast<std::size_t>(got)));
+    }
+  }
   unsigned char extra;
   const int trailing = gzread(file.get(), &extra, 1);
   if (trailing < 0) fail(path, "corrupt compressed data after the array");
