@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 
 #include "commands.h"
+#include "mpx/artifacts/convert.h"
 #include "mpx/build_info.h"
 #include "mpx/core/error.h"
 #include "mpx/numeric/convert.h"
@@ -33,6 +34,7 @@ struct TrainOptions {
   std::string data = io::kFashionMnistDefaultDir;
   bool no_progress = false;
   std::string resume;
+  std::string serving;
   int metrics_port = 0;
   std::string metrics_bind = "127.0.0.1";
   double metrics_linger = 0;
@@ -195,6 +197,18 @@ void run_train(TrainOptions& o) {
                     {{"mpx.model", config.model}, {"mpx.precision", config.precision},
                      {"mpx.test_accuracy", fmt::format("{:.6f}", result.test_accuracy)},
                      {"mpx.version", build::kVersion}});
+  if (!o.serving.empty()) {
+    // The serving copy: the FP32 model converted (normalisation kept in FP32), overflow clamped and counted.
+    const DType serving = artifacts::parse_target_dtype(o.serving);
+    const std::string path = run.file("model-" + std::string(name(serving)) + ".safetensors");
+    const artifacts::ConvertReport r = artifacts::convert_checkpoint(run.file("model.safetensors"), path,
+                                                                     {serving, {}, artifacts::OnOverflow::clamp});
+    summary["serving_copy"] = {{"file", path}, {"dtype", std::string(name(serving))},
+                               {"overflowed", r.total.overflowed}, {"underflowed_to_zero", r.total.underflowed},
+                               {"subnormal", r.total.subnormal}, {"max_relative_error", r.total.max_relative_error}};
+    fmt::print("serving copy: {} ({} overflowed and clamped, {} to zero, max relative error {:.3g})\n", path,
+               r.total.overflowed, r.total.underflowed, r.total.max_relative_error);
+  }
   train::write_json_atomic(run.file("summary.json"), summary);
   fmt::print("done: test accuracy {:.2f}% in {:.1f} s ({:.0f} img/s), {} skipped steps; summary in {}\n",
              100 * result.test_accuracy, result.train_seconds, result.images_per_second, result.skipped_steps,
@@ -242,6 +256,8 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--checkpoint-every", c.checkpoint_every,
                   "Write RUN/checkpoint.safetensors every N steps and at the end (0: never)")
       ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--serving-dtype", o->serving,
+                  "Also write RUN/model-<dtype>.safetensors: fp16, bf16 or fp8 (see mpx convert)");
   cmd->add_option("--resume", o->resume, "Continue from a run directory's checkpoint (or a checkpoint file)");
   cmd->add_option("--max-steps", c.max_steps, "Stop after N steps in total (the schedule still spans --epochs)")
       ->check(CLI::NonNegativeNumber);

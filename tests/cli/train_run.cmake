@@ -1,4 +1,5 @@
-# mpx train on a subset writes config.json, metrics.jsonl and a summary.json with the documented fields;
+# mpx train on a subset writes config.json, metrics.jsonl, a summary.json with the documented fields, the
+# model (and its FP16 serving copy) and TensorBoard events;
 # a diverging 32-true run exits 2 naming the step, and writes no summary.json.
 if(NOT EXISTS /usr/share/datasets/fashion-mnist)
   message(STATUS "Fashion-MNIST not installed: nothing to check")
@@ -6,11 +7,11 @@ if(NOT EXISTS /usr/share/datasets/fashion-mnist)
 endif()
 file(REMOVE_RECURSE ${OUT} ${OUT}-nan)
 execute_process(COMMAND ${MPX} train --model mlp --epochs 1 --train-subset 2048 --test-subset 500 --out ${OUT}
-                --no-progress --log-every 4 RESULT_VARIABLE code OUTPUT_VARIABLE out ERROR_VARIABLE err)
+                --no-progress --log-every 4 --numerics-every 8 --serving-dtype fp16 RESULT_VARIABLE code OUTPUT_VARIABLE out ERROR_VARIABLE err)
 if(NOT code EQUAL 0)
   message(FATAL_ERROR "mpx train exited with ${code}\n${out}\n${err}")
 endif()
-foreach(f config.json metrics.jsonl summary.json)
+foreach(f config.json metrics.jsonl summary.json model.safetensors model-f16.safetensors tensorboard)
   if(NOT EXISTS ${OUT}/${f})
     message(FATAL_ERROR "missing ${OUT}/${f}")
   endif()
@@ -20,6 +21,11 @@ foreach(field precision model epochs test_accuracy train_seconds images_per_seco
   string(JSON value GET "${summary}" ${field})
 endforeach()
 string(JSON weights GET "${summary}" peak_bytes master_weights)
+string(JSON recommendation GET "${summary}" numerics recommendation)
+string(JSON serving GET "${summary}" serving_copy dtype)
+if(NOT serving STREQUAL "f16")
+  message(FATAL_ERROR "summary.json serving_copy.dtype is ${serving}")
+endif()
 string(JSON accuracy GET "${summary}" test_accuracy)
 if(accuracy LESS 0.6)
   message(FATAL_ERROR "test accuracy ${accuracy} after a short run is implausibly low")
