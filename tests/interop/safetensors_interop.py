@@ -14,15 +14,13 @@ try:
 except ImportError:
     print("safetensors or numpy not installed")
     sys.exit(77)
-if not os.path.isdir("/usr/share/datasets/fashion-mnist"):
-    print("Fashion-MNIST not installed")
-    sys.exit(77)
+from mpx_run import need_data, short_run
+need_data()
 
 mpx = sys.argv[1]
 with tempfile.TemporaryDirectory() as work:
     run = os.path.join(work, "run")
-    subprocess.run([mpx, "train", "--epochs", "1", "--train-subset", "640", "--test-subset", "128",
-                    "--out", run, "--no-progress"], check=True, stdout=subprocess.DEVNULL)
+    short_run(mpx, run, 640, 128)
     model = load_file(os.path.join(run, "model.safetensors"))
     assert model["conv1.weight"].shape == (32, 1, 3, 3) and model["conv1.weight"].dtype == np.float32
     assert model["fc1.weight"].shape == (256, 3136), model["fc1.weight"].shape

@@ -1,7 +1,6 @@
 """TensorBoard's own reader (the `tensorboard` Python package) loads the scalars and exponent histograms of
 a short `mpx train` run. Exit 77 (skipped) without tensorboard or the data set."""
 import os
-import subprocess
 import sys
 import tempfile
 
@@ -10,15 +9,13 @@ try:
 except ImportError:
     print("tensorboard not installed")
     sys.exit(77)
-if not os.path.isdir("/usr/share/datasets/fashion-mnist"):
-    print("Fashion-MNIST not installed")
-    sys.exit(77)
+from mpx_run import need_data, short_run
+need_data()
 
 mpx = sys.argv[1]
 with tempfile.TemporaryDirectory() as work:
     run = os.path.join(work, "run")
-    subprocess.run([mpx, "train", "--epochs", "1", "--train-subset", "1280", "--test-subset", "256",
-                    "--numerics-every", "5", "--out", run, "--no-progress"], check=True, stdout=subprocess.DEVNULL)
+    short_run(mpx, run, 1280, 256, "--numerics-every", "5")
     ea = event_accumulator.EventAccumulator(os.path.join(run, "tensorboard"),
                                             size_guidance={"histograms": 0, "scalars": 0})
     ea.Reload()
