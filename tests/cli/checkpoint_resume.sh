@@ -31,19 +31,24 @@ if out=$("$MPX" train --epochs 2 --train-subset 1280 --test-subset 128 --precisi
 fi
 echo "$out" | grep -q "lr = " || { echo "the refusal does not name the setting: $out"; exit 1; }
 
-# SIGKILL while checkpoints are being written (every step): the checkpoint on disk always verifies.
+# SIGKILL while checkpoints are being written (every step): the checkpoint on disk always verifies. Each
+# attempt waits until the run is writing checkpoints, then kills it a random moment later.
 run="$work/killed"
 for attempt in 1 2 3 4 5 6 7 8; do
+  rm -f "$run/checkpoint.safetensors"
   "$MPX" train --epochs 1 --train-subset 6400 --test-subset 128 --numerics-every 0 --no-progress \
     --checkpoint-every 1 --out "$run" > /dev/null 2>&1 &
   pid=$!
-  sleep "0.$((RANDOM % 9 + 1))$((RANDOM % 10))"
+  for _ in $(seq 600); do [ -f "$run/checkpoint.safetensors" ] && break; sleep 0.1; done
+  sleep "0.$((RANDOM % 10))$((RANDOM % 10))"
   kill -9 "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
-  if [ -f "$run/checkpoint.safetensors" ]; then
-    "$MPX" inspect "$run/checkpoint.safetensors" | grep -q "checksum: verified" ||
-      { echo "attempt $attempt: the checkpoint left by SIGKILL does not verify"; exit 1; }
-  fi
+  [ -f "$run/checkpoint.safetensors" ] || { echo "attempt $attempt: no checkpoint was written"; exit 1; }
+  "$MPX" inspect "$run/checkpoint.safetensors" | grep -q "checksum: verified" ||
+    { echo "attempt $attempt: the checkpoint left by SIGKILL does not verify"; exit 1; }
 done
-[ -f "$run/checkpoint.safetensors" ] || { echo "no checkpoint was ever written"; exit 1; }
+# The next writer removes what killed writers left behind.
+"$MPX" train --epochs 1 --train-subset 640 --test-subset 64 --numerics-every 0 --no-progress --checkpoint-every 5 \
+  --out "$run" > /dev/null
+if ls "$run" | grep -q '\.tmp\.'; then echo "stale temporaries remain: $(ls "$run")"; exit 1; fi
 echo "SIGKILL x8: the checkpoint always verified"

@@ -1,7 +1,8 @@
 // A file that appears complete or not at all: bytes go to PATH.tmp.<pid>, and commit() flushes them to
 // disk, renames over PATH and flushes the directory. Until commit() (or if anything fails) the previous
 // PATH is untouched and the temporary is removed. Errors are IoError naming the file ("disk full?" on
-// write failures).
+// write failures). Temporaries left by writers that were killed (PATH.tmp.<pid of a dead process>) are
+// removed when the next AtomicFile for PATH is created.
 #pragma once
 
 #include <cstddef>
