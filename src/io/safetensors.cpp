@@ -43,6 +43,38 @@ DType dtype_from_safetensors(const std::string& name, const std::string& fail_pr
                 "I32, U8, BOOL)");
 }
 
+// A safetensors header nests three levels (the header object, an entry, its shape/offsets arrays) and its
+// arrays are short. Checked on the raw text before parsing, so that a hostile header cannot make the parsed
+// JSON much larger than its text (deep nesting, or millions of numbers in one "shape").
+constexpr std::size_t kMaxRank = 64;
+void check_header_shape(std::string_view text, const std::string& fail_prefix) {
+  std::vector<std::pair<bool, std::size_t>> open;  // (is array, elements so far)
+  bool in_string = false, escaped = false;
+  for (char c : text) {
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
+      }
+      continue;
+    }
+    if (c == '"') {
+      in_string = true;
+    } else if (c == '{' || c == '[') {
+      if (open.size() == 3) throw IoError(fail_prefix + "the header nests deeper than a safetensors header can");
+      open.emplace_back(c == '[', 1);
+    } else if (c == '}' || c == ']') {
+      if (!open.empty()) open.pop_back();
+    } else if (c == ',' && !open.empty() && open.back().first && ++open.back().second > kMaxRank) {
+      throw IoError(fail_prefix + "an array in the header has more than " + std::to_string(kMaxRank) +
+                    " entries (shapes have at most " + std::to_string(kMaxRank) + " dimensions)");
+    }
+  }
+}
+
 // JSON with duplicate keys at any depth rejected (nlohmann keeps the last one silently).
 json parse_header(std::string_view text, const std::string& fail_prefix) {
   std::vector<std::set<std::string>> keys;  // one set per object being parsed, innermost last
@@ -107,6 +139,7 @@ SafetensorsFile SafetensorsFile::parse(std::vector<std::byte> bytes, const std::
   }
   const std::string_view text(reinterpret_cast<const char*>(f.bytes_.data()) + 8, header);
   if (text.empty() || text.front() != '{') throw IoError(fail + "the header does not start with '{'");
+  check_header_shape(text, fail);
   const json j = parse_header(text, fail);
   if (!j.is_object()) throw IoError(fail + "the header is not a JSON object");
   f.data_start_ = 8 + header;

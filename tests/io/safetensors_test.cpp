@@ -88,6 +88,15 @@ TEST(Safetensors, RejectsEachClassOfMalformedFile) {
   expect_rejected(file_of(R"({"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", 8), "non-negative integers");
   expect_rejected(file_of(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8],"x":1}})", 8), "unknown field 'x'");
   expect_rejected(file_of(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[8,0]}})", 8), "begin after they end");
+  expect_rejected(file_of(R"({"a":{"dtype":"F32","shape":[[[2]]],"data_offsets":[0,8]}})", 8), "nests deeper");
+  std::string long_shape = R"({"a":{"dtype":"F32","shape":[)";
+  for (int i = 0; i < 100; ++i) long_shape += "1,";
+  long_shape += R"(2],"data_offsets":[0,8]}})";
+  expect_rejected(file_of(long_shape, 8), "more than 64 entries");
+  // Brackets, commas and escaped quotes inside strings do not count.
+  const auto quoted = SafetensorsFile::parse(
+      file_of(R"({"__metadata__":{"k":"[[[,,,\"]]{"},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 8), "ok");
+  EXPECT_EQ(quoted.metadata().at("k"), "[[[,,,\"]]{");
 }
 
 TEST(Safetensors, DamagedDataFailsTheChecksum) {
