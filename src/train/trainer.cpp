@@ -149,12 +149,15 @@ std::optional<telemetry::NonFiniteOrigin> Trainer::locate_nonfinite(const Tensor
                                                                     bool backward) {
   // The same batch, weights, dropout masks (keyed by the step) and scale: the replay computes the same
   // values, this time checking each layer's output. BatchNorm keeps its running statistics as they are.
-  ctx_.update_running_statistics = false;
+  struct FrozenStatistics {  // restored however the replay ends
+    nn::Context& ctx;
+    explicit FrozenStatistics(nn::Context& c) : ctx(c) { ctx.update_running_statistics = false; }
+    ~FrozenStatistics() { ctx.update_running_statistics = true; }
+  } frozen(ctx_);
   monitor_.begin(telemetry::NumericsMonitor::Mode::locate, step, scale);
   const Tensor logits = model_.forward(batch, ctx_, true);
   loss_.forward(logits, labels_.data());
   if (backward) model_.backward(loss_.backward(scale), ctx_);
-  ctx_.update_running_statistics = true;
   auto origin = monitor_.take_origin();
   if (!origin && backward) {
     // Every layer output was finite: the first weight gradient (in backward order) that is not.
