@@ -15,11 +15,11 @@
 #include "mpx/build_info.h"
 #include "mpx/core/error.h"
 #include "mpx/numeric/convert.h"
-#include "mpx/telemetry/json.h"
 #include "mpx/telemetry/prometheus_exporter.h"
 #include "mpx/telemetry/tensorboard_writer.h"
 #include "mpx/train/model_file.h"
 #include "mpx/train/run_files.h"
+#include "mpx/train/run_recorder.h"
 #include "mpx/train/trainer.h"
 
 namespace mpx::cli {
@@ -95,29 +95,10 @@ void run_train(TrainOptions& o) {
   if (!metrics.url().empty()) fmt::print("metrics: {}\n", metrics.url());
   std::fflush(stdout);
 
+  train::RunRecorder recorder(run, metrics, tensorboard, config);
   train::Callbacks callbacks;
-  float previous_scale = 0;
-  double previous_elapsed = 0;
   callbacks.on_step = [&](const train::StepReport& r) {
-    const double step_seconds = r.elapsed_seconds - (r.step == 1 || r.elapsed_seconds < previous_elapsed ? 0 : previous_elapsed);
-    previous_elapsed = r.elapsed_seconds;
-    metrics.record_step(r.step, r.loss, r.lr, r.loss_scale, r.skipped, config.batch_size, step_seconds);
-    // Skipped steps and loss-scale changes are always recorded; other steps every --log-every.
-    const bool log = r.step % config.log_every == 0 || r.step == r.total_steps || r.skipped;
-    if (log) {
-      tensorboard.scalar("train/loss", r.loss, r.step);
-      tensorboard.scalar("train/learning_rate", r.lr, r.step);
-      tensorboard.scalar("train/loss_scale", r.loss_scale, r.step);
-      tensorboard.scalar("train/images_per_second", r.images_per_second, r.step);
-      run.append_metrics({{"type", "step"}, {"step", r.step}, {"epoch", r.epoch}, {"loss", train::json_number(r.loss)},
-                          {"lr", r.lr}, {"loss_scale", r.loss_scale}, {"skipped", r.skipped},
-                          {"images_per_second", r.images_per_second}, {"elapsed_seconds", r.elapsed_seconds}});
-    }
-    if (previous_scale != 0 && r.loss_scale != previous_scale) {
-      run.append_metrics({{"type", "loss_scale"}, {"step", r.step},
-                          {"event", r.loss_scale > previous_scale ? "growth" : "backoff"}, {"scale", r.loss_scale}});
-    }
-    previous_scale = r.loss_scale;
+    const bool logged = recorder.step(r);
     if (o.no_progress) return;
     const double remaining_images = static_cast<double>((r.total_steps - r.step) * config.batch_size);
     const double eta = r.images_per_second > 0 ? remaining_images / r.images_per_second : 0;
@@ -127,7 +108,7 @@ void run_train(TrainOptions& o) {
                     r.loss, r.loss_scale, format_duration(eta));
     if (terminal) {
       fmt::print(stderr, "\r{:<100}", line);
-    } else if (log) {
+    } else if (logged) {
       fmt::print(stderr, "{}\n", line);
     }
   };
@@ -137,62 +118,18 @@ void run_train(TrainOptions& o) {
                100 * e.test_accuracy, e.seconds, e.images_per_second,
                e.skipped_steps ? fmt::format(", {} skipped steps", e.skipped_steps) : "");
     std::fflush(stdout);
-    metrics.record_epoch(e.epoch, e.train_loss, e.test_accuracy);
-    for (int c = 0; c < static_cast<int>(MemoryCategory::count); ++c) {
-      const auto category = static_cast<MemoryCategory>(c);
-      metrics.record_memory_peak(std::string(name(category)),
-                                 static_cast<double>(trainer.context().memory.peak(category)));
-    }
-    tensorboard.scalar("test/accuracy", e.test_accuracy, e.epoch);
-    tensorboard.scalar("train/epoch_loss", e.train_loss, e.epoch);
-    tensorboard.flush();
-    run.append_metrics({{"type", "epoch"}, {"epoch", e.epoch}, {"train_loss", train::json_number(e.train_loss)},
-                        {"test_accuracy", e.test_accuracy}, {"seconds", e.seconds},
-                        {"images_per_second", e.images_per_second}, {"skipped_steps", e.skipped_steps}});
+    recorder.epoch(e, trainer.context().memory);
   };
-
-  callbacks.on_numerics = [&](const telemetry::NumericsSample& sample) {
-    metrics.record_sample(sample);
-    tensorboard.sample(sample);
-    run.append_metrics(telemetry::to_json(sample));
-  };
+  callbacks.on_numerics = [&](const telemetry::NumericsSample& sample) { recorder.numerics(sample); };
   callbacks.on_nonfinite = [&](const telemetry::NonFiniteOrigin& origin) {
-    metrics.record_nonfinite(origin);
-    tensorboard.scalar("train/nonfinite_step", 1, origin.step);
-    nlohmann::json record = telemetry::to_json(origin);
-    record["type"] = "nonfinite";
-    run.append_metrics(record);
+    recorder.nonfinite(origin);
     if (terminal) fmt::print(stderr, "\r{:<100}\r", "");
     fmt::print(stderr, "non-finite values at {} (step skipped)\n", origin.describe());
   };
 
   const train::TrainResult result = trainer.run(callbacks);
-  const MemoryTracker& memory = trainer.context().memory;
-  nlohmann::json peak = nlohmann::json::object();
-  for (int c = 0; c < static_cast<int>(MemoryCategory::count); ++c) {
-    const auto category = static_cast<MemoryCategory>(c);
-    peak[std::string(name(category))] = memory.peak(category);
-    metrics.record_memory_peak(std::string(name(category)), static_cast<double>(memory.peak(category)));
-  }
-  peak["total"] = memory.peak_total();
-  nlohmann::json summary = {
-      {"precision", config.precision}, {"model", config.model}, {"epochs", config.epochs},
-      {"steps", result.steps}, {"batch_size", config.batch_size}, {"test_accuracy", result.test_accuracy},
-      {"train_seconds", result.train_seconds}, {"images_per_second", result.images_per_second},
-      {"final_loss", train::json_number(result.final_loss)}, {"peak_bytes", peak},
-      {"skipped_steps", result.skipped_steps}, {"loss_scaling", result.loss_scaling},
-      {"final_loss_scale", result.loss_scaling ? result.loss_scaler.scale : 1.0f}, {"seed", config.seed},
-      {"threads", omp_get_max_threads()}, {"device", "cpu"}};
-  if (result.loss_scaling) {
-    summary["loss_scaler"] = {{"growths", result.loss_scaler.growths}, {"backoffs", result.loss_scaler.backoffs},
-                              {"growth_tracker", result.loss_scaler.growth_tracker}};
-  }
-  nlohmann::json origins = nlohmann::json::array(), headroom = nlohmann::json::array();
-  for (const auto& origin : result.nonfinite_origins) origins.push_back(telemetry::to_json(origin));
-  for (const auto& h : result.headroom) headroom.push_back(telemetry::to_json(h));
-  summary["numerics"] = {{"every", config.numerics_every}, {"nonfinite_steps", result.nonfinite_steps},
-                         {"first_nonfinite", origins}, {"headroom", headroom},
-                         {"recommendation", result.recommendation}};
+  recorder.memory_peaks(trainer.context().memory);
+  nlohmann::json summary = train::summary_json(config, result, trainer.context().memory, omp_get_max_threads());
   train::save_model(run.file("model.safetensors"), trainer.model(),
                     {{"mpx.model", config.model}, {"mpx.precision", config.precision},
                      {"mpx.test_accuracy", fmt::format("{:.6f}", result.test_accuracy)},
