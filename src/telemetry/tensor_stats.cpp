@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "../common/vector_clones.h"
 #include "mpx/core/error.h"
 #include "mpx/numeric/half.h"
 
@@ -59,37 +60,58 @@ std::uint32_t bits_of(const void* data, std::size_t i) {
   }
 }
 
+// Blocks of elements are widened to FP32 bits, then two passes over the L1-resident block: one that
+// vectorises (counts by comparisons on the bits, finite range), one that counts sign+exponent (9 bits) into
+// a 512-entry table; the binade histogram and the remaining counts come from that table.
+constexpr std::size_t kBlock = 2048;
+
 template <DType D>
-void stats_range(const void* data, std::size_t begin, std::size_t end, TensorStats& s) {
+MPX_VECTOR_CLONES void stats_range(const void* data, std::size_t begin, std::size_t end, TensorStats& s) {
   float lo = std::numeric_limits<float>::infinity(), hi = -lo;
+  std::uint64_t nan = 0, nan_negative = 0, zeros = 0, beyond = 0;
+  std::array<std::array<std::uint32_t, 512>, 4> table{};  // four tables: no store-to-load chains
+  std::array<std::uint64_t, 512> exponents{};
+  alignas(64) std::uint32_t bits[kBlock];
   s.elements = end - begin;
-  for (std::size_t i = begin; i < end; ++i) {
-    const std::uint32_t u = bits_of<D>(data, i);
-    const std::uint32_t magnitude = u & 0x7FFFFFFFu;
-    const int exponent = static_cast<int>(magnitude >> 23);
-    if (exponent == 0xFF) {
-      if (magnitude > 0x7F800000u) {
-        ++s.nan;
-        continue;
-      }
-      ++(u >> 31 ? s.neg_inf : s.pos_inf);
-      ++s.histogram[TensorStats::kBuckets - 1];
+  for (std::size_t first = begin; first < end; first += kBlock) {
+    const std::size_t n = std::min(kBlock, end - first);
+    for (std::size_t i = 0; i < n; ++i) bits[i] = bits_of<D>(data, first + i);
+    for (std::size_t i = 0; i < n; ++i) {
+      const std::uint32_t u = bits[i], magnitude = u & 0x7FFFFFFFu;
+      const bool is_nan = magnitude > 0x7F800000u, finite = magnitude < 0x7F800000u;
+      nan += is_nan;
+      nan_negative += is_nan & (u >> 31);
+      zeros += magnitude == 0;
+      beyond += finite & (magnitude > 0x477FE000u);  // |x| > 65504
+      const float v = std::bit_cast<float>(u);
+      lo = finite ? std::min(lo, v) : lo;
+      hi = finite ? std::max(hi, v) : hi;
+    }
+    for (std::size_t i = 0; i < n; ++i) ++table[i & 3][bits[i] >> 23];
+    for (std::size_t e = 0; e < 512; ++e) {  // flushed per block: 32-bit counters never overflow
+      exponents[e] += table[0][e] + table[1][e] + table[2][e] + table[3][e];
+      table[0][e] = table[1][e] = table[2][e] = table[3][e] = 0;
+    }
+  }
+  s.nan = nan;
+  s.zeros = zeros;
+  s.beyond_fp16 = beyond;
+  s.pos_inf = exponents[255] - (nan - nan_negative);  // exponent 255: infinities and NaNs of each sign
+  s.neg_inf = exponents[511] - nan_negative;
+  for (int e = 0; e < 256; ++e) {
+    const std::uint64_t count = exponents[static_cast<std::size_t>(e)] + exponents[static_cast<std::size_t>(e) + 256];
+    if (e == 255) {
+      s.histogram[TensorStats::kBuckets - 1] += s.pos_inf + s.neg_inf;  // infinities: overflow bucket
       continue;
     }
-    const float v = std::bit_cast<float>(u);
-    lo = std::min(lo, v);
-    hi = std::max(hi, v);
-    s.zeros += magnitude == 0;
-    if constexpr (D == DType::f16) {
-      s.subnormals += magnitude != 0 && exponent < 127 - 14;  // below FP16's smallest normal
-    } else {
-      s.subnormals += magnitude != 0 && exponent == 0;
-    }
-    s.beyond_fp16 += std::fabs(v) > kFp16Max;
-    // Binade floor(log2|x|) = exponent - 127 for normal floats; zeros and FP32 subnormals are far below
+    // Binade floor(log2|x|) = e - 127 for normal floats; zeros and FP32 subnormals (e = 0) are far below
     // kMinBinade and land in the underflow bucket.
-    ++s.histogram[static_cast<std::size_t>(TensorStats::bucket_of_binade(exponent == 0 ? -1000 : exponent - 127))];
+    s.histogram[static_cast<std::size_t>(TensorStats::bucket_of_binade(e == 0 ? -1000 : e - 127))] += count;
+    if constexpr (D == DType::f16) {
+      if (e > 0 && e < 127 - 14) s.subnormals += count;  // below FP16's smallest normal
+    }
   }
+  if constexpr (D != DType::f16) s.subnormals = exponents[0] + exponents[256] - zeros;
   if (lo <= hi) {
     s.min = lo;
     s.max = hi;
