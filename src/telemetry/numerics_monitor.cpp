@@ -153,9 +153,10 @@ std::string recommendation(const std::vector<LayerHeadroom>& headroom, bool fp16
     if (h.advice == "needs loss scaling in FP16") unscaled.push_back(h.layer);
     if (h.advice == "lower the loss scale") lower.push_back(h.layer);
   }
-  auto join = [](const std::vector<std::string>& v) {
+  auto join = [](const std::vector<std::string>& v) {  // at most six names, then a count
     std::string s;
-    for (const auto& x : v) s += (s.empty() ? "" : ", ") + x;
+    for (std::size_t i = 0; i < v.size() && i < 6; ++i) s += (s.empty() ? "" : ", ") + v[i];
+    if (v.size() > 6) s += " and " + std::to_string(v.size() - 6) + " more layers";
     return s;
   };
   std::string text;
