@@ -1,7 +1,6 @@
 #include "mpx/amp/loss_scaler.h"
 
 #include <cmath>
-#include <limits>
 #include <string>
 
 #include "mpx/core/error.h"
@@ -24,29 +23,7 @@ LossScaler::LossScaler(const LossScalerConfig& config) : config_(config) {
   state_.scale = config.init_scale;
 }
 
-bool LossScaler::update(bool found_inf) {
-  ++state_.steps;
-  if (found_inf) {
-    ++state_.skipped_steps;
-    state_.growth_tracker = 0;
-    if (config_.dynamic) {
-      // Never let the scale reach zero: below the smallest normal float it could not grow back.
-      const float backed_off = state_.scale * config_.backoff_factor;
-      state_.scale = backed_off >= std::numeric_limits<float>::min() ? backed_off : std::numeric_limits<float>::min();
-      ++state_.backoffs;
-    }
-    return false;
-  }
-  if (config_.dynamic && ++state_.growth_tracker >= config_.growth_interval) {
-    const float grown = state_.scale * config_.growth_factor;
-    if (std::isfinite(grown)) {  // as PyTorch: growth that would overflow is not taken
-      state_.scale = grown;
-      ++state_.growths;
-    }
-    state_.growth_tracker = 0;
-  }
-  return true;
-}
+bool LossScaler::update(bool found_inf) { return apply_scaler_rule(config_, state_, found_inf); }
 
 void LossScaler::load_state(const LossScalerState& state) {
   if (!(std::isfinite(state.scale) && state.scale > 0)) {

@@ -1,5 +1,7 @@
 // The CUDA backend's stand-in for builds without nvcc (MPX_CUDA=OFF, or AUTO with no toolkit).
 #include "mpx/backend/cuda.h"
+#include "mpx/backend/cuda_context.h"
+#include "mpx/backend/cuda_fused_optimizer.h"
 #include "mpx/core/error.h"
 
 namespace mpx::cuda {
@@ -29,5 +31,26 @@ void convert(const void*, DType, void*, DType, std::size_t, numeric::Fp8Overflow
 void stochastic_round(const float*, void*, DType, std::size_t, std::uint64_t, std::uint64_t) { not_built(); }
 void copy_device_to_device(void*, const void*, std::size_t) { not_built(); }
 void synchronize() { not_built(); }
+
+struct DeviceContext::Impl {};
+DeviceContext::DeviceContext(int) { not_built(); }
+DeviceContext::~DeviceContext() = default;
+int DeviceContext::index() const { not_built(); }
+const std::string& DeviceContext::name() const { not_built(); }
+backend::DevicePool& DeviceContext::pool() { not_built(); }
+void* DeviceContext::stream() const { not_built(); }
+void DeviceContext::synchronize() const { not_built(); }
+void DeviceContext::download(void*, const void*, std::size_t) const { not_built(); }
+void DeviceContext::upload(void*, const void*, std::size_t) const { not_built(); }
+
+struct FusedOptimizer::Impl {};
+FusedOptimizer::FusedOptimizer(DeviceContext&, const FusedStepConfig&, std::vector<DeviceParameter>) { not_built(); }
+FusedOptimizer::~FusedOptimizer() = default;
+void FusedOptimizer::step(float, const float*) { not_built(); }
+void FusedOptimizer::set_lr_table(const std::vector<float>&) { not_built(); }
+void FusedOptimizer::step_from_table(const float*) { not_built(); }
+const float* FusedOptimizer::device_loss_scale() const { not_built(); }
+FusedStepRecord FusedOptimizer::record() const { not_built(); }
+void FusedOptimizer::load(const FusedStepRecord&) { not_built(); }
 
 }  // namespace mpx::cuda

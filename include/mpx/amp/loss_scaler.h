@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include "mpx/numeric/detail/host_device.h"
+
 namespace mpx::amp {
 
 struct LossScalerConfig {
@@ -22,6 +24,32 @@ struct LossScalerState {
   int growth_tracker = 0;  // clean steps since the last growth or backoff
   std::uint64_t steps = 0, skipped_steps = 0, growths = 0, backoffs = 0;
 };
+
+// The scaler's rule for one step, shared by LossScaler (CPU) and the CUDA fused optimizer step, which takes
+// the same decision on the device without a host synchronisation. Returns whether to apply the step.
+MPX_HOST_DEVICE inline bool apply_scaler_rule(const LossScalerConfig& config, LossScalerState& state, bool found_inf) {
+  constexpr float kSmallestNormal = 1.17549435e-38f;  // never let the scale reach zero: it could not grow back
+  ++state.steps;
+  if (found_inf) {
+    ++state.skipped_steps;
+    state.growth_tracker = 0;
+    if (config.dynamic) {
+      const float backed_off = state.scale * config.backoff_factor;
+      state.scale = backed_off >= kSmallestNormal ? backed_off : kSmallestNormal;
+      ++state.backoffs;
+    }
+    return false;
+  }
+  if (config.dynamic && ++state.growth_tracker >= config.growth_interval) {
+    const float grown = state.scale * config.growth_factor;
+    if (grown - grown == 0.0f) {  // finite: as PyTorch, growth that would overflow is not taken
+      state.scale = grown;
+      ++state.growths;
+    }
+    state.growth_tracker = 0;
+  }
+  return true;
+}
 
 class LossScaler {
  public:

@@ -30,6 +30,12 @@ class CudaError : public Error {
   using Error::Error;
 };
 
+// A device allocation did not fit; the message gives the size asked for and what is free and cached.
+class OutOfMemory : public CudaError {
+ public:
+  using CudaError::CudaError;
+};
+
 // Reading or writing a file failed, or a file is malformed.
 class IoError : public Error {
  public:

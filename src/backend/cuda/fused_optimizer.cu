@@ -1,0 +1,282 @@
+// The fused mixed-precision optimizer step (see mpx/backend/cuda_fused_optimizer.h). Three launches:
+//  1. grad_stats: one block per chunk of the multi-tensor plan; unscales each gradient element (as the
+//     CPU does: g * (1/scale) in float), counts non-finite ones and sums squares in double; one partial
+//     per chunk, so the global sum has a fixed order (deterministic, unlike atomics).
+//  2. decide: one block; adds the partials, takes the norm, applies the loss scaler's rule and, when the
+//     step is applied, computes the clip factor and the optimizer's per-step factors from the device's
+//     step count. Everything it decides stays in device memory.
+//  3. update: one block per chunk; returns at once on a skipped step, otherwise updates master weights
+//     and state and writes the working copy in one pass: 28 bytes per parameter with FP16 gradients and
+//     a BF16 copy (read grad 2, master 4, moments 8; write master 4, moments 8, copy 2).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <string>
+
+#include "check.h"
+#include "elements.cuh"
+#include "mpx/amp/detail/update_rules.h"
+#include "mpx/backend/cuda_fused_optimizer.h"
+#include "mpx/backend/multi_tensor.h"
+#include "mpx/core/error.h"
+
+namespace mpx::cuda {
+
+namespace {
+
+constexpr std::uint32_t kChunkElements = 65536;
+constexpr int kThreads = 512;
+
+struct ParamDesc {
+  float* master;
+  const void* grad;
+  float* state1;
+  float* state2;
+  void* working;
+  std::uint8_t grad_kind, working_kind, has_working, decay;
+};
+
+struct ChunkPartial {
+  double sum_squares;
+  unsigned int nonfinite;
+};
+
+struct StepConfigDevice {
+  FusedStepConfig::Algorithm algorithm;
+  amp::AdamWConfig adamw;
+  amp::SgdConfig sgd;
+  double clip_norm;
+  bool loss_scaling;
+  amp::LossScalerConfig scaler;
+};
+
+// Device-resident: the scaler, the counts and this step's decision.
+struct DeviceState {
+  amp::LossScalerState scaler;
+  std::int64_t optimizer_steps;
+  std::int64_t calls;
+  double grad_norm;
+  int found_inf, applied;
+  float inv_scale;  // 1/scale the gradients were computed with
+  float clip;       // multiplies the unscaled gradients
+  float lr;
+  amp::detail::AdamWFactors adamw;
+};
+
+std::uint8_t kind_of(DType t, const char* what) {
+  switch (t) {
+    case DType::f32: return elements::kF32;
+    case DType::f16: return elements::kF16;
+    case DType::bf16: return elements::kBF16;
+    default: throw InvalidArgument(std::string("fused optimizer: ") + what + " must be f32, f16 or bf16, got " + std::string(name(t)));
+  }
+}
+
+template <class T, class Op>
+__device__ T block_reduce(T value, Op op, T* shared) {
+  for (int offset = 16; offset > 0; offset /= 2) value = op(value, __shfl_down_sync(0xFFFFFFFFu, value, offset));
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) shared[warp] = value;
+  __syncthreads();
+  const int warps = (blockDim.x + 31) / 32;
+  value = threadIdx.x < warps ? shared[threadIdx.x] : T{};
+  if (warp == 0) {
+    for (int offset = 16; offset > 0; offset /= 2) value = op(value, __shfl_down_sync(0xFFFFFFFFu, value, offset));
+  }
+  __syncthreads();
+  return value;  // valid in thread 0
+}
+
+struct Add {
+  template <class T>
+  __device__ T operator()(T a, T b) const { return a + b; }
+};
+struct Or {
+  __device__ unsigned int operator()(unsigned int a, unsigned int b) const { return a | b; }
+};
+
+__global__ void __launch_bounds__(kThreads) grad_stats_kernel(const ParamDesc* params, const backend::TensorChunk* chunks,
+                                                             const DeviceState* state, ChunkPartial* partials) {
+  __shared__ double shared_sum[32];
+  __shared__ unsigned int shared_bad[32];
+  const backend::TensorChunk c = chunks[blockIdx.x];
+  const ParamDesc p = params[c.tensor];
+  const float inv_scale = 1.0f / state->scaler.scale;
+  double sum = 0;
+  unsigned int bad = 0;
+  for (std::uint32_t i = threadIdx.x; i < c.length; i += blockDim.x) {
+    const float g = elements::load(p.grad, c.begin + i, p.grad_kind) * inv_scale;
+    bad |= elements::is_finite(g) ? 0u : 1u;
+    sum += static_cast<double>(g) * g;
+  }
+  sum = block_reduce(sum, Add{}, shared_sum);
+  bad = block_reduce(bad, Or{}, shared_bad);
+  if (threadIdx.x == 0) partials[blockIdx.x] = {sum, bad};
+}
+
+__global__ void __launch_bounds__(1024) decide_kernel(const ChunkPartial* partials, std::uint32_t chunk_count,
+                                                     DeviceState* state, StepConfigDevice config, const float* lr_table,
+                                                     std::int64_t lr_table_length, float lr, const float* loss) {
+  __shared__ double shared_sum[32];
+  __shared__ unsigned int shared_bad[32];
+  double sum = 0;
+  unsigned int bad = 0;
+  for (std::uint32_t i = threadIdx.x; i < chunk_count; i += blockDim.x) {  // fixed order per thread
+    sum += partials[i].sum_squares;
+    bad |= partials[i].nonfinite;
+  }
+  sum = block_reduce(sum, Add{}, shared_sum);
+  bad = block_reduce(bad, Or{}, shared_bad);
+  if (threadIdx.x != 0) return;
+  DeviceState& s = *state;
+  const double norm = sqrt(sum);
+  const bool found_inf = bad != 0 || !(norm - norm == 0.0) || (loss != nullptr && !elements::is_finite(*loss));
+  s.inv_scale = 1.0f / s.scaler.scale;
+  const bool apply = config.loss_scaling ? amp::apply_scaler_rule(config.scaler, s.scaler, found_inf) : !found_inf;
+  if (lr_table != nullptr) lr = lr_table[s.calls < lr_table_length ? s.calls : lr_table_length - 1];
+  ++s.calls;
+  s.grad_norm = norm;
+  s.found_inf = found_inf;
+  s.applied = apply;
+  s.lr = lr;
+  if (!apply) return;
+  ++s.optimizer_steps;
+  s.clip = amp::detail::clip_factor(norm, config.clip_norm);
+  if (config.algorithm == FusedStepConfig::Algorithm::adamw) s.adamw = amp::detail::adamw_factors(config.adamw, lr, s.optimizer_steps);
+}
+
+__global__ void __launch_bounds__(kThreads) update_kernel(const ParamDesc* params, const backend::TensorChunk* chunks,
+                                                         const DeviceState* state, StepConfigDevice config) {
+  if (!state->applied) return;
+  const backend::TensorChunk c = chunks[blockIdx.x];
+  const ParamDesc p = params[c.tensor];
+  const float inv_scale = state->inv_scale, clip = state->clip;
+  const bool adamw = config.algorithm == FusedStepConfig::Algorithm::adamw;
+  const amp::detail::AdamWFactors f = state->adamw;
+  const float decay_factor = 1.0f - (p.decay ? f.lr_times_decay : 0.0f);
+  const float sgd_decay = p.decay ? config.sgd.weight_decay : 0.0f;
+  for (std::uint32_t k = threadIdx.x; k < c.length; k += blockDim.x) {
+    const std::uint64_t i = c.begin + k;
+    float g = elements::load(p.grad, i, p.grad_kind) * inv_scale;
+    if (clip != 1.0f) g *= clip;
+    float value = p.master[i];
+    float m1 = p.state1[i];
+    if (adamw) {
+      float m2 = p.state2[i];
+      value = amp::detail::adamw_update(value, g, m1, m2, f, decay_factor);
+      p.state2[i] = m2;
+    } else {
+      value = amp::detail::sgd_update(value, g, m1, config.sgd, state->lr, sgd_decay);
+    }
+    p.state1[i] = m1;
+    p.master[i] = value;
+    if (p.has_working) static_cast<std::uint16_t*>(p.working)[i] = elements::narrow(value, p.working_kind);
+  }
+}
+
+}  // namespace
+
+struct FusedOptimizer::Impl {
+  DeviceContext& context;
+  StepConfigDevice config;
+  std::uint32_t chunk_count = 0;
+  std::shared_ptr<void> params, chunks, partials, state, lr_table;
+  std::int64_t lr_table_length = 0;
+
+  cudaStream_t stream() const { return static_cast<cudaStream_t>(context.stream()); }
+  DeviceState* device_state() const { return static_cast<DeviceState*>(state.get()); }
+
+  void enqueue(const float* table, float lr, const float* loss) {
+    if (chunk_count == 0) return;
+    const auto* p = static_cast<const ParamDesc*>(params.get());
+    const auto* c = static_cast<const backend::TensorChunk*>(chunks.get());
+    auto* partial = static_cast<ChunkPartial*>(partials.get());
+    grad_stats_kernel<<<chunk_count, kThreads, 0, stream()>>>(p, c, device_state(), partial);
+    MPX_CUDA_CHECK_LAUNCH("fused_optimizer/grad_stats", chunk_count);
+    decide_kernel<<<1, 1024, 0, stream()>>>(partial, chunk_count, device_state(), config, table, lr_table_length, lr, loss);
+    MPX_CUDA_CHECK_LAUNCH("fused_optimizer/decide", chunk_count);
+    update_kernel<<<chunk_count, kThreads, 0, stream()>>>(p, c, device_state(), config);
+    MPX_CUDA_CHECK_LAUNCH("fused_optimizer/update", chunk_count);
+  }
+};
+
+FusedOptimizer::FusedOptimizer(DeviceContext& context, const FusedStepConfig& config,
+                               std::vector<DeviceParameter> parameters)
+    : impl_(std::make_unique<Impl>(Impl{context, {}})) {
+  const bool adamw = config.algorithm == FusedStepConfig::Algorithm::adamw;
+  if (config.loss_scaling) amp::LossScaler validate(config.scaler);  // throws on bad settings
+  if (!(config.clip_norm >= 0)) throw InvalidArgument("fused optimizer: clip norm must be >= 0");
+  impl_->config = {config.algorithm, config.adamw, config.sgd, config.clip_norm, config.loss_scaling, config.scaler};
+  std::vector<ParamDesc> descs;
+  std::vector<std::size_t> sizes;
+  for (std::size_t i = 0; i < parameters.size(); ++i) {
+    const DeviceParameter& p = parameters[i];
+    const std::string which = "fused optimizer: parameter " + std::to_string(i);
+    if (p.count == 0) throw InvalidArgument(which + " is empty");
+    if (p.master == nullptr || p.grad == nullptr || p.state1 == nullptr || (adamw && p.state2 == nullptr)) {
+      throw InvalidArgument(which + " lacks a master, gradient or state pointer");
+    }
+    if (p.working != nullptr && p.working_dtype == DType::f32) {
+      throw InvalidArgument(which + ": the working copy must be f16 or bf16 (FP32 parameters need none)");
+    }
+    descs.push_back({p.master, p.grad, p.state1, p.state2, p.working, kind_of(p.grad_dtype, "gradients"),
+                     p.working != nullptr ? kind_of(p.working_dtype, "working copies") : std::uint8_t{0},
+                     static_cast<std::uint8_t>(p.working != nullptr), static_cast<std::uint8_t>(p.decay)});
+    sizes.push_back(p.count);
+  }
+  const auto plan = backend::plan_chunks(sizes, kChunkElements);
+  impl_->chunk_count = static_cast<std::uint32_t>(plan.size());
+  auto& pool = context.pool();
+  impl_->params = pool.allocate(descs.size() * sizeof(ParamDesc), MemoryCategory::workspace);
+  impl_->chunks = pool.allocate(plan.size() * sizeof(backend::TensorChunk), MemoryCategory::workspace);
+  impl_->partials = pool.allocate(plan.size() * sizeof(ChunkPartial), MemoryCategory::workspace);
+  impl_->state = pool.allocate(sizeof(DeviceState), MemoryCategory::optimizer_state);
+  if (!descs.empty()) context.upload(impl_->params.get(), descs.data(), descs.size() * sizeof(ParamDesc));
+  if (!plan.empty()) context.upload(impl_->chunks.get(), plan.data(), plan.size() * sizeof(backend::TensorChunk));
+  load(FusedStepRecord{});
+}
+
+FusedOptimizer::~FusedOptimizer() = default;
+
+void FusedOptimizer::step(float lr, const float* device_loss) { impl_->enqueue(nullptr, lr, device_loss); }
+
+void FusedOptimizer::set_lr_table(const std::vector<float>& lr_per_step) {
+  if (lr_per_step.empty()) throw InvalidArgument("fused optimizer: the learning-rate table is empty");
+  impl_->lr_table = impl_->context.pool().allocate(lr_per_step.size() * sizeof(float), MemoryCategory::workspace);
+  impl_->context.upload(impl_->lr_table.get(), lr_per_step.data(), lr_per_step.size() * sizeof(float));
+  impl_->lr_table_length = static_cast<std::int64_t>(lr_per_step.size());
+}
+
+void FusedOptimizer::step_from_table(const float* device_loss) {
+  if (!impl_->lr_table) throw InvalidArgument("fused optimizer: step_from_table before set_lr_table");
+  impl_->enqueue(static_cast<const float*>(impl_->lr_table.get()), 0.0f, device_loss);
+}
+
+const float* FusedOptimizer::device_loss_scale() const { return &impl_->device_state()->scaler.scale; }
+
+FusedStepRecord FusedOptimizer::record() const {
+  DeviceState s{};
+  impl_->context.download(&s, impl_->state.get(), sizeof(s));
+  FusedStepRecord r;
+  r.scaler = s.scaler;
+  r.optimizer_steps = s.optimizer_steps;
+  r.calls = s.calls;
+  r.grad_norm = s.grad_norm;
+  r.found_inf = s.found_inf != 0;
+  r.applied = s.applied != 0;
+  return r;
+}
+
+void FusedOptimizer::load(const FusedStepRecord& record) {
+  DeviceState s{};
+  s.scaler = record.scaler;
+  if (!impl_->config.loss_scaling) s.scaler.scale = 1.0f;
+  else if (record.scaler.steps == 0 && record.optimizer_steps == 0) s.scaler.scale = impl_->config.scaler.init_scale;
+  if (!(s.scaler.scale > 0)) throw InvalidArgument("fused optimizer: the loss scale must be positive");
+  s.optimizer_steps = record.optimizer_steps;
+  s.calls = record.calls;
+  s.clip = 1.0f;
+  impl_->context.upload(impl_->state.get(), &s, sizeof(s));
+}
+
+}  // namespace mpx::cuda
