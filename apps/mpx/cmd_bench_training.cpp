@@ -1,4 +1,5 @@
-// `mpx bench matmul` (engine vs oneDNN called directly) and `mpx bench train` (img/s per precision).
+// `mpx bench matmul` (CPU: engine vs oneDNN called directly; CUDA: cuBLASLt), `mpx bench optimizer` (the fused
+// GPU optimizer step) and `mpx bench train` (img/s per precision).
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -6,7 +7,9 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
+#include "mpx/bench/gpu.h"
 #include "mpx/bench/training.h"
+#include "mpx/core/error.h"
 #include "mpx/io/fashion_mnist.h"
 
 namespace mpx::cli {
@@ -14,6 +17,8 @@ namespace mpx::cli {
 namespace {
 
 struct MatmulOptions {
+  std::string device = "cpu";
+  bool tf32 = false;
   std::string dtype = "bf16";
   std::int64_t size = 2048;
   int repeats = 10;
@@ -32,7 +37,21 @@ struct TrainBenchOptions {
   int numerics_every = train::TrainConfig{}.numerics_every;
 };
 
+void run_gpu_matmul(const MatmulOptions& o) {
+  const auto r = bench::run_gpu_matmul_benchmark(parse_dtype(o.dtype), o.size, o.repeats, o.tf32);
+  if (o.json) {
+    fmt::print("{}\n", nlohmann::json{{"device", r.device}, {"dtype", name(r.dtype)}, {"size", r.size}, {"tf32", r.tf32},
+                                      {"flops", r.flops}, {"ms", r.seconds * 1e3}, {"tflops", r.tflops}}
+                           .dump(2));
+    return;
+  }
+  fmt::print("matmul {}^3 {}{} on {}: {:.3f} ms, {:.1f} TFLOP/s (cuBLASLt)\n", r.size, name(r.dtype), r.tf32 ? " (TF32)" : "",
+             r.device, r.seconds * 1e3, r.tflops);
+}
+
 void run_matmul(const MatmulOptions& o) {
+  if (o.device == "cuda") return run_gpu_matmul(o);
+  if (o.tf32) throw InvalidArgument("--tf32 applies to --device cuda only");
   const auto r = bench::run_matmul_benchmark(parse_dtype(o.dtype), o.size, o.repeats);
   if (o.json) {
     fmt::print("{}\n", nlohmann::json{{"dtype", name(r.dtype)}, {"size", r.size}, {"flops", r.flops},
@@ -43,6 +62,26 @@ void run_matmul(const MatmulOptions& o) {
   }
   fmt::print("matmul {}^3 {}: engine {:.1f} GFLOP/s, oneDNN direct {:.1f} GFLOP/s, ratio {:.2f} ({})\n", r.size,
              name(r.dtype), r.engine_gflops, r.direct_gflops, r.ratio, r.implementation);
+}
+
+struct OptimizerBenchOptions {
+  std::string grad_dtype = "f16", working_dtype = "bf16";
+  int steps = 50;
+  bool json = false;
+};
+
+void run_optimizer_bench(const OptimizerBenchOptions& o) {
+  const auto r = bench::run_fused_optimizer_benchmark(parse_dtype(o.grad_dtype), parse_dtype(o.working_dtype), o.steps);
+  if (o.json) {
+    fmt::print("{}\n", nlohmann::json{{"device", r.device}, {"parameters", r.parameters}, {"tensors", r.tensors},
+                                      {"grad_dtype", name(r.grad_dtype)}, {"working_dtype", name(r.working_dtype)},
+                                      {"ms_per_step", r.ms_per_step}, {"bytes_per_parameter", r.bytes_per_parameter},
+                                      {"gbps", r.gbps}}
+                           .dump(2));
+    return;
+  }
+  fmt::print("fused AdamW step, {} parameters in {} tensors ({} grads, {} copy) on {}: {:.3f} ms, {:.0f} GB/s\n",
+             r.parameters, r.tensors, name(r.grad_dtype), name(r.working_dtype), r.device, r.ms_per_step, r.gbps);
 }
 
 // With several rounds the precisions run interleaved (A B A B ...) and the round with the median img/s
@@ -98,6 +137,10 @@ void run_train_bench(const TrainBenchOptions& o) {
 void add_bench_training_commands(CLI::App& bench) {
   auto m = std::make_shared<MatmulOptions>();
   CLI::App* matmul = bench.add_subcommand("matmul", "GFLOP/s of an n^3 product through the engine and through oneDNN directly");
+  matmul->add_option("--device", m->device, "cpu (oneDNN) or cuda (cuBLASLt)")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
+  matmul->add_flag("--tf32", m->tf32, "FP32 inputs through TF32 tensor cores (cuda only)");
   matmul->add_option("--dtype", m->dtype, "f32, bf16 or f16 (f16 is widened to f32 on the CPU)")
       ->check(CLI::IsMember({"f32", "bf16", "f16"}))
       ->capture_default_str();
@@ -105,6 +148,15 @@ void add_bench_training_commands(CLI::App& bench) {
   matmul->add_option("--repeats", m->repeats, "Timed runs; the median is reported")->check(CLI::PositiveNumber)->capture_default_str();
   matmul->add_flag("--json", m->json, "Print JSON");
   matmul->callback([m] { run_matmul(*m); });
+
+  auto opt = std::make_shared<OptimizerBenchOptions>();
+  CLI::App* optimizer = bench.add_subcommand(
+      "optimizer", "The fused mixed-precision AdamW step on GPT-2 124M's parameters (CUDA): ms/step and GB/s");
+  optimizer->add_option("--grad-dtype", opt->grad_dtype, "Gradient dtype")->check(CLI::IsMember({"f32", "f16", "bf16"}))->capture_default_str();
+  optimizer->add_option("--working-dtype", opt->working_dtype, "Working copy dtype")->check(CLI::IsMember({"f16", "bf16"}))->capture_default_str();
+  optimizer->add_option("--steps", opt->steps, "Timed steps")->check(CLI::Range(1, 100000))->capture_default_str();
+  optimizer->add_flag("--json", opt->json, "Print JSON");
+  optimizer->callback([opt] { run_optimizer_bench(*opt); });
 
   auto t = std::make_shared<TrainBenchOptions>();
   CLI::App* train = bench.add_subcommand("train", "Training throughput (img/s, ms/step, peak bytes) per precision");

@@ -27,3 +27,13 @@
                              " (" + __FILE__ + ":" + std::to_string(__LINE__) + ")");                  \
     }                                                                                                  \
   } while (0)
+
+// Wraps every cuBLASLt call: names the expression, the status and file:line.
+#define MPX_CUBLAS_CHECK(expr)                                                                              \
+  do {                                                                                                      \
+    const cublasStatus_t mpx_cublas_status_ = (expr);                                                       \
+    if (mpx_cublas_status_ != CUBLAS_STATUS_SUCCESS) {                                                      \
+      throw ::mpx::CudaError(std::string(#expr) + " failed: " + cublasLtGetStatusName(mpx_cublas_status_) + \
+                             " (" + __FILE__ + ":" + std::to_string(__LINE__) + ")");                       \
+    }                                                                                                       \
+  } while (0)
