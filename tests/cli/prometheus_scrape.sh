@@ -7,9 +7,11 @@ MPX=$1
 command -v prometheus >/dev/null && command -v python3 >/dev/null || { echo "prometheus or python3 not installed"; exit 77; }
 [ -d /usr/share/datasets/fashion-mnist ] || { echo "Fashion-MNIST not installed"; exit 77; }
 work=$(mktemp -d)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-mpx_port=$(free_port)
-prom_port=$(free_port)
+# Both ports from one process, with both sockets open at once: two separate picks can return the same port.
+read -r mpx_port prom_port < <(python3 -c 'import socket
+a, b = socket.socket(), socket.socket()
+a.bind(("127.0.0.1", 0)); b.bind(("127.0.0.1", 0))
+print(a.getsockname()[1], b.getsockname()[1])')
 cat > "$work/prometheus.yml" <<YAML
 global: {scrape_interval: 1s, scrape_timeout: 1s}
 scrape_configs:

@@ -15,8 +15,8 @@ namespace mpx::backend {
 struct ConvShape {
   std::int64_t batch = 1, in_channels = 1, height = 1, width = 1;
   std::int64_t out_channels = 1, kernel = 3, stride = 1, padding = 1;
-  std::int64_t out_height() const { return (height + 2 * padding - kernel) / stride + 1; }
-  std::int64_t out_width() const { return (width + 2 * padding - kernel) / stride + 1; }
+  constexpr std::int64_t out_height() const { return (height + 2 * padding - kernel) / stride + 1; }
+  constexpr std::int64_t out_width() const { return (width + 2 * padding - kernel) / stride + 1; }
 };
 
 class CpuBackend {

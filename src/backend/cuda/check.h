@@ -33,7 +33,7 @@
   do {                                                                                                      \
     const cublasStatus_t mpx_cublas_status_ = (expr);                                                       \
     if (mpx_cublas_status_ != CUBLAS_STATUS_SUCCESS) {                                                      \
-      throw ::mpx::CudaError(std::string(#expr) + " failed: " + cublasLtGetStatusName(mpx_cublas_status_) + \
+      throw ::mpx::CudaError(std::string(#expr) + " failed: " + ::mpx::cuda::cublaslt().cublasLtGetStatusName(mpx_cublas_status_) + \
                              " (" + __FILE__ + ":" + std::to_string(__LINE__) + ")");                       \
     }                                                                                                       \
   } while (0)

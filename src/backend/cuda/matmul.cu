@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "check.h"
+#include "cublaslt_library.h"
 #include "elements.cuh"
 #include "mpx/backend/cuda_matmul.h"
 #include "mpx/core/error.h"
@@ -54,10 +55,10 @@ struct Plan {
   cublasLtMatmulAlgo_t algo{};
   bool separate_epilogue = false;  // bias/ReLU by bias_act_kernel after a plain product
   ~Plan() {
-    if (desc) cublasLtMatmulDescDestroy(desc);
-    if (first) cublasLtMatrixLayoutDestroy(first);
-    if (second) cublasLtMatrixLayoutDestroy(second);
-    if (out) cublasLtMatrixLayoutDestroy(out);
+    if (desc) cublaslt().cublasLtMatmulDescDestroy(desc);
+    if (first) cublaslt().cublasLtMatrixLayoutDestroy(first);
+    if (second) cublaslt().cublasLtMatrixLayoutDestroy(second);
+    if (out) cublaslt().cublasLtMatrixLayoutDestroy(out);
   }
 };
 
@@ -90,35 +91,35 @@ struct Matmul::Impl {
     auto plan = std::make_unique<Plan>();
     const cublasComputeType_t compute =
         matmul_compute(p) == MatmulCompute::f32_fast_tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
-    MPX_CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan->desc, compute, CUDA_R_32F));
+    MPX_CUBLAS_CHECK(cublaslt().cublasLtMatmulDescCreate(&plan->desc, compute, CUDA_R_32F));
     // First operand: B^T (n x k); second: A^T (k x m); out: C^T (n x m), all column-major.
     const cublasOperation_t op_first = p.transpose_b ? CUBLAS_OP_T : CUBLAS_OP_N;
     const cublasOperation_t op_second = p.transpose_a ? CUBLAS_OP_T : CUBLAS_OP_N;
-    MPX_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_first, sizeof(op_first)));
-    MPX_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_second, sizeof(op_second)));
+    MPX_CUBLAS_CHECK(cublaslt().cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_first, sizeof(op_first)));
+    MPX_CUBLAS_CHECK(cublaslt().cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_second, sizeof(op_second)));
     const cudaDataType_t in = cuda_type(p.input), out = cuda_type(p.output);
-    if (p.transpose_b) MPX_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->first, in, p.k, p.n, p.k));
-    else MPX_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->first, in, p.n, p.k, p.n));
-    if (p.transpose_a) MPX_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->second, in, p.m, p.k, p.m));
-    else MPX_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->second, in, p.k, p.m, p.k));
-    MPX_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->out, out, p.n, p.m, p.n));
+    if (p.transpose_b) MPX_CUBLAS_CHECK(cublaslt().cublasLtMatrixLayoutCreate(&plan->first, in, p.k, p.n, p.k));
+    else MPX_CUBLAS_CHECK(cublaslt().cublasLtMatrixLayoutCreate(&plan->first, in, p.n, p.k, p.n));
+    if (p.transpose_a) MPX_CUBLAS_CHECK(cublaslt().cublasLtMatrixLayoutCreate(&plan->second, in, p.m, p.k, p.m));
+    else MPX_CUBLAS_CHECK(cublaslt().cublasLtMatrixLayoutCreate(&plan->second, in, p.k, p.m, p.k));
+    MPX_CUBLAS_CHECK(cublaslt().cublasLtMatrixLayoutCreate(&plan->out, out, p.n, p.m, p.n));
 
     cublasLtMatmulPreference_t preference = nullptr;
-    MPX_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&preference));
+    MPX_CUBLAS_CHECK(cublaslt().cublasLtMatmulPreferenceCreate(&preference));
     const std::size_t workspace_bytes = kWorkspaceBytes;
-    MPX_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+    MPX_CUBLAS_CHECK(cublaslt().cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                                           &workspace_bytes, sizeof(workspace_bytes)));
     auto heuristic = [&](MatmulEpilogue e) {
       const cublasLtEpilogue_t epilogue = lt_epilogue(e);
-      MPX_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)));
+      MPX_CUBLAS_CHECK(cublaslt().cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)));
       if (has_bias(e)) {
         const std::int32_t bias_type = CUDA_R_32F;  // FP32 bias (the master copy) whatever the output
-        MPX_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
+        MPX_CUBLAS_CHECK(cublaslt().cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
                                                         sizeof(bias_type)));
       }
       cublasLtMatmulHeuristicResult_t result{};
       int found = 0;
-      const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(handle, plan->desc, plan->first, plan->second, plan->out,
+      const cublasStatus_t status = cublaslt().cublasLtMatmulAlgoGetHeuristic(handle, plan->desc, plan->first, plan->second, plan->out,
                                                                    plan->out, preference, 1, &result, &found);
       if (status != CUBLAS_STATUS_SUCCESS || found == 0) return false;
       plan->algo = result.algo;
@@ -129,7 +130,7 @@ struct Matmul::Impl {
       plan->separate_epilogue = true;
       ok = heuristic(MatmulEpilogue::none);
     }
-    cublasLtMatmulPreferenceDestroy(preference);
+    cublaslt().cublasLtMatmulPreferenceDestroy(preference);
     if (!ok) {
       throw CudaError("cuBLASLt has no algorithm for " + std::to_string(p.m) + "x" + std::to_string(p.n) + "x" +
                       std::to_string(p.k) + " " + std::string(name(p.input)) + " -> " + std::string(name(p.output)));
@@ -139,14 +140,14 @@ struct Matmul::Impl {
 };
 
 Matmul::Matmul(DeviceContext& context) : impl_(std::make_unique<Impl>(Impl{context})) {
-  MPX_CUBLAS_CHECK(cublasLtCreate(&impl_->handle));
+  MPX_CUBLAS_CHECK(cublaslt().cublasLtCreate(&impl_->handle));
   impl_->workspace = context.pool().allocate(kWorkspaceBytes, MemoryCategory::workspace);
 }
 
 Matmul::~Matmul() {
   if (impl_ && impl_->handle) {
     impl_->plans.clear();
-    cublasLtDestroy(impl_->handle);
+    cublaslt().cublasLtDestroy(impl_->handle);
   }
 }
 
@@ -156,10 +157,10 @@ void Matmul::run(const MatmulProblem& p, const void* a, const void* b, void* c, 
   if (a == nullptr || b == nullptr || c == nullptr) throw InvalidArgument("matmul: null device pointer");
   Plan& plan = impl_->plan_for(p);
   if (has_bias(p.epilogue) && !plan.separate_epilogue) {
-    MPX_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+    MPX_CUBLAS_CHECK(cublaslt().cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
   }
   const float alpha = 1.0f, beta = p.accumulate ? 1.0f : 0.0f;
-  MPX_CUBLAS_CHECK(cublasLtMatmul(impl_->handle, plan.desc, &alpha, b, plan.first, a, plan.second, &beta, c, plan.out, c,
+  MPX_CUBLAS_CHECK(cublaslt().cublasLtMatmul(impl_->handle, plan.desc, &alpha, b, plan.first, a, plan.second, &beta, c, plan.out, c,
                                   plan.out, &plan.algo, impl_->workspace.get(), kWorkspaceBytes, impl_->stream()));
   if (plan.separate_epilogue) {
     const std::uint8_t kind = p.output == DType::f32 ? elements::kF32 : p.output == DType::f16 ? elements::kF16 : elements::kBF16;
