@@ -28,7 +28,6 @@ namespace {
 
 struct TrainOptions {
   train::TrainConfig config;
-  std::string device = "cpu";
   int threads = 0;
   std::string out;
   std::string data = io::kFashionMnistDefaultDir;
@@ -55,16 +54,13 @@ std::string format_duration(double seconds) {
 nlohmann::json config_json(const TrainOptions& o, const train::TrainConfig& c) {
   return {{"model", c.model}, {"precision", c.precision}, {"epochs", c.epochs}, {"batch_size", c.batch_size},
           {"lr", c.lr}, {"optimizer", c.optimizer}, {"weight_decay", c.weight_decay}, {"momentum", c.momentum},
-          {"schedule", c.schedule}, {"clip_norm", c.clip_norm}, {"seed", c.seed}, {"device", o.device},
+          {"schedule", c.schedule}, {"clip_norm", c.clip_norm}, {"seed", c.seed}, {"device", c.device},
           {"threads", omp_get_max_threads()}, {"data", o.data}, {"train_subset", c.train_subset},
           {"test_subset", c.test_subset}, {"mpx_version", build::kVersion},
           {"cpu_conversion_path", std::string(numeric::name(numeric::best_cpu_path()))}};
 }
 
 void run_train(TrainOptions& o) {
-  if (o.device == "cuda") {
-    throw NotAvailable("training on CUDA is not available yet (the CUDA engine is the next milestone); use --device cpu");
-  }
   if (o.threads > 0) omp_set_num_threads(o.threads);
   train::TrainConfig settings = o.config;
   // --resume DIR continues that run in place (unless --out says otherwise), checkpointing as it goes.
@@ -89,9 +85,9 @@ void run_train(TrainOptions& o) {
   train::write_json_atomic(run.file("config.json"), config_json(o, config));
 
   const bool terminal = !o.no_progress && ::isatty(STDERR_FILENO);
-  fmt::print("training {} on Fashion-MNIST: {}, {} epochs, batch {}, {} {} lr {}, {} threads -> {}\n", config.model,
+  fmt::print("training {} on Fashion-MNIST: {}, {} epochs, batch {}, {} {} lr {}, {} -> {}\n", config.model,
              config.precision, config.epochs, config.batch_size, config.optimizer, config.schedule, config.lr,
-             omp_get_max_threads(), out);
+             config.device == "cpu" ? fmt::format("{} threads", omp_get_max_threads()) : trainer.device_name(), out);
   if (!metrics.url().empty()) fmt::print("metrics: {}\n", metrics.url());
   std::fflush(stdout);
 
@@ -177,7 +173,10 @@ void add_train_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--weight-decay", c.weight_decay, "Weight decay")->check(CLI::NonNegativeNumber)->capture_default_str();
   cmd->add_option("--clip-norm", c.clip_norm, "Clip the global gradient norm (0: off)")->check(CLI::NonNegativeNumber);
-  cmd->add_option("--device", o->device, "cpu, cuda or auto")->check(CLI::IsMember({"cpu", "cuda", "auto"}))->capture_default_str();
+  cmd->add_option("--device", c.device, "cpu, cuda or auto (cuda when a device is there)")
+      ->check(CLI::IsMember({"cpu", "cuda", "auto"}))
+      ->capture_default_str();
+  cmd->add_flag("!--no-cuda-graph", c.cuda_graph, "On CUDA, launch every kernel of a step instead of replaying a graph");
   cmd->add_option("--threads", o->threads, "CPU threads (0: all)")->check(CLI::NonNegativeNumber);
   cmd->add_option("--seed", c.seed, "Random seed (initialisation, shuffling, dropout)")->capture_default_str();
   cmd->add_option("--out", o->out, "Run directory (default runs/<time>-<model>-<precision>)");
@@ -207,10 +206,7 @@ void add_train_command(CLI::App& app) {
                 "Stop at the first step that goes non-finite, naming the layer and pass where it began");
   cmd->add_option("--inject-nonfinite", c.inject_nonfinite,
                   "Drill: make one layer's output non-finite, LAYER:forward|backward:STEP[:COUNT[:nan]]");
-  cmd->callback([o] {
-    if (o->device == "auto") o->device = "cpu";
-    run_train(*o);
-  });
+  cmd->callback([o] { run_train(*o); });
 }
 
 }  // namespace mpx::cli

@@ -45,6 +45,12 @@ void DeviceContext::synchronize() const { not_built(); }
 void DeviceContext::download(void*, const void*, std::size_t) const { not_built(); }
 void DeviceContext::upload(void*, const void*, std::size_t) const { not_built(); }
 
+struct CapturedGraph::Impl {};
+CapturedGraph::CapturedGraph(DeviceContext&, const std::function<void()>&) { not_built(); }
+CapturedGraph::~CapturedGraph() = default;
+void CapturedGraph::launch() { not_built(); }
+std::size_t CapturedGraph::nodes() const { not_built(); }
+
 struct FusedOptimizer::Impl {};
 FusedOptimizer::FusedOptimizer(DeviceContext&, const FusedStepConfig&, std::vector<DeviceParameter>) { not_built(); }
 FusedOptimizer::~FusedOptimizer() = default;

@@ -96,7 +96,7 @@ Tensor Dropout::forward(const Tensor& x, Context& ctx, bool training) {
   std::uint8_t* keep = keep_.data_as<std::uint8_t>();
   const auto threshold = static_cast<std::uint32_t>(static_cast<double>(probability_) * 4294967296.0);
   // Counter-based: the mask depends on (seed, layer stream, step, element) only, never on threads.
-  const std::uint64_t key = ctx.seed ^ (stream_ * 0x9E3779B97F4A7C15ull);
+  const std::uint64_t key = this->key(ctx.seed);
   const std::uint64_t base = ctx.step * static_cast<std::uint64_t>(keep_.numel());
   const std::int64_t n = x.numel();
   // Element i takes word (base + i) % 4 of Philox block (base + i) / 4, as random_u32 does: one block

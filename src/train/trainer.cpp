@@ -10,7 +10,9 @@
 #include "mpx/amp/schedule.h"
 #include "mpx/core/cpu_features.h"
 #include "mpx/core/error.h"
+#include "mpx/backend/cuda.h"
 #include "mpx/numeric/convert.h"
+#include "device_engine.h"
 
 namespace mpx::train {
 
@@ -34,6 +36,16 @@ TrainConfig resolve(TrainConfig c) {
   if (c.log_every < 1) c.log_every = 1;
   if (c.numerics_every < 0) throw InvalidArgument("--numerics-every must be >= 0 (0: off)");
   if (!c.inject_nonfinite.empty()) telemetry::NonFiniteInjector::parse(c.inject_nonfinite);  // validates
+  if (c.device == "auto") c.device = cuda::devices().empty() ? "cpu" : "cuda";
+  if (c.device != "cpu" && c.device != "cuda") throw InvalidArgument("--device must be cpu, cuda or auto, got " + c.device);
+  if (c.device == "cuda") {
+    if (cuda::devices().empty()) {
+      throw NotAvailable("--device cuda: " + cuda::no_device_reason() + "; use --device cpu (or auto)");
+    }
+    if (!c.inject_nonfinite.empty()) {
+      throw NotAvailable("--inject-nonfinite works on the CPU engine only; use --device cpu for the drill");
+    }
+  }
   return c;
 }
 
@@ -75,6 +87,31 @@ Trainer::Trainer(const TrainConfig& config, const io::FashionMnist& data)
   // Normalise with the training set's mean and standard deviation (as the reference recipe does).
   normalise_ = io::pixel_normalisation(data_.train);
   labels_.resize(static_cast<std::size_t>(config_.batch_size));
+  if (config_.device == "cuda") {
+    device_ = std::make_unique<DeviceEngine>(model_, ctx_.policy, config_, data_, normalise_, scaling);
+  }
+}
+
+Trainer::~Trainer() = default;
+
+std::string Trainer::device_name() const { return device_ ? device_->device_name() : "cpu"; }
+
+void Trainer::sync_from_device() {
+  if (!device_) return;
+  amp::LossScalerState state;
+  device_->download_state(scaler_ ? &state : nullptr, optimizer_steps_);
+  if (scaler_) scaler_->load_state(state);
+}
+
+std::vector<float> Trainer::lr_schedule(std::int64_t schedule_steps) const {
+  const amp::OneCycleSchedule one_cycle{config_.lr, schedule_steps};
+  const amp::CosineSchedule cosine{config_.lr, 0.0f, 0, schedule_steps};
+  std::vector<float> lr(static_cast<std::size_t>(std::max<std::int64_t>(1, schedule_steps)));
+  for (std::size_t s = 0; s < lr.size(); ++s) {
+    const auto step = static_cast<std::int64_t>(s);
+    lr[s] = config_.schedule == "onecycle" ? one_cycle.lr(step) : config_.schedule == "cosine" ? cosine.lr(step) : config_.lr;
+  }
+  return lr;
 }
 
 void Trainer::load_batch(const io::ImageSet& set, const std::vector<std::int64_t>& order, std::int64_t first,
@@ -145,6 +182,26 @@ bool Trainer::step(const Tensor& batch, std::int64_t global_step, float lr, floa
   return apply;
 }
 
+void Trainer::note_device_nonfinite(bool found_inf, std::int64_t step_number) {
+  consecutive_nonfinite_ = found_inf ? consecutive_nonfinite_ + 1 : 0;
+  if (!found_inf) return;
+  // The CUDA engine does not replay a step layer by layer: the origin names the step only.
+  pending_origin_ = telemetry::NonFiniteOrigin{step_number, "loss or gradients (CUDA: replay with --device cpu to locate)",
+                                               "step", {}, {}};
+  if (!scaler_ && !ctx_.policy.master_weights) {
+    throw TrainingDiverged("the loss or gradients became non-finite at step " + std::to_string(step_number) + " (" +
+                           config_.precision + " on CUDA); try --precision bf16-mixed or a lower --lr");
+  }
+  if (config_.detect_anomaly) {
+    throw TrainingDiverged("anomaly detected (--detect-anomaly) at step " + std::to_string(step_number) +
+                           " on CUDA; rerun with --device cpu to find the layer");
+  }
+  if (consecutive_nonfinite_ >= kMaxConsecutiveNonfinite) {
+    throw TrainingDiverged(std::to_string(consecutive_nonfinite_) + " steps in a row went non-finite (" + config_.precision +
+                           " on CUDA); try a lower --lr or --precision bf16-mixed");
+  }
+}
+
 std::optional<telemetry::NonFiniteOrigin> Trainer::locate_nonfinite(const Tensor& batch, std::int64_t step, float scale,
                                                                     bool backward) {
   // The same batch, weights, dropout masks (keyed by the step) and scale: the replay computes the same
@@ -175,6 +232,7 @@ std::optional<telemetry::NonFiniteOrigin> Trainer::locate_nonfinite(const Tensor
 double Trainer::evaluate() {
   const io::ImageSet& set = data_.test;
   const std::int64_t total = config_.test_subset > 0 ? std::min(config_.test_subset, set.count) : set.count;
+  if (device_) return static_cast<double>(device_->count_correct(total)) / static_cast<double>(total);
   std::int64_t correct = 0;
   for (std::int64_t first = 0; first < total; first += config_.batch_size) {
     const std::int64_t rows = std::min<std::int64_t>(config_.batch_size, total - first);
@@ -203,8 +261,11 @@ TrainResult Trainer::run(const Callbacks& callbacks) {
   const std::int64_t schedule_steps = steps_per_epoch * config_.epochs;
   const std::int64_t total_steps =
       config_.max_steps > 0 ? std::min(schedule_steps, config_.max_steps) : schedule_steps;
-  const amp::OneCycleSchedule one_cycle{config_.lr, schedule_steps};
-  const amp::CosineSchedule cosine{config_.lr, 0.0f, 0, schedule_steps};
+  const std::vector<float> lr_per_step = lr_schedule(schedule_steps);
+  if (device_) {
+    device_->set_lr_schedule(lr_per_step);
+    device_->upload_state(scaler_ ? &scaler_->state() : nullptr, optimizer_steps_, position_.global_step);
+  }
 
   TrainResult result;
   result.loss_scaling = scaler_.has_value();
@@ -218,18 +279,28 @@ TrainResult Trainer::run(const Callbacks& callbacks) {
     std::iota(order.begin(), order.end(), 0);
     std::mt19937_64 rng(config_.seed * 1000003u + static_cast<std::uint64_t>(epoch));
     std::shuffle(order.begin(), order.end(), rng);
+    if (device_) device_->set_order(order);
     double loss_sum = 0;
     std::int64_t loss_count = 0, epoch_images = 0, skipped_before = result.skipped_steps;
     const std::int64_t first_step = epoch == position_.epoch ? position_.step_in_epoch : 0;
     for (std::int64_t s = first_step; s < steps_per_epoch && global_step < total_steps; ++s, ++global_step) {
       const std::int64_t first = s * config_.batch_size;
       const std::int64_t rows = std::min<std::int64_t>(config_.batch_size, images - first);
-      load_batch(set, order, first, rows);
-      const float lr = config_.schedule == "onecycle" ? one_cycle.lr(global_step)
-                       : config_.schedule == "cosine" ? cosine.lr(global_step)
-                                                      : config_.lr;
+      const float lr = lr_per_step[static_cast<std::size_t>(std::min<std::int64_t>(global_step, schedule_steps - 1))];
       float loss = 0;
-      const bool applied = step(input_.first_rows(rows), global_step, lr, loss);
+      float loss_scale = scaler_ ? scaler_->scale() : 1.0f;
+      bool applied = true;
+      if (device_) {
+        const DeviceStepOutcome outcome = device_->step(first, rows);
+        loss = outcome.loss;
+        applied = outcome.applied;
+        loss_scale = outcome.loss_scale;
+        note_device_nonfinite(outcome.found_inf, global_step + 1);
+      } else {
+        load_batch(set, order, first, rows);
+        applied = step(input_.first_rows(rows), global_step, lr, loss);
+        loss_scale = scaler_ ? scaler_->scale() : 1.0f;
+      }
       if (!applied) ++result.skipped_steps;
       // The sample of a step first, then where it went non-finite (consumers count each value once).
       if (pending_sample_) {
@@ -257,7 +328,7 @@ TrainResult Trainer::run(const Callbacks& callbacks) {
         r.total_steps = total_steps;
         r.loss = loss;
         r.lr = lr;
-        r.loss_scale = scaler_ ? scaler_->scale() : 1.0f;
+        r.loss_scale = loss_scale;
         r.skipped = !applied;
         r.elapsed_seconds = training_seconds + seconds_since(epoch_start);
         r.images_per_second = static_cast<double>(images_seen) / r.elapsed_seconds;
@@ -269,6 +340,7 @@ TrainResult Trainer::run(const Callbacks& callbacks) {
         position_ = {s + 1 == steps_per_epoch ? epoch + 1 : epoch, s + 1 == steps_per_epoch ? 0 : s + 1,
                      global_step + 1, result.skipped_steps, result.nonfinite_steps, images_seen,
                      training_seconds + seconds_since(epoch_start)};
+        sync_from_device();
         save_checkpoint(config_.checkpoint_path);
       }
     }
@@ -284,6 +356,7 @@ TrainResult Trainer::run(const Callbacks& callbacks) {
     result.test_accuracy = e.test_accuracy;
     if (callbacks.on_epoch) callbacks.on_epoch(e);
   }
+  sync_from_device();  // the host layers hold the trained state from here on (model file, checkpoints)
   result.steps = global_step;
   result.train_seconds = training_seconds;
   result.images_per_second = static_cast<double>(images_seen) / std::max(1e-9, training_seconds);

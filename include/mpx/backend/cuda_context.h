@@ -3,6 +3,7 @@
 // is handed out as an opaque pointer so that no CUDA header leaks out of src/backend/cuda/.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -27,6 +28,23 @@ class DeviceContext {
   // Device-to-host and host-to-device copies on the stream; they return when the copy is done.
   void download(void* host, const void* device, std::size_t bytes) const;
   void upload(void* device, const void* host, std::size_t bytes) const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// A sequence of kernels recorded once from the context's stream and replayed with one launch: what makes
+// a small model's step cheap to issue. Every buffer the recorded kernels touch must outlive the graph.
+class CapturedGraph {
+ public:
+  // Records what `enqueue` puts on the context's stream (nothing runs while recording).
+  CapturedGraph(DeviceContext& context, const std::function<void()>& enqueue);
+  ~CapturedGraph();
+  CapturedGraph(const CapturedGraph&) = delete;
+  CapturedGraph& operator=(const CapturedGraph&) = delete;
+  void launch();  // on the context's stream, asynchronously
+  std::size_t nodes() const;
 
  private:
   struct Impl;

@@ -29,6 +29,8 @@ struct DeviceParameter {
   DType working_dtype = DType::bf16;      // f16 or bf16
   std::size_t count = 0;
   bool decay = true;                      // weight decay applies
+  // *-true presets: no master weights, so the FP32 value itself is kept rounded to working_dtype.
+  bool round_master = false;
 };
 
 struct FusedStepConfig {

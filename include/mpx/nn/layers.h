@@ -16,6 +16,8 @@ class Linear : public Layer {
   std::vector<Parameter*> parameters() override { return {&weight_, &bias_}; }
   Parameter& weight() { return weight_; }
   Parameter& bias() { return bias_; }
+  std::int64_t in_features() const { return in_; }
+  std::int64_t out_features() const { return out_; }
 
  private:
   std::int64_t in_, out_;
@@ -37,6 +39,9 @@ class Conv2d : public Layer {
   Tensor backward(const Tensor& dy, Context& ctx) override;
   std::vector<Parameter*> parameters() override { return {&weight_, &bias_}; }
   Parameter& weight() { return weight_; }
+  Parameter& bias() { return bias_; }
+  // The geometry for the planned batch (batch, channels, size, kernel, stride, padding).
+  const backend::ConvShape& shape() const { return shape_; }
 
  private:
   backend::ConvShape shape_;
@@ -63,6 +68,10 @@ class BatchNorm2d : public Layer {
   }
   const Tensor& running_mean() const { return running_mean_; }
   const Tensor& running_var() const { return running_var_; }
+  std::int64_t channels() const { return channels_; }
+  float momentum() const { return momentum_; }
+  float eps() const { return eps_; }
+  bool fused_relu() const { return fused_relu_; }
 
  private:
   std::int64_t channels_;
@@ -97,6 +106,7 @@ class MaxPool2d : public Layer {
  public:
   MaxPool2d(std::string name, std::int64_t kernel);
   std::string kind() const override { return "max_pool2d"; }
+  std::int64_t kernel() const { return kernel_; }
   TensorSpec plan(const TensorSpec& input, Context& ctx) override;
   Tensor forward(const Tensor& x, Context& ctx, bool training) override;
   Tensor backward(const Tensor& dy, Context& ctx) override;
@@ -115,6 +125,9 @@ class Dropout : public Layer {
  public:
   Dropout(std::string name, float probability, std::uint64_t stream);
   std::string kind() const override { return "dropout"; }
+  float probability() const { return probability_; }
+  // The key of this layer's Philox stream under a run's seed (the mask depends on nothing else).
+  std::uint64_t key(std::uint64_t seed) const { return seed ^ (stream_ * 0x9E3779B97F4A7C15ull); }
   TensorSpec plan(const TensorSpec& input, Context& ctx) override;
   Tensor forward(const Tensor& x, Context& ctx, bool training) override;
   Tensor backward(const Tensor& dy, Context& ctx) override;

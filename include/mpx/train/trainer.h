@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -17,6 +18,8 @@
 #include "mpx/telemetry/numerics_monitor.h"
 
 namespace mpx::train {
+
+class DeviceEngine;
 
 struct TrainConfig {
   std::string model = "cnn";
@@ -44,6 +47,10 @@ struct TrainConfig {
   // Checkpoints (train/checkpoint.cpp): written to checkpoint_path every N steps and at the end (0: never).
   std::int64_t checkpoint_every = 0;
   std::string checkpoint_path;
+  // "cpu", "cuda" (throws NotAvailable with the reason when there is no usable device) or "auto" (cuda when
+  // a device is there). On CUDA full batches replay one captured graph unless cuda_graph is off.
+  std::string device = "cpu";
+  bool cuda_graph = true;
 };
 
 // Resolves defaults (precision) and checks ranges; throws InvalidArgument naming the setting.
@@ -84,6 +91,7 @@ struct Callbacks {
 class Trainer {
  public:
   Trainer(const TrainConfig& config, const io::FashionMnist& data);
+  ~Trainer();
   TrainResult run(const Callbacks& callbacks = {});
   double evaluate();  // test accuracy, 0-1
   const TrainConfig& config() const { return config_; }
@@ -94,6 +102,8 @@ class Trainer {
   void save_checkpoint(const std::string& path) const;
   void load_checkpoint(const std::string& path);  // before run(); throws IoError naming a mismatch
   nn::Context& context() { return ctx_; }
+  // "cpu", or the device the run uses ("cuda:0 (NVIDIA H100 80GB HBM3)").
+  std::string device_name() const;
   nn::Sequential& model() { return model_; }
 
  private:
@@ -103,6 +113,12 @@ class Trainer {
   // Replays the current step's forward (and backward) pass to find where it first went non-finite.
   std::optional<telemetry::NonFiniteOrigin> locate_nonfinite(const Tensor& batch, std::int64_t step, float scale,
                                                              bool backward);
+
+  // On a CUDA device: copies the state down into the host layers (checkpoints, model file, end of run).
+  void sync_from_device();
+  // A CUDA step's inf/NaN: counts it, records its origin (the step only) and stops as the CPU path does.
+  void note_device_nonfinite(bool found_inf, std::int64_t step_number);
+  std::vector<float> lr_schedule(std::int64_t schedule_steps) const;
 
   TrainConfig config_;
   const io::FashionMnist& data_;
@@ -132,6 +148,7 @@ class Trainer {
     std::int64_t skipped_steps = 0, nonfinite_steps = 0, images_seen = 0;
     double train_seconds = 0;
   } position_;
+  std::unique_ptr<DeviceEngine> device_;  // when config_.device is cuda
   static constexpr std::int64_t kMaxConsecutiveNonfinite = 100;  // then the run stops: it is not recovering
 };
 

@@ -84,4 +84,42 @@ void DeviceContext::upload(void* device, const void* host, std::size_t bytes) co
   synchronize();
 }
 
+struct CapturedGraph::Impl {
+  DeviceContext& context;
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+};
+
+CapturedGraph::CapturedGraph(DeviceContext& context, const std::function<void()>& enqueue)
+    : impl_(std::make_unique<Impl>(Impl{context})) {
+  auto stream = static_cast<cudaStream_t>(context.stream());
+  // Thread-local mode: other threads may keep using CUDA (and the pool) while this one records.
+  MPX_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  try {
+    enqueue();
+  } catch (...) {
+    cudaGraph_t partial = nullptr;
+    cudaStreamEndCapture(stream, &partial);  // leave the stream usable
+    if (partial) cudaGraphDestroy(partial);
+    throw;
+  }
+  MPX_CUDA_CHECK(cudaStreamEndCapture(stream, &impl_->graph));
+  MPX_CUDA_CHECK(cudaGraphInstantiate(&impl_->exec, impl_->graph, 0));
+}
+
+CapturedGraph::~CapturedGraph() {
+  if (impl_->exec) cudaGraphExecDestroy(impl_->exec);
+  if (impl_->graph) cudaGraphDestroy(impl_->graph);
+}
+
+void CapturedGraph::launch() {
+  MPX_CUDA_CHECK(cudaGraphLaunch(impl_->exec, static_cast<cudaStream_t>(impl_->context.stream())));
+}
+
+std::size_t CapturedGraph::nodes() const {
+  std::size_t count = 0;
+  MPX_CUDA_CHECK(cudaGraphGetNodes(impl_->graph, nullptr, &count));
+  return count;
+}
+
 }  // namespace mpx::cuda

@@ -33,7 +33,7 @@ struct ParamDesc {
   float* state1;
   float* state2;
   void* working;
-  std::uint8_t grad_kind, working_kind, has_working, decay;
+  std::uint8_t grad_kind, working_kind, has_working, decay, round_master;
 };
 
 struct ChunkPartial {
@@ -169,8 +169,12 @@ __global__ void __launch_bounds__(kThreads) update_kernel(const ParamDesc* param
       value = amp::detail::sgd_update(value, g, m1, config.sgd, state->lr, sgd_decay);
     }
     p.state1[i] = m1;
+    if (p.has_working) {
+      const std::uint16_t low = elements::narrow(value, p.working_kind);
+      static_cast<std::uint16_t*>(p.working)[i] = low;
+      if (p.round_master) value = elements::load(&low, 0, p.working_kind);
+    }
     p.master[i] = value;
-    if (p.has_working) static_cast<std::uint16_t*>(p.working)[i] = elements::narrow(value, p.working_kind);
   }
 }
 
@@ -216,12 +220,14 @@ FusedOptimizer::FusedOptimizer(DeviceContext& context, const FusedStepConfig& co
     if (p.master == nullptr || p.grad == nullptr || p.state1 == nullptr || (adamw && p.state2 == nullptr)) {
       throw InvalidArgument(which + " lacks a master, gradient or state pointer");
     }
+    if (p.round_master && p.working == nullptr) throw InvalidArgument(which + ": rounding the master needs a working copy");
     if (p.working != nullptr && p.working_dtype == DType::f32) {
       throw InvalidArgument(which + ": the working copy must be f16 or bf16 (FP32 parameters need none)");
     }
     descs.push_back({p.master, p.grad, p.state1, p.state2, p.working, kind_of(p.grad_dtype, "gradients"),
                      p.working != nullptr ? kind_of(p.working_dtype, "working copies") : std::uint8_t{0},
-                     static_cast<std::uint8_t>(p.working != nullptr), static_cast<std::uint8_t>(p.decay)});
+                     static_cast<std::uint8_t>(p.working != nullptr), static_cast<std::uint8_t>(p.decay),
+                     static_cast<std::uint8_t>(p.round_master)});
     sizes.push_back(p.count);
   }
   const auto plan = backend::plan_chunks(sizes, kChunkElements);

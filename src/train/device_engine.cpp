@@ -1,0 +1,468 @@
+#include "device_engine.h"
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <numeric>
+#include <string>
+
+#include "mpx/backend/cuda_context.h"
+#include "mpx/backend/cuda_fused_optimizer.h"
+#include "mpx/backend/cuda_kernels.h"
+#include "mpx/backend/cuda_matmul.h"
+#include "mpx/core/error.h"
+#include "mpx/nn/layers.h"
+#include "mpx/numeric/convert.h"
+
+namespace mpx::train {
+
+namespace kernels = cuda::kernels;
+using Block = std::shared_ptr<void>;
+
+namespace {
+
+struct DeviceParameterState {
+  nn::Parameter* host = nullptr;
+  Block master, grad, m1, m2, working;
+  std::size_t count = 0;
+  const void* weights() const { return working ? working.get() : master.get(); }
+  float* grad_f32() const { return static_cast<float*>(grad.get()); }
+};
+
+enum class OpKind { conv, batch_norm, max_pool, flatten, linear, relu, dropout };
+
+struct Op {
+  OpKind kind{};
+  nn::Layer* layer = nullptr;
+  int weight = -1, bias = -1;                 // indices into the parameter states
+  std::int64_t in_features = 0, out_features = 0;  // per sample
+  DType out_dtype = DType::f32;
+  backend::ConvShape conv;                    // conv: planned batch; pool: n, height, width, channels
+  std::int64_t pool = 0;
+  kernels::BatchNormShape norm;               // rows per sample in norm.rows
+  kernels::DropoutArgs dropout;
+  bool relu_after = false;                    // linear: the next ReLU is its epilogue
+  Block y, dx, cols, dcols, mean, inv_std, keep, workspace;
+  const void* x = nullptr;                    // what the last forward read
+};
+
+const char* op_name(OpKind k) {
+  switch (k) {
+    case OpKind::conv: return "conv2d";
+    case OpKind::batch_norm: return "batch_norm2d";
+    case OpKind::max_pool: return "max_pool2d";
+    case OpKind::flatten: return "flatten";
+    case OpKind::linear: return "linear";
+    case OpKind::relu: return "relu";
+    default: return "dropout";
+  }
+}
+
+}  // namespace
+
+struct DeviceEngine::Impl {
+  cuda::DeviceContext context;
+  std::unique_ptr<cuda::Matmul> matmul;
+  std::unique_ptr<cuda::FusedOptimizer> optimizer;
+  std::unique_ptr<cuda::CapturedGraph> graph;
+  nn::Sequential& model;
+  amp::PrecisionPolicy policy;
+  TrainConfig config;
+  DType act = DType::f32;  // activations, their gradients and working weights
+  io::PixelNormalisation normalise;
+  std::vector<DeviceParameterState> params;
+  std::vector<Op> ops;
+  std::int64_t batch = 0, classes = 0, pixels = 0, train_count = 0, test_count = 0;
+  std::int64_t first_trained_op = 0;  // backward stops here: its input is the batch
+  Block train_images, train_labels, test_images, test_labels, test_index, order, x, labels, logits_grad, loss, correct,
+      loss_workspace, step_counter;
+
+  Impl(nn::Sequential& m, const amp::PrecisionPolicy& p, const TrainConfig& c) : model(m), policy(p), config(c) {}
+
+  Block allocate(std::size_t bytes, MemoryCategory category) { return context.pool().allocate(bytes, category); }
+
+  template <class T>
+  Block upload_vector(const std::vector<T>& v, MemoryCategory category) {
+    Block b = allocate(std::max<std::size_t>(1, v.size() * sizeof(T)), category);
+    if (!v.empty()) context.upload(b.get(), v.data(), v.size() * sizeof(T));
+    return b;
+  }
+
+  int add_parameter(nn::Parameter& p) {
+    DeviceParameterState s;
+    s.host = &p;
+    s.count = static_cast<std::size_t>(p.value.numel());
+    s.master = allocate(s.count * 4, policy.master_weights ? MemoryCategory::master_weights : MemoryCategory::weights);
+    s.grad = allocate(s.count * 4, MemoryCategory::gradients);
+    s.m1 = allocate(s.count * 4, MemoryCategory::optimizer_state);
+    if (config.optimizer == "adamw") s.m2 = allocate(s.count * 4, MemoryCategory::optimizer_state);
+    if (act != DType::f32) s.working = allocate(s.count * 2, MemoryCategory::weights);
+    params.push_back(std::move(s));
+    return static_cast<int>(params.size()) - 1;
+  }
+
+  void plan(std::int64_t height, std::int64_t width, std::int64_t channels) {
+    std::int64_t h = height, w = width, c = channels, features = height * width * channels;
+    const auto& layers = model.layers();
+    for (std::size_t i = 0; i < layers.size(); ++i) {
+      nn::Layer* layer = layers[i].get();
+      Op op;
+      op.layer = layer;
+      op.in_features = features;
+      op.out_dtype = act;
+      if (auto* conv = dynamic_cast<nn::Conv2d*>(layer)) {
+        op.kind = OpKind::conv;
+        op.conv = conv->shape();
+        op.conv.batch = batch;
+        if (op.conv.in_channels != c || op.conv.height != h || op.conv.width != w) {
+          throw InvalidArgument(layer->name() + ": planned for another input shape");
+        }
+        op.weight = add_parameter(conv->weight());
+        op.bias = add_parameter(conv->bias());
+        h = op.conv.out_height();
+        w = op.conv.out_width();
+        c = op.conv.out_channels;
+        const std::int64_t rows = batch * h * w, patch = op.conv.in_channels * op.conv.kernel * op.conv.kernel;
+        op.cols = allocate(static_cast<std::size_t>(rows * patch) * size_bytes(act), MemoryCategory::workspace);
+        op.dcols = allocate(static_cast<std::size_t>(rows * patch) * 4, MemoryCategory::workspace);
+        op.workspace = allocate(kernels::reduction_workspace_floats(rows, c) * 4, MemoryCategory::workspace);
+      } else if (auto* bn = dynamic_cast<nn::BatchNorm2d*>(layer)) {
+        op.kind = OpKind::batch_norm;
+        op.norm = {h * w, bn->channels(), bn->eps(), bn->momentum(), bn->fused_relu()};
+        if (bn->channels() != c) throw InvalidArgument(layer->name() + ": channel count does not match its input");
+        auto ps = bn->parameters();
+        op.weight = add_parameter(*ps[0]);
+        op.bias = add_parameter(*ps[1]);
+        op.mean = allocate(static_cast<std::size_t>(c) * 4, MemoryCategory::activations);
+        op.inv_std = allocate(static_cast<std::size_t>(c) * 4, MemoryCategory::activations);
+        op.workspace = allocate(kernels::reduction_workspace_floats(batch * h * w, c) * 4, MemoryCategory::workspace);
+      } else if (auto* pool = dynamic_cast<nn::MaxPool2d*>(layer)) {
+        op.kind = OpKind::max_pool;
+        op.pool = pool->kernel();
+        op.conv = {batch, c, h, w, c, pool->kernel(), pool->kernel(), 0};
+        h /= op.pool;
+        w /= op.pool;
+      } else if (dynamic_cast<nn::Flatten*>(layer)) {
+        op.kind = OpKind::flatten;
+      } else if (auto* linear = dynamic_cast<nn::Linear*>(layer)) {
+        op.kind = OpKind::linear;
+        if (linear->in_features() != features) throw InvalidArgument(layer->name() + ": input features do not match");
+        op.weight = add_parameter(linear->weight());
+        op.bias = add_parameter(linear->bias());
+        h = w = 1;
+        c = linear->out_features();
+        op.relu_after = i + 1 < layers.size() && dynamic_cast<nn::ReLU*>(layers[i + 1].get()) != nullptr;
+        if (i + 1 == layers.size()) op.out_dtype = DType::f32;  // logits: the loss reads FP32
+        op.workspace = allocate(kernels::reduction_workspace_floats(batch, c) * 4, MemoryCategory::workspace);
+      } else if (dynamic_cast<nn::ReLU*>(layer)) {
+        op.kind = OpKind::relu;
+        if (ops.empty() || ops.back().kind != OpKind::linear) {
+          throw NotAvailable("the CUDA engine fuses ReLU into the linear layer before it; " + layer->name() +
+                             " follows a " + (ops.empty() ? std::string("nothing") : op_name(ops.back().kind)));
+        }
+      } else if (auto* drop = dynamic_cast<nn::Dropout*>(layer)) {
+        op.kind = OpKind::dropout;
+        op.dropout = {drop->probability(), drop->key(config.seed), static_cast<std::uint64_t>(batch * features)};
+        op.keep = allocate(static_cast<std::size_t>(batch * features), MemoryCategory::activations);
+      } else {
+        throw NotAvailable("the CUDA engine has no " + layer->kind() + " layer (" + layer->name() + "); use --device cpu");
+      }
+      features = h * w * c;
+      op.out_features = features;
+      const bool passes_through = op.kind == OpKind::flatten || op.kind == OpKind::relu;
+      if (!passes_through) {
+        op.y = allocate(static_cast<std::size_t>(batch * features) * size_bytes(op.out_dtype), MemoryCategory::activations);
+      }
+      op.dx = allocate(static_cast<std::size_t>(batch * op.in_features) * size_bytes(act), MemoryCategory::activations);
+      ops.push_back(std::move(op));
+    }
+    classes = features;
+    first_trained_op = 0;
+    while (first_trained_op < static_cast<std::int64_t>(ops.size()) && ops[first_trained_op].weight < 0) ++first_trained_op;
+  }
+
+  // Returns the logits (FP32). Pass-through ops (flatten, the fused ReLU, dropout when not training) hand on
+  // their input.
+  const void* forward(std::int64_t rows, bool training) {
+    const void* cur = x.get();
+    for (Op& op : ops) {
+      op.x = cur;
+      switch (op.kind) {
+        case OpKind::conv: {
+          backend::ConvShape s = op.conv;
+          s.batch = rows;
+          const std::int64_t r = rows * s.out_height() * s.out_width(), patch = s.in_channels * s.kernel * s.kernel;
+          kernels::im2col(context, s, cur, act, op.cols.get());
+          matmul->run({r, s.out_channels, patch, false, true, act, act, cuda::MatmulEpilogue::bias}, op.cols.get(),
+                      params[op.weight].weights(), op.y.get(), static_cast<const float*>(params[op.bias].master.get()));
+          break;
+        }
+        case OpKind::batch_norm: {
+          kernels::BatchNormShape s = op.norm;
+          s.rows = rows * op.norm.rows;
+          const auto* gamma = static_cast<const float*>(params[op.weight].master.get());
+          const auto* beta = static_cast<const float*>(params[op.bias].master.get());
+          if (training) {
+            kernels::batch_norm_forward_training(context, s, cur, act, gamma, beta, running(op, 0), running(op, 1), true,
+                                                 static_cast<float*>(op.mean.get()), static_cast<float*>(op.inv_std.get()),
+                                                 static_cast<float*>(op.workspace.get()), op.y.get());
+          } else {
+            kernels::batch_norm_forward_inference(context, s, cur, act, gamma, beta, running(op, 0), running(op, 1),
+                                                  static_cast<float*>(op.workspace.get()), op.y.get());
+          }
+          break;
+        }
+        case OpKind::max_pool:
+          kernels::max_pool_forward(context, cur, act, rows, op.conv.height, op.conv.width, op.conv.in_channels, op.pool,
+                                    op.y.get());
+          break;
+        case OpKind::flatten:
+        case OpKind::relu:  // the linear layer before applied it
+          continue;         // same memory onwards
+        case OpKind::linear:
+          matmul->run({rows, op.out_features, op.in_features, false, true, act, op.out_dtype,
+                       op.relu_after ? cuda::MatmulEpilogue::bias_relu : cuda::MatmulEpilogue::bias},
+                      cur, params[op.weight].weights(), op.y.get(), static_cast<const float*>(params[op.bias].master.get()));
+          break;
+        case OpKind::dropout:
+          if (!training || op.dropout.probability == 0.0f) continue;  // identity
+          kernels::dropout_forward(context, op.dropout, static_cast<const std::uint64_t*>(step_counter.get()), cur, act,
+                                   rows * op.in_features, op.y.get(), static_cast<std::uint8_t*>(op.keep.get()));
+          break;
+      }
+      cur = op.y.get();
+    }
+    return cur;
+  }
+
+  // BatchNorm's running statistics live in device buffers keyed by the op (allocated on first use).
+  std::vector<std::pair<Op*, std::array<Block, 2>>> running_stats;
+  float* running(Op& op, int which) {
+    for (auto& [owner, blocks] : running_stats) {
+      if (owner == &op) return static_cast<float*>(blocks[which].get());
+    }
+    throw InvalidArgument("CUDA engine: no running statistics for " + op.layer->name());
+  }
+
+  void backward(std::int64_t rows, const void* dlogits) {
+    const void* g = dlogits;
+    for (std::int64_t i = static_cast<std::int64_t>(ops.size()) - 1; i >= first_trained_op; --i) {
+      Op& op = ops[static_cast<std::size_t>(i)];
+      const bool input_grad = i > first_trained_op;
+      switch (op.kind) {
+        case OpKind::conv: {
+          backend::ConvShape s = op.conv;
+          s.batch = rows;
+          const std::int64_t r = rows * s.out_height() * s.out_width(), patch = s.in_channels * s.kernel * s.kernel;
+          matmul->run({s.out_channels, patch, r, true, false, act, DType::f32}, g, op.cols.get(), params[op.weight].grad.get());
+          kernels::column_sums(context, g, act, r, s.out_channels, params[op.bias].grad_f32(),
+                               static_cast<float*>(op.workspace.get()));
+          if (input_grad) {
+            matmul->run({r, patch, s.out_channels, false, false, act, DType::f32}, g, params[op.weight].weights(),
+                        op.dcols.get());
+            kernels::col2im(context, s, static_cast<const float*>(op.dcols.get()), op.dx.get(), act);
+          }
+          break;
+        }
+        case OpKind::batch_norm: {
+          kernels::BatchNormShape s = op.norm;
+          s.rows = rows * op.norm.rows;
+          kernels::batch_norm_backward(context, s, op.x, g, act, static_cast<const float*>(params[op.weight].master.get()),
+                                       static_cast<const float*>(params[op.bias].master.get()),
+                                       static_cast<const float*>(op.mean.get()), static_cast<const float*>(op.inv_std.get()),
+                                       static_cast<float*>(op.workspace.get()), op.dx.get(), params[op.weight].grad_f32(),
+                                       params[op.bias].grad_f32());
+          break;
+        }
+        case OpKind::max_pool:
+          kernels::max_pool_backward(context, op.x, op.y.get(), g, act, rows, op.conv.height, op.conv.width,
+                                     op.conv.in_channels, op.pool, op.dx.get());
+          break;
+        case OpKind::flatten:
+          continue;  // same memory, same gradient
+        case OpKind::relu:
+          kernels::relu_backward(context, op.x, g, act, rows * op.in_features, op.dx.get());
+          break;
+        case OpKind::linear:
+          matmul->run({op.out_features, op.in_features, rows, true, false, act, DType::f32}, g, op.x,
+                      params[op.weight].grad.get());
+          kernels::column_sums(context, g, act, rows, op.out_features, params[op.bias].grad_f32(),
+                               static_cast<float*>(op.workspace.get()));
+          if (input_grad) {
+            matmul->run({rows, op.in_features, op.out_features, false, false, act, act}, g, params[op.weight].weights(),
+                        op.dx.get());
+          }
+          break;
+        case OpKind::dropout:
+          if (op.dropout.probability == 0.0f) continue;
+          kernels::dropout_backward(context, op.dropout, g, static_cast<const std::uint8_t*>(op.keep.get()), act,
+                                    rows * op.in_features, op.dx.get());
+          break;
+      }
+      g = op.dx.get();
+    }
+  }
+
+  // Everything a training step enqueues after the batch is in place.
+  void step_body(std::int64_t rows) {
+    const void* logits = forward(rows, true);
+    kernels::softmax_cross_entropy(context, static_cast<const float*>(logits), static_cast<const std::uint8_t*>(labels.get()),
+                                   rows, classes, optimizer->device_loss_scale(), static_cast<float*>(loss.get()),
+                                   static_cast<int*>(correct.get()), logits_grad.get(), act,
+                                   static_cast<float*>(loss_workspace.get()));
+    backward(rows, logits_grad.get());
+    optimizer->step_from_table(static_cast<const float*>(loss.get()));
+    kernels::increment(context, static_cast<std::uint64_t*>(step_counter.get()));
+  }
+};
+
+DeviceEngine::DeviceEngine(nn::Sequential& model, const amp::PrecisionPolicy& policy, const TrainConfig& config,
+                           const io::FashionMnist& data, io::PixelNormalisation normalise, bool loss_scaling)
+    : impl_(std::make_unique<Impl>(model, policy, config)) {
+  Impl& m = *impl_;
+  m.act = policy.compute;
+  if (m.act != DType::f32 && m.act != DType::f16 && m.act != DType::bf16) {
+    throw NotAvailable("the CUDA engine computes in f32, f16 or bf16, not " + std::string(name(m.act)));
+  }
+  m.normalise = normalise;
+  m.batch = config.batch_size;
+  m.pixels = data.train.height * data.train.width;
+  m.matmul = std::make_unique<cuda::Matmul>(m.context);
+  m.plan(data.train.height, data.train.width, 1);
+  for (Op& op : m.ops) {
+    if (op.kind != OpKind::batch_norm) continue;
+    const auto c = static_cast<std::size_t>(op.norm.channels);
+    m.running_stats.push_back({&op, {m.allocate(c * 4, MemoryCategory::activations), m.allocate(c * 4, MemoryCategory::activations)}});
+  }
+  m.train_count = config.train_subset > 0 ? std::min(config.train_subset, data.train.count) : data.train.count;
+  m.test_count = config.test_subset > 0 ? std::min(config.test_subset, data.test.count) : data.test.count;
+  m.train_images = m.upload_vector(data.train.pixels, MemoryCategory::workspace);
+  m.train_labels = m.upload_vector(data.train.labels, MemoryCategory::workspace);
+  m.test_images = m.upload_vector(data.test.pixels, MemoryCategory::workspace);
+  m.test_labels = m.upload_vector(data.test.labels, MemoryCategory::workspace);
+  std::vector<std::int64_t> identity(static_cast<std::size_t>(data.test.count));
+  std::iota(identity.begin(), identity.end(), 0);
+  m.test_index = m.upload_vector(identity, MemoryCategory::workspace);
+  m.order = m.allocate(static_cast<std::size_t>(std::max<std::int64_t>(1, data.train.count)) * 8, MemoryCategory::workspace);
+  m.x = m.allocate(static_cast<std::size_t>(m.batch * m.pixels) * size_bytes(m.act), MemoryCategory::activations);
+  m.labels = m.allocate(static_cast<std::size_t>(m.batch), MemoryCategory::activations);
+  m.logits_grad = m.allocate(static_cast<std::size_t>(m.batch * m.classes) * size_bytes(m.act), MemoryCategory::activations);
+  m.loss = m.allocate(4, MemoryCategory::activations);
+  m.correct = m.allocate(4, MemoryCategory::activations);
+  m.loss_workspace = m.allocate(static_cast<std::size_t>(m.batch) * 8, MemoryCategory::workspace);
+  m.step_counter = m.allocate(8, MemoryCategory::workspace);
+
+  cuda::FusedStepConfig step;
+  step.algorithm = config.optimizer == "adamw" ? cuda::FusedStepConfig::Algorithm::adamw : cuda::FusedStepConfig::Algorithm::sgd;
+  step.adamw.weight_decay = config.weight_decay;
+  step.sgd = {config.momentum, config.weight_decay, true};
+  step.clip_norm = config.clip_norm;
+  step.loss_scaling = loss_scaling;
+  std::vector<cuda::DeviceParameter> device_params;
+  for (const DeviceParameterState& p : m.params) {
+    device_params.push_back({static_cast<float*>(p.master.get()), p.grad.get(), DType::f32, static_cast<float*>(p.m1.get()),
+                             static_cast<float*>(p.m2.get()), p.working.get(), m.act == DType::f32 ? DType::bf16 : m.act,
+                             p.count, p.host->decay, !policy.master_weights && p.working != nullptr});
+  }
+  m.optimizer = std::make_unique<cuda::FusedOptimizer>(m.context, step, device_params);
+}
+
+DeviceEngine::~DeviceEngine() = default;
+
+std::string DeviceEngine::device_name() const { return impl_->context.name(); }
+std::size_t DeviceEngine::peak_bytes() const { return impl_->context.pool().memory().peak_total(); }
+
+void DeviceEngine::upload_state(const amp::LossScalerState* scaler, std::int64_t optimizer_steps, std::int64_t global_step) {
+  Impl& m = *impl_;
+  for (DeviceParameterState& p : m.params) {
+    m.context.upload(p.master.get(), p.host->value.data(), p.count * 4);
+    const std::vector<float> zeros(p.count, 0.0f);
+    m.context.upload(p.m1.get(), p.host->state1.defined() ? p.host->state1.data() : zeros.data(), p.count * 4);
+    if (p.m2) m.context.upload(p.m2.get(), p.host->state2.defined() ? p.host->state2.data() : zeros.data(), p.count * 4);
+    if (p.working) {
+      std::vector<std::uint16_t> low(p.count);
+      numeric::convert(p.host->value.data(), DType::f32, low.data(), m.act, p.count);
+      m.context.upload(p.working.get(), low.data(), p.count * 2);
+    }
+  }
+  for (auto& [op, blocks] : m.running_stats) {
+    auto* bn = static_cast<nn::BatchNorm2d*>(op->layer);
+    m.context.upload(blocks[0].get(), bn->running_mean().data(), bn->running_mean().bytes());
+    m.context.upload(blocks[1].get(), bn->running_var().data(), bn->running_var().bytes());
+  }
+  cuda::FusedStepRecord record;
+  if (scaler) record.scaler = *scaler;
+  record.optimizer_steps = optimizer_steps;
+  record.calls = global_step;
+  m.optimizer->load(record);
+  const auto step = static_cast<std::uint64_t>(global_step);
+  m.context.upload(m.step_counter.get(), &step, 8);
+}
+
+void DeviceEngine::download_state(amp::LossScalerState* scaler, std::int64_t& optimizer_steps) {
+  Impl& m = *impl_;
+  for (DeviceParameterState& p : m.params) {
+    m.context.download(p.host->value.data(), p.master.get(), p.count * 4);
+    if (p.host->state1.defined()) m.context.download(p.host->state1.data(), p.m1.get(), p.count * 4);
+    if (p.m2 && p.host->state2.defined()) m.context.download(p.host->state2.data(), p.m2.get(), p.count * 4);
+    p.host->refresh(m.policy.master_weights);  // the host working copy follows the weights
+  }
+  for (auto& [op, blocks] : m.running_stats) {
+    auto* bn = static_cast<nn::BatchNorm2d*>(op->layer);
+    m.context.download(bn->running_mean().data(), blocks[0].get(), bn->running_mean().bytes());
+    m.context.download(bn->running_var().data(), blocks[1].get(), bn->running_var().bytes());
+  }
+  const cuda::FusedStepRecord record = m.optimizer->record();
+  if (scaler) *scaler = record.scaler;
+  optimizer_steps = record.optimizer_steps;
+}
+
+void DeviceEngine::set_lr_schedule(const std::vector<float>& lr_per_step) { impl_->optimizer->set_lr_table(lr_per_step); }
+
+void DeviceEngine::set_order(const std::vector<std::int64_t>& order) {
+  impl_->context.upload(impl_->order.get(), order.data(), order.size() * 8);
+}
+
+DeviceStepOutcome DeviceEngine::step(std::int64_t first, std::int64_t rows) {
+  Impl& m = *impl_;
+  kernels::gather_batch(m.context, static_cast<const std::uint8_t*>(m.train_images.get()),
+                        static_cast<const std::uint8_t*>(m.train_labels.get()), m.pixels,
+                        static_cast<const std::int64_t*>(m.order.get()) + first, rows, m.normalise.mean,
+                        m.normalise.inv_std, m.x.get(), m.act, static_cast<std::uint8_t*>(m.labels.get()));
+  if (rows == m.batch && m.config.cuda_graph) {
+    if (!m.graph) m.graph = std::make_unique<cuda::CapturedGraph>(m.context, [&] { m.step_body(rows); });
+    m.graph->launch();
+  } else {
+    m.step_body(rows);
+  }
+  DeviceStepOutcome out;
+  m.context.download(&out.loss, m.loss.get(), 4);
+  const cuda::FusedStepRecord record = m.optimizer->record();
+  out.applied = record.applied;
+  out.found_inf = record.found_inf;
+  out.loss_scale = record.scaler.scale;
+  return out;
+}
+
+std::int64_t DeviceEngine::count_correct(std::int64_t total) {
+  Impl& m = *impl_;
+  std::int64_t correct = 0;
+  for (std::int64_t first = 0; first < std::min(total, m.test_count); first += m.batch) {
+    const std::int64_t rows = std::min(m.batch, total - first);
+    kernels::gather_batch(m.context, static_cast<const std::uint8_t*>(m.test_images.get()),
+                          static_cast<const std::uint8_t*>(m.test_labels.get()), m.pixels,
+                          static_cast<const std::int64_t*>(m.test_index.get()) + first, rows, m.normalise.mean,
+                          m.normalise.inv_std, m.x.get(), m.act, static_cast<std::uint8_t*>(m.labels.get()));
+    const void* logits = m.forward(rows, false);
+    kernels::softmax_cross_entropy(m.context, static_cast<const float*>(logits), static_cast<const std::uint8_t*>(m.labels.get()),
+                                   rows, m.classes, nullptr, static_cast<float*>(m.loss.get()),
+                                   static_cast<int*>(m.correct.get()), m.logits_grad.get(), m.act,
+                                   static_cast<float*>(m.loss_workspace.get()));
+    int batch_correct = 0;
+    m.context.download(&batch_correct, m.correct.get(), 4);
+    correct += batch_correct;
+  }
+  return correct;
+}
+
+}  // namespace mpx::train
