@@ -35,6 +35,7 @@ struct TrainBenchOptions {
   bool json = false;
   bool profile = false;
   int numerics_every = train::TrainConfig{}.numerics_every;
+  std::string device = "cpu";
 };
 
 void run_gpu_matmul(const MatmulOptions& o) {
@@ -91,7 +92,7 @@ void run_train_bench(const TrainBenchOptions& o) {
   for (int round = 0; round < o.rounds; ++round) {
     for (std::size_t i = 0; i < o.precisions.size(); ++i) {
       runs[i].push_back(bench::run_train_benchmark(o.model, o.precisions[i], o.steps, o.batch_size, o.data,
-                                                   o.profile, o.numerics_every));
+                                                   o.profile, o.numerics_every, o.device));
     }
   }
   std::vector<bench::TrainBenchResult> medians;
@@ -113,7 +114,7 @@ void run_train_bench(const TrainBenchOptions& o) {
                         {"backward_ms", t.backward_seconds / steps * 1e3}});
     }
     if (o.json) {
-      all.push_back({{"model", r.model}, {"precision", r.precision}, {"steps", r.steps},
+      all.push_back({{"model", r.model}, {"precision", r.precision}, {"device", r.device}, {"steps", r.steps},
                      {"batch_size", r.batch_size}, {"rounds", o.rounds}, {"images_per_second", r.images_per_second},
                      {"ms_per_step", r.ms_per_step}, {"peak_bytes", r.peak_bytes}, {"real_data", r.real_data}});
       if (speedup > 0) all.back()["speedup_vs_32_true"] = speedup;
@@ -169,6 +170,7 @@ void add_bench_training_commands(CLI::App& bench) {
       ->check(CLI::Range(1, 100))
       ->capture_default_str();
   train->add_flag("--json", t->json, "Print JSON");
+  train->add_option("--device", t->device, "cpu, cuda or auto")->check(CLI::IsMember({"cpu", "cuda", "auto"}))->capture_default_str();
   train->add_flag("--profile", t->profile, "Also time every layer's forward and backward (mean per step)");
   train->add_option("--numerics-every", t->numerics_every, "Steps between numerics samples, as mpx train (0: off)")
       ->check(CLI::NonNegativeNumber)

@@ -55,7 +55,8 @@ MatmulBenchResult run_matmul_benchmark(DType dtype, std::int64_t size, int repea
 }
 
 TrainBenchResult run_train_benchmark(const std::string& model, const std::string& precision, std::int64_t steps,
-                                     int batch_size, const std::string& data_dir, bool profile, int numerics_every) {
+                                     int batch_size, const std::string& data_dir, bool profile, int numerics_every,
+                                     const std::string& device) {
   if (steps < 2) throw InvalidArgument("--steps must be at least 2 (the first is a warm-up)");
   io::FashionMnist data;
   const bool real = std::filesystem::exists(data_dir);
@@ -82,6 +83,7 @@ TrainBenchResult run_train_benchmark(const std::string& model, const std::string
   config.max_steps = kWarmupSteps + steps;
   config.test_subset = 1;
   config.numerics_every = numerics_every;
+  config.device = device;
   train::Trainer trainer(config, data);
   trainer.context().profile_layers = profile;
   std::int64_t last_step = 0;
@@ -103,7 +105,8 @@ TrainBenchResult run_train_benchmark(const std::string& model, const std::string
   result.batch_size = batch_size;
   result.ms_per_step = last_elapsed / static_cast<double>(last_step) * 1e3;
   result.images_per_second = static_cast<double>(last_step * batch_size) / last_elapsed;
-  result.peak_bytes = trainer.context().memory.peak_total();
+  result.peak_bytes = trainer.peak_bytes();
+  result.device = trainer.device_name();
   result.real_data = real;
   result.layer_times = trainer.context().layer_times;
   return result;

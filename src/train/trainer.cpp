@@ -96,6 +96,8 @@ Trainer::~Trainer() = default;
 
 std::string Trainer::device_name() const { return device_ ? device_->device_name() : "cpu"; }
 
+std::size_t Trainer::peak_bytes() const { return device_ ? device_->peak_bytes() : ctx_.memory.peak_total(); }
+
 void Trainer::sync_from_device() {
   if (!device_) return;
   amp::LossScalerState state;

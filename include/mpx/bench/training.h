@@ -24,7 +24,7 @@ struct MatmulBenchResult {
 MatmulBenchResult run_matmul_benchmark(DType dtype, std::int64_t size, int repeats);
 
 struct TrainBenchResult {
-  std::string model, precision;
+  std::string model, precision, device;
   std::int64_t steps = 0, batch_size = 0;
   double images_per_second = 0, ms_per_step = 0;
   std::size_t peak_bytes = 0;
@@ -34,6 +34,7 @@ struct TrainBenchResult {
 
 TrainBenchResult run_train_benchmark(const std::string& model, const std::string& precision, std::int64_t steps,
                                      int batch_size, const std::string& data_dir, bool profile = false,
-                                     int numerics_every = train::TrainConfig{}.numerics_every);
+                                     int numerics_every = train::TrainConfig{}.numerics_every,
+                                     const std::string& device = "cpu");
 
 }  // namespace mpx::bench

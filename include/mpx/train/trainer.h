@@ -104,6 +104,7 @@ class Trainer {
   nn::Context& context() { return ctx_; }
   // "cpu", or the device the run uses ("cuda:0 (NVIDIA H100 80GB HBM3)").
   std::string device_name() const;
+  std::size_t peak_bytes() const;  // the most memory the engine held (device memory on CUDA)
   nn::Sequential& model() { return model_; }
 
  private:
