@@ -4,16 +4,21 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <filesystem>
+#include <string>
 
 #include "mpx/io/fashion_mnist.h"
 
 namespace mpx::test {
 
+// MPX_FASHION_MNIST_DIR overrides the Debian package's directory (the GPU machine carries its own copy).
 inline const io::FashionMnist* fashion_mnist() {
   static const io::FashionMnist* data = []() -> io::FashionMnist* {
-    if (!std::filesystem::exists(io::kFashionMnistDefaultDir)) return nullptr;
-    return new io::FashionMnist(io::load_fashion_mnist(io::kFashionMnistDefaultDir));
+    const char* override_dir = std::getenv("MPX_FASHION_MNIST_DIR");
+    const std::string dir = override_dir != nullptr ? override_dir : io::kFashionMnistDefaultDir;
+    if (!std::filesystem::exists(dir)) return nullptr;
+    return new io::FashionMnist(io::load_fashion_mnist(dir));
   }();
   return data;
 }
