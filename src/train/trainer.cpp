@@ -184,15 +184,16 @@ bool Trainer::step(const Tensor& batch, std::int64_t global_step, float lr, floa
   return apply;
 }
 
-void Trainer::note_device_nonfinite(bool found_inf, std::int64_t step_number) {
+void Trainer::note_device_nonfinite(bool found_inf, bool loss_finite, std::int64_t step_number) {
   consecutive_nonfinite_ = found_inf ? consecutive_nonfinite_ + 1 : 0;
   if (!found_inf) return;
   // The CUDA engine does not replay a step layer by layer: the origin names the step only.
   pending_origin_ = telemetry::NonFiniteOrigin{step_number, "loss or gradients (CUDA: replay with --device cpu to locate)",
                                                "step", {}, {}};
-  if (!scaler_ && !ctx_.policy.master_weights) {
-    throw TrainingDiverged("the loss or gradients became non-finite at step " + std::to_string(step_number) + " (" +
-                           config_.precision + " on CUDA); try --precision bf16-mixed or a lower --lr");
+  // As on the CPU: without master weights or a loss scaler a non-finite loss cannot be recovered from.
+  if (!loss_finite && !scaler_ && !ctx_.policy.master_weights) {
+    throw TrainingDiverged("the loss became non-finite at step " + std::to_string(step_number) + " (" +
+                           config_.precision + " on CUDA); try --precision bf16-mixed (FP32 master weights) or a lower --lr");
   }
   if (config_.detect_anomaly) {
     throw TrainingDiverged("anomaly detected (--detect-anomaly) at step " + std::to_string(step_number) +
@@ -297,7 +298,7 @@ TrainResult Trainer::run(const Callbacks& callbacks) {
         loss = outcome.loss;
         applied = outcome.applied;
         loss_scale = outcome.loss_scale;
-        note_device_nonfinite(outcome.found_inf, global_step + 1);
+        note_device_nonfinite(outcome.found_inf, std::isfinite(outcome.loss), global_step + 1);
       } else {
         load_batch(set, order, first, rows);
         applied = step(input_.first_rows(rows), global_step, lr, loss);

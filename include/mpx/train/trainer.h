@@ -118,7 +118,7 @@ class Trainer {
   // On a CUDA device: copies the state down into the host layers (checkpoints, model file, end of run).
   void sync_from_device();
   // A CUDA step's inf/NaN: counts it, records its origin (the step only) and stops as the CPU path does.
-  void note_device_nonfinite(bool found_inf, std::int64_t step_number);
+  void note_device_nonfinite(bool found_inf, bool loss_finite, std::int64_t step_number);
   std::vector<float> lr_schedule(std::int64_t schedule_steps) const;
 
   TrainConfig config_;
