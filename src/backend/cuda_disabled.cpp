@@ -82,6 +82,10 @@ void batch_norm_forward_inference(DeviceContext&, const BatchNormShape&, const v
                                   const float*, const float*, float*, void*) { not_built(); }
 void batch_norm_backward(DeviceContext&, const BatchNormShape&, const void*, const void*, DType, const float*,
                          const float*, const float*, const float*, float*, void*, float*, float*) { not_built(); }
+void layer_norm_forward(DeviceContext&, const LayerNormShape&, const void*, DType, const float*, const float*, float*,
+                        float*, void*) { not_built(); }
+void layer_norm_backward(DeviceContext&, const LayerNormShape&, const void*, const void*, DType, const float*,
+                         const float*, const float*, float*, void*, float*, float*) { not_built(); }
 void max_pool_forward(DeviceContext&, const void*, DType, std::int64_t, std::int64_t, std::int64_t, std::int64_t,
                       std::int64_t, void*) { not_built(); }
 void max_pool_backward(DeviceContext&, const void*, const void*, const void*, DType, std::int64_t, std::int64_t,

@@ -424,6 +424,17 @@ void DeviceEngine::set_order(const std::vector<std::int64_t>& order) {
 }
 
 DeviceStepOutcome DeviceEngine::step(std::int64_t first, std::int64_t rows) {
+  try {
+    return run_step(first, rows);
+  } catch (const CudaError& e) {
+    // Kernels run asynchronously: a fault inside one surfaces at the next synchronisation, far from it.
+    throw CudaError(std::string(e.what()) + " [training step on images " + std::to_string(first) + ".." +
+                    std::to_string(first + rows) + " of the epoch, batch " + std::to_string(rows) +
+                    "; rerun with CUDA_LAUNCH_BLOCKING=1 so that the error names the kernel]");
+  }
+}
+
+DeviceStepOutcome DeviceEngine::run_step(std::int64_t first, std::int64_t rows) {
   Impl& m = *impl_;
   kernels::gather_batch(m.context, static_cast<const std::uint8_t*>(m.train_images.get()),
                         static_cast<const std::uint8_t*>(m.train_labels.get()), m.pixels,

@@ -51,6 +51,7 @@ class DeviceEngine {
   std::int64_t count_correct(std::int64_t total);
 
  private:
+  DeviceStepOutcome run_step(std::int64_t first, std::int64_t rows);
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

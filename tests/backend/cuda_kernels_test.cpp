@@ -1,5 +1,5 @@
 // Every engine kernel against the CPU layer it stands in for, on fresh random inputs: BatchNorm (+ReLU)
-// forward/backward and running statistics, pooling, dropout (the same mask), softmax cross-entropy,
+// forward/backward and running statistics, LayerNorm, pooling, dropout (the same mask), softmax cross-entropy,
 // convolution through im2col + cuBLASLt + col2im, column sums, batch gathering. Pooling and dropout must
 // be bit-identical; the rest within FP32 reduction-order tolerance. Label `gpu`: skips without a device.
 #include <gtest/gtest.h>
@@ -92,6 +92,40 @@ TEST(CudaKernels, BatchNormWithReluMatchesTheCpuLayer) {
   expect_close(download<float>(rv, c), layer.running_var().data_as<float>(), c, 1e-6f, 1e-6f, "running_var");
   expect_close(download<float>(dgamma, c), layer.parameters()[0]->grad.data_as<float>(), c, 1e-5f, 1e-4f, "dgamma");
   expect_close(download<float>(dbeta, c), layer.parameters()[1]->grad.data_as<float>(), c, 1e-5f, 1e-4f, "dbeta");
+}
+
+TEST(CudaKernels, LayerNormMatchesTheCpuLayer) {
+  MPX_SKIP_WITHOUT_GPU();
+  const std::int64_t rows = 96, features = 768;
+  nn::Context ctx;
+  nn::LayerNorm layer("ln", features);
+  layer.plan({{rows, features}, DType::f32}, ctx);
+  const auto gamma = random_floats(features, 21, 0.3f, 1.0f), beta = random_floats(features, 22, 0.2f);
+  std::memcpy(layer.parameters()[0]->value.data(), gamma.data(), features * 4);
+  std::memcpy(layer.parameters()[1]->value.data(), beta.data(), features * 4);
+  const auto x = random_floats(static_cast<std::size_t>(rows * features), 23, 3.0f, 2.0f);
+  const auto dy = random_floats(x.size(), 24);
+  const Tensor y_cpu = layer.forward(host_tensor({rows, features}, x), ctx, true);
+  const Tensor dx_cpu = layer.backward(host_tensor({rows, features}, dy), ctx);
+  DeviceContext dev;
+  auto dxin = upload(x), ddy = upload(dy), dgamma_in = upload(gamma), dbeta_in = upload(beta);
+  DeviceBuffer mean(rows * 4), inv_std(rows * 4), y(x.size() * 4), dx(x.size() * 4), dgamma(features * 4),
+      dbeta(features * 4), workspace(kernels::reduction_workspace_floats(rows, features) * 4);
+  const kernels::LayerNormShape s{rows, features, 1e-5f};
+  kernels::layer_norm_forward(dev, s, dxin.data(), DType::f32, static_cast<float*>(dgamma_in.data()),
+                              static_cast<float*>(dbeta_in.data()), static_cast<float*>(mean.data()),
+                              static_cast<float*>(inv_std.data()), y.data());
+  kernels::layer_norm_backward(dev, s, dxin.data(), ddy.data(), DType::f32, static_cast<float*>(dgamma_in.data()),
+                               static_cast<float*>(mean.data()), static_cast<float*>(inv_std.data()),
+                               static_cast<float*>(workspace.data()), dx.data(), static_cast<float*>(dgamma.data()),
+                               static_cast<float*>(dbeta.data()));
+  dev.synchronize();
+  expect_close(download<float>(y, x.size()), y_cpu.data_as<float>(), x.size(), 1e-5f, 1e-5f, "y");
+  expect_close(download<float>(dx, x.size()), dx_cpu.data_as<float>(), x.size(), 1e-4f, 1e-5f, "dx");
+  expect_close(download<float>(dgamma, features), layer.parameters()[0]->grad.data_as<float>(), features, 1e-4f, 1e-4f,
+               "dgamma");
+  expect_close(download<float>(dbeta, features), layer.parameters()[1]->grad.data_as<float>(), features, 1e-4f, 1e-4f,
+               "dbeta");
 }
 
 TEST(CudaKernels, MaxPoolingIsBitIdenticalToTheCpuLayerWithTiesAndNaN) {

@@ -45,6 +45,18 @@ void batch_norm_backward(DeviceContext& ctx, const BatchNormShape& s, const void
                          const float* gamma, const float* beta, const float* mean, const float* inv_std, float* workspace,
                          void* dx, float* dgamma, float* dbeta);
 
+// LayerNorm over the last dimension (GPT-2's): statistics per row in double; mean and inv_std kept for
+// backward. workspace: reduction_workspace_floats(rows, features) floats.
+struct LayerNormShape {
+  std::int64_t rows = 0, features = 0;
+  float eps = 1e-5f;
+};
+void layer_norm_forward(DeviceContext& ctx, const LayerNormShape& s, const void* x, DType dtype, const float* gamma,
+                        const float* beta, float* mean, float* inv_std, void* y);
+void layer_norm_backward(DeviceContext& ctx, const LayerNormShape& s, const void* x, const void* dy, DType dtype,
+                         const float* gamma, const float* mean, const float* inv_std, float* workspace, void* dx,
+                         float* dgamma, float* dbeta);
+
 // k x k max pooling with stride k, NHWC; a NaN wins, ties go to the first position (as the CPU layer).
 void max_pool_forward(DeviceContext& ctx, const void* x, DType dtype, std::int64_t n, std::int64_t h, std::int64_t w,
                       std::int64_t c, std::int64_t k, void* y);

@@ -2,6 +2,7 @@
 // src/nn/conv2d.cpp (columns), the bias gradients and src/nn/batch_norm.cpp. Column reductions run in
 // two launches: a [row blocks x column tiles] grid of 32 x 8 threads writes one double-accumulated partial
 // per row block and column, then one thread per column adds the partials in order (deterministic).
+#include "column_reduce.cuh"
 #include "launch.cuh"
 #include "mpx/backend/cuda_kernels.h"
 
@@ -11,13 +12,11 @@ using detail::blocks_for;
 using detail::kind_of;
 using detail::kThreads;
 using detail::stream_of;
+using detail::column_partials;
+using detail::column_totals;
+using detail::row_blocks;
 
 namespace {
-
-constexpr int kTileColumns = 32, kRowLanes = 8;
-constexpr std::int64_t kRowsPerBlock = 512;
-
-std::int64_t row_blocks(std::int64_t rows) { return std::max<std::int64_t>(1, (rows + kRowsPerBlock - 1) / kRowsPerBlock); }
 
 __global__ void im2col_kernel(backend::ConvShape s, const void* x, std::uint8_t kind, void* cols) {
   const std::int64_t oh = s.out_height(), ow = s.out_width(), kk = s.kernel * s.kernel;
@@ -94,49 +93,6 @@ struct GradientSums {
     b += static_cast<double>(g) * (xv - mean[c]);
   }
 };
-
-template <class Op>
-__global__ void column_partials_kernel(Op op, std::int64_t rows, std::int64_t columns, double* partials) {
-  __shared__ double shared_a[kRowLanes][kTileColumns], shared_b[kRowLanes][kTileColumns];
-  const std::int64_t c = blockIdx.x * static_cast<std::int64_t>(kTileColumns) + threadIdx.x;
-  const std::int64_t first = blockIdx.y * kRowsPerBlock, last = min(rows, first + kRowsPerBlock);
-  double a = 0, b = 0;
-  if (c < columns) {
-    for (std::int64_t r = first + threadIdx.y; r < last; r += kRowLanes) op(r, c, columns, a, b);
-  }
-  shared_a[threadIdx.y][threadIdx.x] = a;
-  shared_b[threadIdx.y][threadIdx.x] = b;
-  __syncthreads();
-  if (threadIdx.y == 0 && c < columns) {
-    for (int lane = 1; lane < kRowLanes; ++lane) {
-      a += shared_a[lane][threadIdx.x];
-      b += shared_b[lane][threadIdx.x];
-    }
-    const std::int64_t at = (blockIdx.y * columns + c) * 2;
-    partials[at] = a;
-    partials[at + 1] = b;
-  }
-}
-
-template <class Op>
-void column_partials(DeviceContext& ctx, Op op, std::int64_t rows, std::int64_t columns, float* workspace,
-                     const char* name) {
-  const dim3 grid(static_cast<unsigned>((columns + kTileColumns - 1) / kTileColumns), static_cast<unsigned>(row_blocks(rows)));
-  column_partials_kernel<<<grid, dim3(kTileColumns, kRowLanes), 0, stream_of(ctx)>>>(op, rows, columns,
-                                                                                      reinterpret_cast<double*>(workspace));
-  MPX_CUDA_CHECK_LAUNCH(name, rows * columns);
-}
-
-// Sums the partials of column c in row-block order.
-__device__ void column_totals(const double* partials, std::int64_t blocks, std::int64_t columns, std::int64_t c,
-                              double& a, double& b) {
-  a = 0;
-  b = 0;
-  for (std::int64_t k = 0; k < blocks; ++k) {
-    a += partials[(k * columns + c) * 2];
-    b += partials[(k * columns + c) * 2 + 1];
-  }
-}
 
 __global__ void column_sums_finish(const double* partials, std::int64_t blocks, std::int64_t columns, float* out) {
   MPX_GRID_STRIDE(c, columns) {
