@@ -12,6 +12,7 @@
 #include "mpx/backend/cuda_matmul.h"
 #include "mpx/core/error.h"
 #include "mpx/nn/layers.h"
+#include "mpx/train/device_plan.h"
 #include "mpx/numeric/convert.h"
 
 namespace mpx::train {
@@ -29,34 +30,12 @@ struct DeviceParameterState {
   float* grad_f32() const { return static_cast<float*>(grad.get()); }
 };
 
-enum class OpKind { conv, batch_norm, max_pool, flatten, linear, relu, dropout };
-
-struct Op {
-  OpKind kind{};
-  nn::Layer* layer = nullptr;
-  int weight = -1, bias = -1;                 // indices into the parameter states
-  std::int64_t in_features = 0, out_features = 0;  // per sample
-  DType out_dtype = DType::f32;
-  backend::ConvShape conv;                    // conv: planned batch; pool: n, height, width, channels
-  std::int64_t pool = 0;
-  kernels::BatchNormShape norm;               // rows per sample in norm.rows
-  kernels::DropoutArgs dropout;
-  bool relu_after = false;                    // linear: the next ReLU is its epilogue
+// A planned op with its device buffers.
+struct Op : DeviceOpPlan {
+  int weight = -1, bias = -1;  // indices into the parameter states
   Block y, dx, cols, dcols, mean, inv_std, keep, workspace;
-  const void* x = nullptr;                    // what the last forward read
+  const void* x = nullptr;  // what the last forward read
 };
-
-const char* op_name(OpKind k) {
-  switch (k) {
-    case OpKind::conv: return "conv2d";
-    case OpKind::batch_norm: return "batch_norm2d";
-    case OpKind::max_pool: return "max_pool2d";
-    case OpKind::flatten: return "flatten";
-    case OpKind::linear: return "linear";
-    case OpKind::relu: return "relu";
-    default: return "dropout";
-  }
-}
 
 }  // namespace
 
@@ -73,7 +52,6 @@ struct DeviceEngine::Impl {
   std::vector<DeviceParameterState> params;
   std::vector<Op> ops;
   std::int64_t batch = 0, classes = 0, pixels = 0, train_count = 0, test_count = 0;
-  std::int64_t first_trained_op = 0;  // backward stops here: its input is the batch
   Block train_images, train_labels, test_images, test_labels, test_index, order, x, labels, logits_grad, loss, correct,
       loss_workspace, step_counter;
 
@@ -102,83 +80,50 @@ struct DeviceEngine::Impl {
   }
 
   void plan(std::int64_t height, std::int64_t width, std::int64_t channels) {
-    std::int64_t h = height, w = width, c = channels, features = height * width * channels;
-    const auto& layers = model.layers();
-    for (std::size_t i = 0; i < layers.size(); ++i) {
-      nn::Layer* layer = layers[i].get();
+    for (const DeviceOpPlan& planned : plan_device_ops(model, act, batch, height, width, channels, config.seed)) {
       Op op;
-      op.layer = layer;
-      op.in_features = features;
-      op.out_dtype = act;
-      if (auto* conv = dynamic_cast<nn::Conv2d*>(layer)) {
-        op.kind = OpKind::conv;
-        op.conv = conv->shape();
-        op.conv.batch = batch;
-        if (op.conv.in_channels != c || op.conv.height != h || op.conv.width != w) {
-          throw InvalidArgument(layer->name() + ": planned for another input shape");
-        }
-        op.weight = add_parameter(conv->weight());
-        op.bias = add_parameter(conv->bias());
-        h = op.conv.out_height();
-        w = op.conv.out_width();
-        c = op.conv.out_channels;
-        const std::int64_t rows = batch * h * w, patch = op.conv.in_channels * op.conv.kernel * op.conv.kernel;
-        op.cols = allocate(static_cast<std::size_t>(rows * patch) * size_bytes(act), MemoryCategory::workspace);
-        op.dcols = allocate(static_cast<std::size_t>(rows * patch) * 4, MemoryCategory::workspace);
-        op.workspace = allocate(kernels::reduction_workspace_floats(rows, c) * 4, MemoryCategory::workspace);
-      } else if (auto* bn = dynamic_cast<nn::BatchNorm2d*>(layer)) {
-        op.kind = OpKind::batch_norm;
-        op.norm = {h * w, bn->channels(), bn->eps(), bn->momentum(), bn->fused_relu()};
-        if (bn->channels() != c) throw InvalidArgument(layer->name() + ": channel count does not match its input");
-        auto ps = bn->parameters();
-        op.weight = add_parameter(*ps[0]);
-        op.bias = add_parameter(*ps[1]);
-        op.mean = allocate(static_cast<std::size_t>(c) * 4, MemoryCategory::activations);
-        op.inv_std = allocate(static_cast<std::size_t>(c) * 4, MemoryCategory::activations);
-        op.workspace = allocate(kernels::reduction_workspace_floats(batch * h * w, c) * 4, MemoryCategory::workspace);
-      } else if (auto* pool = dynamic_cast<nn::MaxPool2d*>(layer)) {
-        op.kind = OpKind::max_pool;
-        op.pool = pool->kernel();
-        op.conv = {batch, c, h, w, c, pool->kernel(), pool->kernel(), 0};
-        h /= op.pool;
-        w /= op.pool;
-      } else if (dynamic_cast<nn::Flatten*>(layer)) {
-        op.kind = OpKind::flatten;
-      } else if (auto* linear = dynamic_cast<nn::Linear*>(layer)) {
-        op.kind = OpKind::linear;
-        if (linear->in_features() != features) throw InvalidArgument(layer->name() + ": input features do not match");
-        op.weight = add_parameter(linear->weight());
-        op.bias = add_parameter(linear->bias());
-        h = w = 1;
-        c = linear->out_features();
-        op.relu_after = i + 1 < layers.size() && dynamic_cast<nn::ReLU*>(layers[i + 1].get()) != nullptr;
-        if (i + 1 == layers.size()) op.out_dtype = DType::f32;  // logits: the loss reads FP32
-        op.workspace = allocate(kernels::reduction_workspace_floats(batch, c) * 4, MemoryCategory::workspace);
-      } else if (dynamic_cast<nn::ReLU*>(layer)) {
-        op.kind = OpKind::relu;
-        if (ops.empty() || ops.back().kind != OpKind::linear) {
-          throw NotAvailable("the CUDA engine fuses ReLU into the linear layer before it; " + layer->name() +
-                             " follows a " + (ops.empty() ? std::string("nothing") : op_name(ops.back().kind)));
-        }
-      } else if (auto* drop = dynamic_cast<nn::Dropout*>(layer)) {
-        op.kind = OpKind::dropout;
-        op.dropout = {drop->probability(), drop->key(config.seed), static_cast<std::uint64_t>(batch * features)};
-        op.keep = allocate(static_cast<std::size_t>(batch * features), MemoryCategory::activations);
-      } else {
-        throw NotAvailable("the CUDA engine has no " + layer->kind() + " layer (" + layer->name() + "); use --device cpu");
+      static_cast<DeviceOpPlan&>(op) = planned;
+      const auto parameters = op.layer->parameters();
+      if (parameters.size() == 2) {  // weight (or gamma) and bias (or beta)
+        op.weight = add_parameter(*parameters[0]);
+        op.bias = add_parameter(*parameters[1]);
       }
-      features = h * w * c;
-      op.out_features = features;
-      const bool passes_through = op.kind == OpKind::flatten || op.kind == OpKind::relu;
-      if (!passes_through) {
-        op.y = allocate(static_cast<std::size_t>(batch * features) * size_bytes(op.out_dtype), MemoryCategory::activations);
+      switch (op.kind) {
+        case DeviceOpKind::conv: {
+          const std::int64_t rows = batch * op.conv.out_height() * op.conv.out_width();
+          const std::int64_t patch = op.conv.in_channels * op.conv.kernel * op.conv.kernel;
+          op.cols = allocate(static_cast<std::size_t>(rows * patch) * size_bytes(act), MemoryCategory::workspace);
+          op.dcols = allocate(static_cast<std::size_t>(rows * patch) * 4, MemoryCategory::workspace);
+          op.workspace = allocate(kernels::reduction_workspace_floats(rows, op.conv.out_channels) * 4, MemoryCategory::workspace);
+          break;
+        }
+        case DeviceOpKind::batch_norm: {
+          const auto c = static_cast<std::size_t>(op.norm.channels);
+          op.mean = allocate(c * 4, MemoryCategory::activations);
+          op.inv_std = allocate(c * 4, MemoryCategory::activations);
+          op.workspace = allocate(kernels::reduction_workspace_floats(batch * op.norm.rows, op.norm.channels) * 4,
+                                  MemoryCategory::workspace);
+          break;
+        }
+        case DeviceOpKind::linear:
+          op.workspace = allocate(kernels::reduction_workspace_floats(batch, op.out_features) * 4, MemoryCategory::workspace);
+          break;
+        case DeviceOpKind::dropout:
+          op.keep = allocate(static_cast<std::size_t>(batch * op.in_features), MemoryCategory::activations);
+          break;
+        default:
+          break;
       }
-      op.dx = allocate(static_cast<std::size_t>(batch * op.in_features) * size_bytes(act), MemoryCategory::activations);
+      if (!op.passes_through) {
+        op.y = allocate(static_cast<std::size_t>(batch * op.out_features) * size_bytes(op.out_dtype), MemoryCategory::activations);
+      }
+      if (op.input_gradient || op.kind == DeviceOpKind::batch_norm) {  // BatchNorm's backward always writes dx
+        op.dx = allocate(static_cast<std::size_t>(batch * op.in_features) * size_bytes(act), MemoryCategory::activations);
+      }
       ops.push_back(std::move(op));
     }
-    classes = features;
-    first_trained_op = 0;
-    while (first_trained_op < static_cast<std::int64_t>(ops.size()) && ops[first_trained_op].weight < 0) ++first_trained_op;
+    if (ops.empty()) throw InvalidArgument("the CUDA engine got an empty model");
+    classes = ops.back().out_features;
   }
 
   // Returns the logits (FP32). Pass-through ops (flatten, the fused ReLU, dropout when not training) hand on
@@ -188,7 +133,7 @@ struct DeviceEngine::Impl {
     for (Op& op : ops) {
       op.x = cur;
       switch (op.kind) {
-        case OpKind::conv: {
+        case DeviceOpKind::conv: {
           backend::ConvShape s = op.conv;
           s.batch = rows;
           const std::int64_t r = rows * s.out_height() * s.out_width(), patch = s.in_channels * s.kernel * s.kernel;
@@ -197,7 +142,7 @@ struct DeviceEngine::Impl {
                       params[op.weight].weights(), op.y.get(), static_cast<const float*>(params[op.bias].master.get()));
           break;
         }
-        case OpKind::batch_norm: {
+        case DeviceOpKind::batch_norm: {
           kernels::BatchNormShape s = op.norm;
           s.rows = rows * op.norm.rows;
           const auto* gamma = static_cast<const float*>(params[op.weight].master.get());
@@ -212,19 +157,19 @@ struct DeviceEngine::Impl {
           }
           break;
         }
-        case OpKind::max_pool:
+        case DeviceOpKind::max_pool:
           kernels::max_pool_forward(context, cur, act, rows, op.conv.height, op.conv.width, op.conv.in_channels, op.pool,
                                     op.y.get());
           break;
-        case OpKind::flatten:
-        case OpKind::relu:  // the linear layer before applied it
+        case DeviceOpKind::flatten:
+        case DeviceOpKind::relu:  // the linear layer before applied it
           continue;         // same memory onwards
-        case OpKind::linear:
+        case DeviceOpKind::linear:
           matmul->run({rows, op.out_features, op.in_features, false, true, act, op.out_dtype,
                        op.relu_after ? cuda::MatmulEpilogue::bias_relu : cuda::MatmulEpilogue::bias},
                       cur, params[op.weight].weights(), op.y.get(), static_cast<const float*>(params[op.bias].master.get()));
           break;
-        case OpKind::dropout:
+        case DeviceOpKind::dropout:
           if (!training || op.dropout.probability == 0.0f) continue;  // identity
           kernels::dropout_forward(context, op.dropout, static_cast<const std::uint64_t*>(step_counter.get()), cur, act,
                                    rows * op.in_features, op.y.get(), static_cast<std::uint8_t*>(op.keep.get()));
@@ -246,11 +191,12 @@ struct DeviceEngine::Impl {
 
   void backward(std::int64_t rows, const void* dlogits) {
     const void* g = dlogits;
-    for (std::int64_t i = static_cast<std::int64_t>(ops.size()) - 1; i >= first_trained_op; --i) {
-      Op& op = ops[static_cast<std::size_t>(i)];
-      const bool input_grad = i > first_trained_op;
+    for (auto it = ops.rbegin(); it != ops.rend(); ++it) {
+      Op& op = *it;
+      const bool input_grad = op.input_gradient;
+      if (!input_grad && op.weight < 0) break;  // nothing before this needs a gradient
       switch (op.kind) {
-        case OpKind::conv: {
+        case DeviceOpKind::conv: {
           backend::ConvShape s = op.conv;
           s.batch = rows;
           const std::int64_t r = rows * s.out_height() * s.out_width(), patch = s.in_channels * s.kernel * s.kernel;
@@ -264,7 +210,7 @@ struct DeviceEngine::Impl {
           }
           break;
         }
-        case OpKind::batch_norm: {
+        case DeviceOpKind::batch_norm: {
           kernels::BatchNormShape s = op.norm;
           s.rows = rows * op.norm.rows;
           kernels::batch_norm_backward(context, s, op.x, g, act, static_cast<const float*>(params[op.weight].master.get()),
@@ -274,16 +220,16 @@ struct DeviceEngine::Impl {
                                        params[op.bias].grad_f32());
           break;
         }
-        case OpKind::max_pool:
+        case DeviceOpKind::max_pool:
           kernels::max_pool_backward(context, op.x, op.y.get(), g, act, rows, op.conv.height, op.conv.width,
                                      op.conv.in_channels, op.pool, op.dx.get());
           break;
-        case OpKind::flatten:
+        case DeviceOpKind::flatten:
           continue;  // same memory, same gradient
-        case OpKind::relu:
+        case DeviceOpKind::relu:
           kernels::relu_backward(context, op.x, g, act, rows * op.in_features, op.dx.get());
           break;
-        case OpKind::linear:
+        case DeviceOpKind::linear:
           matmul->run({op.out_features, op.in_features, rows, true, false, act, DType::f32}, g, op.x,
                       params[op.weight].grad.get());
           kernels::column_sums(context, g, act, rows, op.out_features, params[op.bias].grad_f32(),
@@ -293,7 +239,7 @@ struct DeviceEngine::Impl {
                         op.dx.get());
           }
           break;
-        case OpKind::dropout:
+        case DeviceOpKind::dropout:
           if (op.dropout.probability == 0.0f) continue;
           kernels::dropout_backward(context, op.dropout, g, static_cast<const std::uint8_t*>(op.keep.get()), act,
                                     rows * op.in_features, op.dx.get());
@@ -330,7 +276,7 @@ DeviceEngine::DeviceEngine(nn::Sequential& model, const amp::PrecisionPolicy& po
   m.matmul = std::make_unique<cuda::Matmul>(m.context);
   m.plan(data.train.height, data.train.width, 1);
   for (Op& op : m.ops) {
-    if (op.kind != OpKind::batch_norm) continue;
+    if (op.kind != DeviceOpKind::batch_norm) continue;
     const auto c = static_cast<std::size_t>(op.norm.channels);
     m.running_stats.push_back({&op, {m.allocate(c * 4, MemoryCategory::activations), m.allocate(c * 4, MemoryCategory::activations)}});
   }
