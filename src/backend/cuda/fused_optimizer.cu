@@ -34,6 +34,7 @@ struct ParamDesc {
   float* state2;
   void* working;
   std::uint8_t grad_kind, working_kind, has_working, decay, round_master;
+  std::uint8_t aligned;  // every pointer 16-byte aligned: the update takes four elements at a time
 };
 
 struct ChunkPartial {
@@ -95,6 +96,19 @@ struct Or {
   __device__ unsigned int operator()(unsigned int a, unsigned int b) const { return a | b; }
 };
 
+// Four gradient elements from 16 (FP32) or 8 (FP16/BF16) aligned bytes.
+__device__ __forceinline__ void load4(const void* base, std::uint64_t i, std::uint8_t kind, float (&out)[4]) {
+  if (kind == elements::kF32) {
+    const float4 v = *reinterpret_cast<const float4*>(static_cast<const float*>(base) + i);
+    out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
+    return;
+  }
+  const uint2 raw = *reinterpret_cast<const uint2*>(static_cast<const std::uint16_t*>(base) + i);
+  const std::uint16_t h[4] = {static_cast<std::uint16_t>(raw.x), static_cast<std::uint16_t>(raw.x >> 16),
+                              static_cast<std::uint16_t>(raw.y), static_cast<std::uint16_t>(raw.y >> 16)};
+  for (int k = 0; k < 4; ++k) out[k] = elements::load(h, k, kind);
+}
+
 __global__ void __launch_bounds__(kThreads) grad_stats_kernel(const ParamDesc* params, const backend::TensorChunk* chunks,
                                                              const DeviceState* state, ChunkPartial* partials) {
   __shared__ double shared_sum[32];
@@ -104,10 +118,19 @@ __global__ void __launch_bounds__(kThreads) grad_stats_kernel(const ParamDesc* p
   const float inv_scale = 1.0f / state->scaler.scale;
   double sum = 0;
   unsigned int bad = 0;
-  for (std::uint32_t i = threadIdx.x; i < c.length; i += blockDim.x) {
-    const float g = elements::load(p.grad, c.begin + i, p.grad_kind) * inv_scale;
+  auto add = [&](float raw) {
+    const float g = raw * inv_scale;
     bad |= elements::is_finite(g) ? 0u : 1u;
     sum += static_cast<double>(g) * g;
+  };
+  const std::uint32_t vector_end = p.aligned ? (c.length & ~3u) : 0u;
+  for (std::uint32_t k = threadIdx.x * 4; k < vector_end; k += blockDim.x * 4) {
+    float g[4];
+    load4(p.grad, c.begin + k, p.grad_kind, g);
+    for (float v : g) add(v);
+  }
+  for (std::uint32_t k = vector_end + threadIdx.x; k < c.length; k += blockDim.x) {
+    add(elements::load(p.grad, c.begin + k, p.grad_kind));
   }
   sum = block_reduce(sum, Add{}, shared_sum);
   bad = block_reduce(bad, Or{}, shared_bad);
@@ -145,36 +168,70 @@ __global__ void __launch_bounds__(1024) decide_kernel(const ChunkPartial* partia
   if (config.algorithm == FusedStepConfig::Algorithm::adamw) s.adamw = amp::detail::adamw_factors(config.adamw, lr, s.optimizer_steps);
 }
 
+// One element's update in registers; returns the working copy's bits.
+struct ElementUpdate {
+  bool adamw;
+  amp::detail::AdamWFactors f;
+  float decay_factor, sgd_decay, lr, inv_scale, clip;
+  amp::SgdConfig sgd;
+  std::uint8_t working_kind;
+  bool round_master;
+  __device__ std::uint16_t operator()(float raw_grad, float& value, float& m1, float& m2) const {
+    float g = raw_grad * inv_scale;
+    if (clip != 1.0f) g *= clip;
+    value = adamw ? amp::detail::adamw_update(value, g, m1, m2, f, decay_factor)
+                  : amp::detail::sgd_update(value, g, m1, sgd, lr, sgd_decay);
+    const std::uint16_t low = elements::narrow(value, working_kind);
+    if (round_master) value = elements::load(&low, 0, working_kind);
+    return low;
+  }
+};
+
 __global__ void __launch_bounds__(kThreads) update_kernel(const ParamDesc* params, const backend::TensorChunk* chunks,
                                                          const DeviceState* state, StepConfigDevice config) {
   if (!state->applied) return;
   const backend::TensorChunk c = chunks[blockIdx.x];
   const ParamDesc p = params[c.tensor];
-  const float inv_scale = state->inv_scale, clip = state->clip;
-  const bool adamw = config.algorithm == FusedStepConfig::Algorithm::adamw;
   const amp::detail::AdamWFactors f = state->adamw;
-  const float decay_factor = 1.0f - (p.decay ? f.lr_times_decay : 0.0f);
-  const float sgd_decay = p.decay ? config.sgd.weight_decay : 0.0f;
-  for (std::uint32_t k = threadIdx.x; k < c.length; k += blockDim.x) {
+  const ElementUpdate update{config.algorithm == FusedStepConfig::Algorithm::adamw,
+                             f,
+                             1.0f - (p.decay ? f.lr_times_decay : 0.0f),
+                             p.decay ? config.sgd.weight_decay : 0.0f,
+                             state->lr,
+                             state->inv_scale,
+                             state->clip,
+                             config.sgd,
+                             static_cast<std::uint8_t>(p.has_working ? p.working_kind : elements::kBF16),
+                             p.round_master != 0};
+  float unused_m2 = 0.0f;
+  // Four elements per thread step with 16-byte loads and stores where every pointer allows it (chunks
+  // start at multiples of kChunkElements, so alignment is the tensors'); the tail one at a time.
+  const std::uint32_t vector_end = p.aligned ? (c.length & ~3u) : 0u;
+  for (std::uint32_t k = threadIdx.x * 4; k < vector_end; k += blockDim.x * 4) {
     const std::uint64_t i = c.begin + k;
-    float g = elements::load(p.grad, i, p.grad_kind) * inv_scale;
-    if (clip != 1.0f) g *= clip;
-    float value = p.master[i];
-    float m1 = p.state1[i];
-    if (adamw) {
-      float m2 = p.state2[i];
-      value = amp::detail::adamw_update(value, g, m1, m2, f, decay_factor);
-      p.state2[i] = m2;
-    } else {
-      value = amp::detail::sgd_update(value, g, m1, config.sgd, state->lr, sgd_decay);
-    }
-    p.state1[i] = m1;
+    float g[4];
+    load4(p.grad, i, p.grad_kind, g);
+    float4 value = *reinterpret_cast<const float4*>(p.master + i);
+    float4 m1 = *reinterpret_cast<const float4*>(p.state1 + i);
+    float4 m2 = update.adamw ? *reinterpret_cast<const float4*>(p.state2 + i) : float4{};
+    const std::uint16_t low[4] = {update(g[0], value.x, m1.x, m2.x), update(g[1], value.y, m1.y, m2.y),
+                                  update(g[2], value.z, m1.z, m2.z), update(g[3], value.w, m1.w, m2.w)};
+    *reinterpret_cast<float4*>(p.master + i) = value;
+    *reinterpret_cast<float4*>(p.state1 + i) = m1;
+    if (update.adamw) *reinterpret_cast<float4*>(p.state2 + i) = m2;
     if (p.has_working) {
-      const std::uint16_t low = elements::narrow(value, p.working_kind);
-      static_cast<std::uint16_t*>(p.working)[i] = low;
-      if (p.round_master) value = elements::load(&low, 0, p.working_kind);
+      *reinterpret_cast<uint2*>(static_cast<std::uint16_t*>(p.working) + i) =
+          make_uint2(low[0] | (static_cast<std::uint32_t>(low[1]) << 16), low[2] | (static_cast<std::uint32_t>(low[3]) << 16));
     }
+  }
+  for (std::uint32_t k = vector_end + threadIdx.x; k < c.length; k += blockDim.x) {
+    const std::uint64_t i = c.begin + k;
+    float value = p.master[i], m1 = p.state1[i];
+    float& m2 = update.adamw ? p.state2[i] : unused_m2;
+    const std::uint16_t low = update(elements::load(p.grad, i, p.grad_kind), value, m1, m2);
     p.master[i] = value;
+    p.state1[i] = m1;
+    if (p.has_working) static_cast<std::uint16_t*>(p.working)[i] = low;
   }
 }
 
@@ -227,7 +284,10 @@ FusedOptimizer::FusedOptimizer(DeviceContext& context, const FusedStepConfig& co
     descs.push_back({p.master, p.grad, p.state1, p.state2, p.working, kind_of(p.grad_dtype, "gradients"),
                      p.working != nullptr ? kind_of(p.working_dtype, "working copies") : std::uint8_t{0},
                      static_cast<std::uint8_t>(p.working != nullptr), static_cast<std::uint8_t>(p.decay),
-                     static_cast<std::uint8_t>(p.round_master)});
+                     static_cast<std::uint8_t>(p.round_master), 0});
+    auto aligned = [](const void* q) { return reinterpret_cast<std::uintptr_t>(q) % 16 == 0; };
+    descs.back().aligned = aligned(p.master) && aligned(p.grad) && aligned(p.state1) &&
+                           (!adamw || aligned(p.state2)) && (p.working == nullptr || aligned(p.working));
     sizes.push_back(p.count);
   }
   const auto plan = backend::plan_chunks(sizes, kChunkElements);
