@@ -34,7 +34,9 @@ struct DeviceParameterState {
 struct Op : DeviceOpPlan {
   int weight = -1, bias = -1;  // indices into the parameter states
   Block y, dx, cols, dcols, mean, inv_std, keep, workspace;
-  const void* x = nullptr;  // what the last forward read
+  const void* x = nullptr;   // what the last forward read
+  const void* dy = nullptr;  // the gradient the last backward received
+  const void* out = nullptr; // what the last forward handed on
 };
 
 }  // namespace
@@ -163,19 +165,24 @@ struct DeviceEngine::Impl {
           break;
         case DeviceOpKind::flatten:
         case DeviceOpKind::relu:  // the linear layer before applied it
-          continue;         // same memory onwards
+          op.out = cur;
+          continue;                 // same memory onwards
         case DeviceOpKind::linear:
           matmul->run({rows, op.out_features, op.in_features, false, true, act, op.out_dtype,
                        op.relu_after ? cuda::MatmulEpilogue::bias_relu : cuda::MatmulEpilogue::bias},
                       cur, params[op.weight].weights(), op.y.get(), static_cast<const float*>(params[op.bias].master.get()));
           break;
         case DeviceOpKind::dropout:
-          if (!training || op.dropout.probability == 0.0f) continue;  // identity
+          if (!training || op.dropout.probability == 0.0f) {  // identity
+            op.out = cur;
+            continue;
+          }
           kernels::dropout_forward(context, op.dropout, static_cast<const std::uint64_t*>(step_counter.get()), cur, act,
                                    rows * op.in_features, op.y.get(), static_cast<std::uint8_t*>(op.keep.get()));
           break;
       }
       cur = op.y.get();
+      op.out = cur;
     }
     return cur;
   }
@@ -193,6 +200,7 @@ struct DeviceEngine::Impl {
     const void* g = dlogits;
     for (auto it = ops.rbegin(); it != ops.rend(); ++it) {
       Op& op = *it;
+      op.dy = g;
       const bool input_grad = op.input_gradient;
       if (!input_grad && op.weight < 0) break;  // nothing before this needs a gradient
       switch (op.kind) {
@@ -248,6 +256,8 @@ struct DeviceEngine::Impl {
       g = op.dx.get();
     }
   }
+
+  std::int64_t last_rows = 0;
 
   // Everything a training step enqueues after the batch is in place.
   void step_body(std::int64_t rows) {
@@ -349,6 +359,7 @@ void DeviceEngine::download_state(amp::LossScalerState* scaler, std::int64_t& op
   Impl& m = *impl_;
   for (DeviceParameterState& p : m.params) {
     m.context.download(p.host->value.data(), p.master.get(), p.count * 4);
+    m.context.download(p.host->grad.data(), p.grad.get(), p.count * 4);  // the last step's, still scaled
     if (p.host->state1.defined()) m.context.download(p.host->state1.data(), p.m1.get(), p.count * 4);
     if (p.m2 && p.host->state2.defined()) m.context.download(p.host->state2.data(), p.m2.get(), p.count * 4);
     p.host->refresh(m.policy.master_weights);  // the host working copy follows the weights
@@ -386,6 +397,7 @@ DeviceStepOutcome DeviceEngine::run_step(std::int64_t first, std::int64_t rows) 
                         static_cast<const std::uint8_t*>(m.train_labels.get()), m.pixels,
                         static_cast<const std::int64_t*>(m.order.get()) + first, rows, m.normalise.mean,
                         m.normalise.inv_std, m.x.get(), m.act, static_cast<std::uint8_t*>(m.labels.get()));
+  m.last_rows = rows;
   if (rows == m.batch && m.config.cuda_graph) {
     if (!m.graph) m.graph = std::make_unique<cuda::CapturedGraph>(m.context, [&] { m.step_body(rows); });
     m.graph->launch();
@@ -399,6 +411,24 @@ DeviceStepOutcome DeviceEngine::run_step(std::int64_t first, std::int64_t rows) 
   out.found_inf = record.found_inf;
   out.loss_scale = record.scaler.scale;
   return out;
+}
+
+void DeviceEngine::visit_last_step(const TensorVisitor& visit) {
+  Impl& m = *impl_;
+  if (m.last_rows == 0) return;
+  auto host_copy = [&](const void* device, std::int64_t features, DType dtype) {
+    Tensor t = Tensor::empty({m.last_rows, features}, dtype, MemoryCategory::workspace, nullptr);
+    m.context.download(t.data(), device, t.bytes());
+    return t;
+  };
+  for (const Op& op : m.ops) {
+    if (op.out == nullptr) continue;
+    visit(*op.layer, nn::Pass::forward, Tensor{}, host_copy(op.out, op.out_features, op.out_dtype));
+  }
+  for (auto it = m.ops.rbegin(); it != m.ops.rend(); ++it) {
+    if (it->dy == nullptr) continue;
+    visit(*it->layer, nn::Pass::backward, host_copy(it->dy, it->out_features, m.act), Tensor{});
+  }
 }
 
 std::int64_t DeviceEngine::count_correct(std::int64_t total) {

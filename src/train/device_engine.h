@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -39,7 +40,8 @@ class DeviceEngine {
 
   // Host -> device: weights, BatchNorm statistics, optimizer state, scaler state and counts (run start).
   void upload_state(const amp::LossScalerState* scaler, std::int64_t optimizer_steps, std::int64_t global_step);
-  // Device -> host layers (for checkpoints and the model file): the same, into the model's tensors.
+  // Device -> host layers (checkpoints, the model file, numerics samples): the same into the model's
+  // tensors, and the last step's gradients (still multiplied by the loss scale).
   void download_state(amp::LossScalerState* scaler, std::int64_t& optimizer_steps);
   // The learning rate of every step of the schedule, read on the device (steps beyond take the last).
   void set_lr_schedule(const std::vector<float>& lr_per_step);
@@ -47,6 +49,12 @@ class DeviceEngine {
 
   // One training step on order[first, first + rows). Waits for it and reads loss and decision.
   DeviceStepOutcome step(std::int64_t first, std::int64_t rows);
+  // The last step's tensors as host copies, in the order the CPU engine's observers see them: each layer's
+  // output after forward (input undefined), then in backward order the gradient it received (output
+  // undefined). For numerics samples; a fused ReLU's linear layer reports its output after the ReLU.
+  using TensorVisitor =
+      std::function<void(const nn::Layer& layer, nn::Pass pass, const Tensor& input, const Tensor& output)>;
+  void visit_last_step(const TensorVisitor& visit);
   // Correctly classified images among the first `total` of the test set.
   std::int64_t count_correct(std::int64_t total);
 

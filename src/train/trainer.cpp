@@ -184,6 +184,21 @@ bool Trainer::step(const Tensor& batch, std::int64_t global_step, float lr, floa
   return apply;
 }
 
+void Trainer::sample_device_step(std::int64_t step_number, float scale) {
+  using Mode = telemetry::NumericsMonitor::Mode;
+  monitor_.begin(Mode::sample, step_number, scale);
+  device_->visit_last_step([&](const nn::Layer& layer, nn::Pass pass, const Tensor& input, const Tensor& output) {
+    monitor_.after_layer(layer, pass, input, output, ctx_);
+  });
+  sync_from_device();  // weights after the update, their gradients and the optimizer state
+  for (nn::Parameter* p : params_) {  // the device keeps gradients scaled; the CPU samples them unscaled
+    float* g = p->grad.data_as<float>();
+    for (std::int64_t i = 0; i < p->grad.numel(); ++i) g[i] *= 1.0f / scale;
+  }
+  monitor_.record_parameters(params_, ctx_.policy.master_weights);
+  pending_sample_ = monitor_.take_sample();
+}
+
 void Trainer::note_device_nonfinite(bool found_inf, bool loss_finite, std::int64_t step_number) {
   consecutive_nonfinite_ = found_inf ? consecutive_nonfinite_ + 1 : 0;
   if (!found_inf) return;
@@ -268,6 +283,7 @@ TrainResult Trainer::run(const Callbacks& callbacks) {
   if (device_) {
     device_->set_lr_schedule(lr_per_step);
     device_->upload_state(scaler_ ? &scaler_->state() : nullptr, optimizer_steps_, position_.global_step);
+    device_loss_scale_ = scaler_ ? scaler_->scale() : 1.0f;
   }
 
   TrainResult result;
@@ -294,11 +310,15 @@ TrainResult Trainer::run(const Callbacks& callbacks) {
       float loss_scale = scaler_ ? scaler_->scale() : 1.0f;
       bool applied = true;
       if (device_) {
+        const float scale_used = device_loss_scale_;
         const DeviceStepOutcome outcome = device_->step(first, rows);
         loss = outcome.loss;
         applied = outcome.applied;
-        loss_scale = outcome.loss_scale;
+        loss_scale = device_loss_scale_ = outcome.loss_scale;
         note_device_nonfinite(outcome.found_inf, std::isfinite(outcome.loss), global_step + 1);
+        if (config_.numerics_every > 0 && (global_step + 1) % config_.numerics_every == 0) {
+          sample_device_step(global_step + 1, scale_used);
+        }
       } else {
         load_batch(set, order, first, rows);
         applied = step(input_.first_rows(rows), global_step, lr, loss);

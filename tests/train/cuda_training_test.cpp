@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <set>
+#include <string>
 #include <vector>
 
 #include "../support/fashion_mnist.h"
@@ -78,6 +80,30 @@ TEST(CudaTraining, SixteenMixedSkipsOverflowingStepsAndKeepsTraining) {
     const float* v = p->value.data_as<float>();
     for (std::int64_t i = 0; i < p->value.numel(); ++i) ASSERT_TRUE(std::isfinite(v[i])) << p->name;
   }
+}
+
+TEST(CudaTraining, NumericsSamplesCoverEveryLayerAsOnTheCpu) {
+  MPX_SKIP_WITHOUT_GPU();
+  MPX_NEED_DATA();
+  TrainConfig c = recipe("bf16-mixed", "cuda");
+  c.epochs = 1;
+  c.max_steps = 20;
+  c.numerics_every = 10;
+  Trainer trainer(c, *test::fashion_mnist());
+  std::vector<telemetry::NumericsSample> samples;
+  Callbacks callbacks;
+  callbacks.on_numerics = [&](const telemetry::NumericsSample& s) { samples.push_back(s); };
+  const TrainResult r = trainer.run(callbacks);
+  ASSERT_EQ(samples.size(), 2u);
+  std::set<std::string> names;
+  for (const auto& t : samples.back().tensors) {
+    names.insert(t.tensor);
+    EXPECT_EQ(t.stats.nonfinite(), 0u) << t.tensor;
+  }
+  for (const char* expected : {"conv1.output", "bn2.output_grad", "fc2.output", "fc1.weight"}) {
+    EXPECT_TRUE(names.count(expected)) << expected;
+  }
+  EXPECT_FALSE(r.headroom.empty());
 }
 
 }  // namespace

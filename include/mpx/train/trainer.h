@@ -119,6 +119,8 @@ class Trainer {
   void sync_from_device();
   // A CUDA step's inf/NaN: counts it, records its origin (the step only) and stops as the CPU path does.
   void note_device_nonfinite(bool found_inf, bool loss_finite, std::int64_t step_number);
+  // A numerics sample of the CUDA step just taken (host copies of its tensors through the monitor).
+  void sample_device_step(std::int64_t step_number, float scale);
   std::vector<float> lr_schedule(std::int64_t schedule_steps) const;
 
   TrainConfig config_;
@@ -150,6 +152,7 @@ class Trainer {
     double train_seconds = 0;
   } position_;
   std::unique_ptr<DeviceEngine> device_;  // when config_.device is cuda
+  float device_loss_scale_ = 1.0f;        // the scale the next CUDA step multiplies the loss by
   static constexpr std::int64_t kMaxConsecutiveNonfinite = 100;  // then the run stops: it is not recovering
 };
 
