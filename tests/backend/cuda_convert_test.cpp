@@ -7,6 +7,7 @@
 #include <cstring>
 #include <vector>
 
+#include "../support/gpu.h"
 #include "../support/conversion_stats.h"
 #include "mpx/backend/cuda.h"
 #include "mpx/core/error.h"
@@ -15,11 +16,6 @@
 
 namespace mpx::cuda {
 namespace {
-
-#define MPX_SKIP_WITHOUT_GPU()                                                         \
-  do {                                                                                 \
-    if (devices().empty()) GTEST_SKIP() << "no GPU: " << no_device_reason();           \
-  } while (0)
 
 using numeric::same_stats;
 

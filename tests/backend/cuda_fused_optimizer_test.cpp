@@ -8,6 +8,7 @@
 #include <random>
 #include <vector>
 
+#include "../support/gpu.h"
 #include "mpx/amp/loss_scaler.h"
 #include "mpx/amp/optimizer.h"
 #include "mpx/backend/cuda.h"
@@ -17,11 +18,6 @@
 
 namespace mpx::cuda {
 namespace {
-
-#define MPX_SKIP_WITHOUT_GPU()                                               \
-  do {                                                                       \
-    if (devices().empty()) GTEST_SKIP() << "no GPU: " << no_device_reason(); \
-  } while (0)
 
 struct HostParam {
   std::vector<float> value, grad, m1, m2;

@@ -9,6 +9,7 @@
 #include <random>
 #include <vector>
 
+#include "../support/gpu.h"
 #include "mpx/backend/cuda.h"
 #include "mpx/backend/cuda_kernels.h"
 #include "mpx/backend/cuda_matmul.h"
@@ -16,11 +17,6 @@
 
 namespace mpx::cuda {
 namespace {
-
-#define MPX_SKIP_WITHOUT_GPU()                                               \
-  do {                                                                       \
-    if (devices().empty()) GTEST_SKIP() << "no GPU: " << no_device_reason(); \
-  } while (0)
 
 std::vector<float> random_floats(std::size_t n, std::uint32_t seed, float scale = 1.0f, float offset = 0.0f) {
   std::mt19937 rng(seed);

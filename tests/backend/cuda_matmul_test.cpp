@@ -7,17 +7,13 @@
 #include <random>
 #include <vector>
 
+#include "../support/gpu.h"
 #include "mpx/backend/cuda.h"
 #include "mpx/backend/cuda_matmul.h"
 #include "mpx/numeric/convert.h"
 
 namespace mpx::cuda {
 namespace {
-
-#define MPX_SKIP_WITHOUT_GPU()                                               \
-  do {                                                                       \
-    if (devices().empty()) GTEST_SKIP() << "no GPU: " << no_device_reason(); \
-  } while (0)
 
 // Values exactly representable in `dtype`, and their bytes in that dtype.
 std::vector<float> random_values(std::size_t n, DType dtype, std::vector<unsigned char>& bytes, std::mt19937& rng) {

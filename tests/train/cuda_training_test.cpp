@@ -8,17 +8,13 @@
 #include <string>
 #include <vector>
 
+#include "../support/gpu.h"
 #include "../support/fashion_mnist.h"
 #include "mpx/backend/cuda.h"
 #include "mpx/train/trainer.h"
 
 namespace mpx::train {
 namespace {
-
-#define MPX_SKIP_WITHOUT_GPU()                                                           \
-  do {                                                                                   \
-    if (cuda::devices().empty()) GTEST_SKIP() << "no GPU: " << cuda::no_device_reason(); \
-  } while (0)
 
 TrainConfig recipe(const std::string& precision, const std::string& device) {
   TrainConfig c;
