@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <set>
 #include <string>
 #include <vector>
@@ -75,6 +76,37 @@ TEST(CudaTraining, SixteenMixedSkipsOverflowingStepsAndKeepsTraining) {
   for (nn::Parameter* p : trainer.model().parameters()) {
     const float* v = p->value.data_as<float>();
     for (std::int64_t i = 0; i < p->value.numel(); ++i) ASSERT_TRUE(std::isfinite(v[i])) << p->name;
+  }
+}
+
+TEST(CudaTraining, AResumedRunEndsBitIdenticalToAnUninterruptedOne) {
+  MPX_SKIP_WITHOUT_GPU();
+  MPX_NEED_DATA();
+  const std::string dir = ::testing::TempDir();
+  auto config = [&](std::int64_t max_steps, const std::string& checkpoint) {
+    TrainConfig c = recipe("16-mixed", "cuda");
+    c.epochs = 2;
+    c.train_subset = 1280;  // 10 steps an epoch: the stop at 7 is mid-epoch, the last batch is full
+    c.test_subset = 128;
+    c.max_steps = max_steps;
+    c.checkpoint_every = 7;
+    c.checkpoint_path = dir + checkpoint;
+    return c;
+  };
+  Trainer straight(config(20, "straight.safetensors"), *test::fashion_mnist());
+  const TrainResult a = straight.run();
+  Trainer first_half(config(7, "resumed.safetensors"), *test::fashion_mnist());
+  first_half.run();
+  Trainer second_half(config(20, "resumed.safetensors"), *test::fashion_mnist());
+  second_half.load_checkpoint(dir + "resumed.safetensors");
+  const TrainResult b = second_half.run();
+  EXPECT_EQ(a.loss_scaler.scale, b.loss_scaler.scale);
+  EXPECT_EQ(a.loss_scaler.steps, b.loss_scaler.steps);
+  const auto pa = straight.model().parameters(), pb = second_half.model().parameters();
+  ASSERT_EQ(pa.size(), pb.size());
+  for (std::size_t i = 0; i < pa.size(); ++i) {
+    EXPECT_EQ(std::memcmp(pa[i]->value.data(), pb[i]->value.data(), pa[i]->value.bytes()), 0) << pa[i]->name;
+    EXPECT_EQ(std::memcmp(pa[i]->state2.data(), pb[i]->state2.data(), pa[i]->state2.bytes()), 0) << pa[i]->name;
   }
 }
 
