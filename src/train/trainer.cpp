@@ -89,6 +89,9 @@ Trainer::Trainer(const TrainConfig& config, const io::FashionMnist& data)
   labels_.resize(static_cast<std::size_t>(config_.batch_size));
   if (config_.device == "cuda") {
     device_ = std::make_unique<DeviceEngine>(model_, ctx_.policy, config_, data_, normalise_, scaling);
+    // The initial weights, so that evaluate() is right before run() too (run() uploads again after a
+    // load_checkpoint).
+    device_->upload_state(scaler_ ? &scaler_->state() : nullptr, 0, 0);
   }
 }
 
