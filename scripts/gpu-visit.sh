@@ -3,6 +3,8 @@
 # and packs into .gpu/ what the device needs (stripped binaries with their Debian libraries, the data set,
 # the PyTorch reference); the device call then runs `bash .gpu/visit.sh` with carry [".gpu"], which runs
 # the GPU tests and every GPU benchmark beside PyTorch's figures and leaves the results under $OUT.
+# A call is limited to 10 minutes: `bash .gpu/visit.sh tests`, `... bench` (mpx and PyTorch benchmarks in
+# the same call, as the guide asks) and `... train` (a 10-epoch run) split the visit; no argument runs all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-}" in
@@ -19,7 +21,7 @@ case "${1:-}" in
     grep -qx '.gpu/' .git/info/exclude || echo '.gpu/' >> .git/info/exclude
     du -sh .gpu
     ;;
-  "")  # on the device machine
+  ""|tests|bench|train)  # on the device machine
     : "${OUT:?run on the device machine, where OUT is set}"
     here=$(cd "$(dirname "$0")" && pwd)
     tar -C "$here" -xJf "$here/bundle.tar.xz"
@@ -27,18 +29,25 @@ case "${1:-}" in
     export MPX_FASHION_MNIST_DIR="$here/fashion-mnist"
     nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt" || true
     "$run" mpx info | tee "$OUT/info.txt"
-    "$run" mpx_gpu_tests --gtest_output="xml:$OUT/gpu_tests.xml" 2>&1 | tail -40 | tee "$OUT/gpu_tests.txt" || true
-    for dtype in bf16 f16; do
+    part=${1:-all}
+    if [ "$part" = all ] || [ "$part" = tests ]; then
+      "$run" mpx_gpu_tests --gtest_output="xml:$OUT/gpu_tests.xml" 2>&1 | tail -60 | tee "$OUT/gpu_tests.txt" || true
+    fi
+    if [ "$part" = all ] || [ "$part" = bench ]; then
+      for dtype in bf16 f16; do
       "$run" mpx bench matmul --device cuda --dtype "$dtype" --size 8192 --repeats 20 --json > "$OUT/matmul_$dtype.json" || true
-    done
-    "$run" mpx bench matmul --device cuda --dtype f32 --tf32 --size 8192 --json > "$OUT/matmul_tf32.json" || true
-    "$run" mpx bench optimizer --steps 100 --json > "$OUT/optimizer.json" || true
-    "$run" mpx bench train --device cuda --steps 400 --rounds 3 --data "$MPX_FASHION_MNIST_DIR" --json > "$OUT/train.json" || true
-    (cd "$OUT" && FMNIST="$MPX_FASHION_MNIST_DIR" timeout 300 python3 "$here/torch_reference.py" cast gemm optim fmnist) \
+      done
+      "$run" mpx bench matmul --device cuda --dtype f32 --tf32 --size 8192 --json > "$OUT/matmul_tf32.json" || true
+      "$run" mpx bench optimizer --steps 100 --json > "$OUT/optimizer.json" || true
+      "$run" mpx bench train --device cuda --steps 400 --rounds 3 --data "$MPX_FASHION_MNIST_DIR" --json > "$OUT/train.json" || true
+      (cd "$OUT" && FMNIST="$MPX_FASHION_MNIST_DIR" timeout 300 python3 "$here/torch_reference.py" cast gemm optim fmnist) \
       > "$OUT/torch.txt" 2>&1 || true
-    "$run" mpx train --device cuda --precision bf16-mixed --epochs 10 --data "$MPX_FASHION_MNIST_DIR" --out "$OUT/run-bf16" \
+    fi
+    if [ "$part" = all ] || [ "$part" = train ]; then
+      "$run" mpx train --device cuda --precision bf16-mixed --epochs 10 --data "$MPX_FASHION_MNIST_DIR" --out "$OUT/run-bf16" \
       --no-progress > "$OUT/train_bf16.txt" 2>&1 || true
-    tail -n 3 "$OUT"/gpu_tests.txt "$OUT"/*.json "$OUT/train_bf16.txt"
+    fi
+    tail -n 5 "$OUT"/*.txt "$OUT"/*.json 2>/dev/null || true
     ;;
-  *) echo "usage: scripts/gpu-visit.sh [pack]" >&2; exit 2 ;;
+  *) echo "usage: scripts/gpu-visit.sh pack (here) | .gpu/visit.sh [tests|bench|train] (on the device)" >&2; exit 2 ;;
 esac
