@@ -26,7 +26,8 @@ std::vector<float> random_values(std::size_t n, DType dtype, std::vector<unsigne
   return v;
 }
 
-void check_problem(const MatmulProblem& p) {
+// offset: elements by which every operand starts past a 256-byte boundary (cuBLASLt must be told).
+void check_problem(const MatmulProblem& p, std::size_t offset = 0) {
   std::mt19937 rng(11);
   std::vector<unsigned char> a_bytes, b_bytes;
   const auto a = random_values(static_cast<std::size_t>(p.m * p.k), p.input, a_bytes, rng);
@@ -34,16 +35,24 @@ void check_problem(const MatmulProblem& p) {
   std::vector<float> bias(static_cast<std::size_t>(p.n));
   for (float& x : bias) x = std::uniform_real_distribution<float>(-0.5f, 0.5f)(rng);
   DeviceContext context;
-  DeviceBuffer da(a_bytes.size()), db(b_bytes.size()), dc(static_cast<std::size_t>(p.m * p.n) * size_bytes(p.output)),
-      dbias(bias.size() * 4);
-  da.copy_from_host(a_bytes.data(), a_bytes.size());
-  db.copy_from_host(b_bytes.data(), b_bytes.size());
+  const std::size_t in_skip = offset * size_bytes(p.input), out_skip = offset * size_bytes(p.output);
+  DeviceBuffer da(a_bytes.size() + in_skip), db(b_bytes.size() + in_skip),
+      dc(static_cast<std::size_t>(p.m * p.n) * size_bytes(p.output) + out_skip), dbias(bias.size() * 4);
+  std::vector<unsigned char> padded_a(in_skip, 0), padded_b(in_skip, 0);
+  padded_a.insert(padded_a.end(), a_bytes.begin(), a_bytes.end());
+  padded_b.insert(padded_b.end(), b_bytes.begin(), b_bytes.end());
+  da.copy_from_host(padded_a.data(), padded_a.size());
+  db.copy_from_host(padded_b.data(), padded_b.size());
   dbias.copy_from_host(bias.data(), bias.size() * 4);
   Matmul matmul(context);
-  matmul.run(p, da.data(), db.data(), dc.data(), static_cast<const float*>(dbias.data()));
+  auto* base_a = static_cast<unsigned char*>(da.data()) + in_skip;
+  auto* base_b = static_cast<unsigned char*>(db.data()) + in_skip;
+  auto* base_c = static_cast<unsigned char*>(dc.data()) + out_skip;
+  matmul.run(p, base_a, base_b, base_c, static_cast<const float*>(dbias.data()));
   context.synchronize();
-  std::vector<unsigned char> c_bytes(dc.bytes());
-  dc.copy_to_host(c_bytes.data(), c_bytes.size());
+  std::vector<unsigned char> all_c(dc.bytes());
+  dc.copy_to_host(all_c.data(), all_c.size());
+  const std::vector<unsigned char> c_bytes(all_c.begin() + static_cast<std::ptrdiff_t>(out_skip), all_c.end());
   std::vector<float> c(static_cast<std::size_t>(p.m * p.n));
   numeric::convert(c_bytes.data(), p.output, c.data(), DType::f32, c.size());
 
@@ -80,6 +89,13 @@ TEST(CudaMatmul, LowPrecisionInputsMatchADoubleReference) {
       }
     }
   }
+}
+
+TEST(CudaMatmul, OperandsOffFromTheDefault256ByteAlignmentStillGiveTheReference) {
+  MPX_SKIP_WITHOUT_GPU();
+  check_problem({64, 48, 72, false, true, DType::bf16, DType::f32}, 1);
+  check_problem({64, 48, 72, false, false, DType::f16, DType::f16}, 4);
+  check_problem({64, 48, 72, true, false, DType::f32, DType::f32}, 2);
 }
 
 TEST(CudaMatmul, Fp32WithoutTf32IsFp32Accurate) {

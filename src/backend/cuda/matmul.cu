@@ -44,9 +44,20 @@ cublasLtEpilogue_t lt_epilogue(MatmulEpilogue e) {
 bool has_bias(MatmulEpilogue e) { return e == MatmulEpilogue::bias || e == MatmulEpilogue::bias_relu; }
 bool has_relu(MatmulEpilogue e) { return e == MatmulEpilogue::relu || e == MatmulEpilogue::bias_relu; }
 
-using Key = std::tuple<std::int64_t, std::int64_t, std::int64_t, bool, bool, DType, DType, MatmulEpilogue, bool, bool>;
-Key key_of(const MatmulProblem& p) {
-  return {p.m, p.n, p.k, p.transpose_a, p.transpose_b, p.input, p.output, p.epilogue, p.accumulate, p.allow_tf32};
+// The largest power of two up to 256 that divides the address: cuBLASLt's heuristics assume 256-byte
+// aligned operands unless told otherwise, and a kernel chosen under that assumption may misread others.
+std::uint32_t alignment_of(const void* p) {
+  const auto address = reinterpret_cast<std::uintptr_t>(p);
+  std::uint32_t alignment = 256;
+  while (alignment > 1 && address % alignment != 0) alignment /= 2;
+  return alignment;
+}
+
+using Key = std::tuple<std::int64_t, std::int64_t, std::int64_t, bool, bool, DType, DType, MatmulEpilogue, bool, bool,
+                       std::uint32_t, std::uint32_t, std::uint32_t>;
+Key key_of(const MatmulProblem& p, std::uint32_t align_a, std::uint32_t align_b, std::uint32_t align_c) {
+  return {p.m, p.n, p.k, p.transpose_a, p.transpose_b, p.input, p.output, p.epilogue, p.accumulate, p.allow_tf32,
+          align_a, align_b, align_c};
 }
 
 struct Plan {
@@ -85,8 +96,10 @@ struct Matmul::Impl {
 
   cudaStream_t stream() const { return static_cast<cudaStream_t>(context.stream()); }
 
-  Plan& plan_for(const MatmulProblem& p) {
-    auto found = plans.find(key_of(p));
+  // align_*: of the operands as the caller passes them (a is the row-major A, cuBLASLt's second operand).
+  Plan& plan_for(const MatmulProblem& p, std::uint32_t align_a, std::uint32_t align_b, std::uint32_t align_c) {
+    const Key key = key_of(p, align_a, align_b, align_c);
+    auto found = plans.find(key);
     if (found != plans.end()) return *found->second;
     auto plan = std::make_unique<Plan>();
     const cublasComputeType_t compute =
@@ -109,6 +122,14 @@ struct Matmul::Impl {
     const std::size_t workspace_bytes = kWorkspaceBytes;
     MPX_CUBLAS_CHECK(cublaslt().cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                                           &workspace_bytes, sizeof(workspace_bytes)));
+    const std::pair<cublasLtMatmulPreferenceAttributes_t, std::uint32_t> alignments[] = {
+        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, align_b},  // cuBLASLt's A is our B
+        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, align_a},
+        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, align_c},
+        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, align_c}};
+    for (const auto& [attribute, bytes] : alignments) {
+      MPX_CUBLAS_CHECK(cublaslt().cublasLtMatmulPreferenceSetAttribute(preference, attribute, &bytes, sizeof(bytes)));
+    }
     auto heuristic = [&](MatmulEpilogue e) {
       const cublasLtEpilogue_t epilogue = lt_epilogue(e);
       MPX_CUBLAS_CHECK(cublaslt().cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)));
@@ -135,7 +156,7 @@ struct Matmul::Impl {
       throw CudaError("cuBLASLt has no algorithm for " + std::to_string(p.m) + "x" + std::to_string(p.n) + "x" +
                       std::to_string(p.k) + " " + std::string(name(p.input)) + " -> " + std::string(name(p.output)));
     }
-    return *plans.emplace(key_of(p), std::move(plan)).first->second;
+    return *plans.emplace(key, std::move(plan)).first->second;
   }
 };
 
@@ -155,7 +176,7 @@ void Matmul::run(const MatmulProblem& p, const void* a, const void* b, void* c, 
   check_matmul(p);
   if (has_bias(p.epilogue) && bias == nullptr) throw InvalidArgument("matmul: the bias epilogue needs a bias vector");
   if (a == nullptr || b == nullptr || c == nullptr) throw InvalidArgument("matmul: null device pointer");
-  Plan& plan = impl_->plan_for(p);
+  Plan& plan = impl_->plan_for(p, alignment_of(a), alignment_of(b), alignment_of(c));
   if (has_bias(p.epilogue) && !plan.separate_epilogue) {
     MPX_CUBLAS_CHECK(cublaslt().cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
   }
