@@ -61,13 +61,16 @@ __global__ void dropout_forward_kernel(DropoutArgs args, const std::uint64_t* st
   MPX_GRID_STRIDE(i, count) {
     const bool kept = numeric::random_u32(args.key, base + static_cast<std::uint64_t>(i)) >= threshold;
     keep[i] = kept;
-    elements::store(y, i, kind, kept ? elements::load(x, i, kind) * keep_scale : 0.0f);
+    // x * (mask * scale), as the CPU layer: a dropped negative value gives -0 and an infinity NaN there too.
+    elements::store(y, i, kind, elements::load(x, i, kind) * (static_cast<float>(kept) * keep_scale));
   }
 }
 
 __global__ void dropout_backward_kernel(float keep_scale, const void* dy, const std::uint8_t* keep, std::uint8_t kind,
                                         std::int64_t count, void* dx) {
-  MPX_GRID_STRIDE(i, count) { elements::store(dx, i, kind, keep[i] ? elements::load(dy, i, kind) * keep_scale : 0.0f); }
+  MPX_GRID_STRIDE(i, count) {
+    elements::store(dx, i, kind, elements::load(dy, i, kind) * (static_cast<float>(keep[i]) * keep_scale));
+  }
 }
 
 // One warp per row: max, sum of exponentials and the row's loss in FP32; the gradient in the same pass.
