@@ -252,7 +252,7 @@ TEST(CudaKernels, GatherBatchNormalisesAndPicksLabels) {
   for (int b = 0; b < 3; ++b) {
     EXPECT_EQ(lv[b], labels[index[b]]);
     for (std::int64_t p = 0; p < pixels; ++p) {
-      const float expected = (data[index[b] * pixels + p] * (1.0f / 255.0f) - 0.25f) * 2.0f;
+      const float expected = (static_cast<float>(data[index[b] * pixels + p]) / 255.0f - 0.25f) * 2.0f;
       ASSERT_FLOAT_EQ(xv[b * pixels + p], expected);
     }
   }

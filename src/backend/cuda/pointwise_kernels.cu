@@ -148,7 +148,7 @@ __global__ void gather_batch_kernel(const std::uint8_t* images, const std::uint8
   MPX_GRID_STRIDE(i, rows * pixels) {
     const std::int64_t b = i / pixels, p = i % pixels;
     const std::int64_t source = index[b];
-    elements::store(x, i, kind, (static_cast<float>(images[source * pixels + p]) * (1.0f / 255.0f) - mean) * inv_std);
+    elements::store(x, i, kind, (static_cast<float>(images[source * pixels + p]) / 255.0f - mean) * inv_std);
     if (p == 0) labels[b] = all_labels[source];
   }
 }
