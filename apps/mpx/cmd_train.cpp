@@ -114,7 +114,7 @@ void run_train(TrainOptions& o) {
                100 * e.test_accuracy, e.seconds, e.images_per_second,
                e.skipped_steps ? fmt::format(", {} skipped steps", e.skipped_steps) : "");
     std::fflush(stdout);
-    recorder.epoch(e, trainer.context().memory);
+    recorder.epoch(e, trainer.memory());
   };
   callbacks.on_numerics = [&](const telemetry::NumericsSample& sample) { recorder.numerics(sample); };
   callbacks.on_nonfinite = [&](const telemetry::NonFiniteOrigin& origin) {
@@ -124,8 +124,8 @@ void run_train(TrainOptions& o) {
   };
 
   const train::TrainResult result = trainer.run(callbacks);
-  recorder.memory_peaks(trainer.context().memory);
-  nlohmann::json summary = train::summary_json(config, result, trainer.context().memory, omp_get_max_threads());
+  recorder.memory_peaks(trainer.memory());
+  nlohmann::json summary = train::summary_json(config, result, trainer.memory(), omp_get_max_threads());
   train::save_model(run.file("model.safetensors"), trainer.model(),
                     {{"mpx.model", config.model}, {"mpx.precision", config.precision},
                      {"mpx.test_accuracy", fmt::format("{:.6f}", result.test_accuracy)},

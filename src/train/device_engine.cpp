@@ -326,7 +326,8 @@ DeviceEngine::DeviceEngine(nn::Sequential& model, const amp::PrecisionPolicy& po
 DeviceEngine::~DeviceEngine() = default;
 
 std::string DeviceEngine::device_name() const { return impl_->context.name(); }
-std::size_t DeviceEngine::peak_bytes() const { return impl_->context.pool().memory().peak_total(); }
+std::size_t DeviceEngine::peak_bytes() const { return memory().peak_total(); }
+const MemoryTracker& DeviceEngine::memory() const { return impl_->context.pool().memory(); }
 
 void DeviceEngine::upload_state(const amp::LossScalerState* scaler, std::int64_t optimizer_steps, std::int64_t global_step) {
   Impl& m = *impl_;

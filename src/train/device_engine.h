@@ -37,6 +37,7 @@ class DeviceEngine {
 
   std::string device_name() const;
   std::size_t peak_bytes() const;  // device memory mpx held at most
+  const MemoryTracker& memory() const;  // device memory by category, with peaks
 
   // Host -> device: weights, BatchNorm statistics, optimizer state, scaler state and counts (run start).
   void upload_state(const amp::LossScalerState* scaler, std::int64_t optimizer_steps, std::int64_t global_step);

@@ -99,7 +99,8 @@ Trainer::~Trainer() = default;
 
 std::string Trainer::device_name() const { return device_ ? device_->device_name() : "cpu"; }
 
-std::size_t Trainer::peak_bytes() const { return device_ ? device_->peak_bytes() : ctx_.memory.peak_total(); }
+std::size_t Trainer::peak_bytes() const { return memory().peak_total(); }
+const MemoryTracker& Trainer::memory() const { return device_ ? device_->memory() : ctx_.memory; }
 
 void Trainer::sync_from_device() {
   if (!device_) return;

@@ -105,6 +105,7 @@ class Trainer {
   // "cpu", or the device the run uses ("cuda:0 (NVIDIA H100 80GB HBM3)").
   std::string device_name() const;
   std::size_t peak_bytes() const;  // the most memory the engine held (device memory on CUDA)
+  const MemoryTracker& memory() const;  // the engine's memory by category (device memory on CUDA)
   nn::Sequential& model() { return model_; }
 
  private:
