@@ -258,6 +258,7 @@ struct DeviceEngine::Impl {
   }
 
   std::int64_t last_rows = 0;
+  bool warmed_up = false;  // a full batch ran eagerly: the graph may be captured
 
   // Everything a training step enqueues after the batch is in place.
   void step_body(std::int64_t rows) {
@@ -399,11 +400,14 @@ DeviceStepOutcome DeviceEngine::run_step(std::int64_t first, std::int64_t rows) 
                         static_cast<const std::int64_t*>(m.order.get()) + first, rows, m.normalise.mean,
                         m.normalise.inv_std, m.x.get(), m.act, static_cast<std::uint8_t*>(m.labels.get()));
   m.last_rows = rows;
-  if (rows == m.batch && m.config.cuda_graph) {
+  // The first full batch runs eagerly (lazy module loading, cuBLASLt plans and heuristics happen outside
+  // the capture, as CUDA's graph guidance asks); the second is captured and every later one replays it.
+  if (rows == m.batch && m.config.cuda_graph && m.warmed_up) {
     if (!m.graph) m.graph = std::make_unique<cuda::CapturedGraph>(m.context, [&] { m.step_body(rows); });
     m.graph->launch();
   } else {
     m.step_body(rows);
+    m.warmed_up = m.warmed_up || rows == m.batch;
   }
   DeviceStepOutcome out;
   m.context.download(&out.loss, m.loss.get(), 4);
