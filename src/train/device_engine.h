@@ -2,7 +2,8 @@
 // loss-scaling rules as the CPU trainer, run as device kernels (src/backend/cuda) on device-resident data.
 // Activations and their gradients are stored in the compute dtype (as autocast does); logits, loss,
 // statistics, master weights, gradients and optimizer state are FP32. Full batches replay one captured
-// CUDA graph (forward, loss, backward and the fused optimizer step); the odd last batch runs eagerly.
+// CUDA graph (forward, loss, backward and the fused optimizer step) from the second full batch on; the first
+// and the odd last batch run eagerly.
 // Internal to src/train: the Trainer owns one when TrainConfig::device is "cuda".
 #pragma once
 
