@@ -47,7 +47,7 @@ void print_info(const InfoOptions& options) {
                          {"free_bytes", d.free_bytes}});
     }
     j["cuda"] = {{"devices", devices}, {"driver_version", runtime.driver_version},
-                 {"runtime_version", runtime.runtime_version}};
+                 {"runtime_version", runtime.runtime_version}, {"blas", cuda::blas_library()}};
     if (!no_gpu.empty()) j["cuda"]["no_device_reason"] = no_gpu;
     fmt::print("{}\n", j.dump(2));
     return;
@@ -68,6 +68,7 @@ void print_info(const InfoOptions& options) {
     fmt::print("cuda:   driver {}.{}, runtime {}.{}\n", runtime.driver_version / 1000,
                runtime.driver_version % 1000 / 10, runtime.runtime_version / 1000,
                runtime.runtime_version % 1000 / 10);
+    fmt::print("        {}\n", cuda::blas_library());
     for (const auto& d : gpus) {
       fmt::print("        device {}: {}, compute capability {}.{}, {} SMs, {} ({} free)\n", d.index, d.name,
                  d.compute_major, d.compute_minor, d.multiprocessors, gib(d.total_bytes), gib(d.free_bytes));

@@ -34,6 +34,9 @@ RuntimeInfo runtime_info();
 // Why devices() is empty, in one line a user can act on ("no CUDA device", "driver too old", ...).
 std::string no_device_reason();
 
+// cuBLASLt, which matrix products need (opened on first use): "cuBLASLt 13.0.2", or why it cannot be used.
+std::string blas_library();
+
 // Throws NotAvailable with no_device_reason() unless a device can be used.
 void require_device();
 

@@ -40,4 +40,13 @@ const CublasLt& cublaslt() {
   return library;
 }
 
+std::string blas_library() {
+  try {
+    const std::size_t v = cublaslt().cublasLtGetVersion();  // major * 10000 + minor * 100 + patch
+    return "cuBLASLt " + std::to_string(v / 10000) + "." + std::to_string(v / 100 % 100) + "." + std::to_string(v % 100);
+  } catch (const Error& e) {
+    return e.what();
+  }
+}
+
 }  // namespace mpx::cuda

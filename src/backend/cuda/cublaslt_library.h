@@ -13,7 +13,7 @@ struct CublasLt {
   X(cublasLtCreate) X(cublasLtDestroy) X(cublasLtMatmul) X(cublasLtMatmulAlgoGetHeuristic)                     \
   X(cublasLtMatmulDescCreate) X(cublasLtMatmulDescDestroy) X(cublasLtMatmulDescSetAttribute)                   \
   X(cublasLtMatmulPreferenceCreate) X(cublasLtMatmulPreferenceDestroy) X(cublasLtMatmulPreferenceSetAttribute) \
-  X(cublasLtMatrixLayoutCreate) X(cublasLtMatrixLayoutDestroy) X(cublasLtGetStatusName)
+  X(cublasLtMatrixLayoutCreate) X(cublasLtMatrixLayoutDestroy) X(cublasLtGetStatusName) X(cublasLtGetVersion)
 #define MPX_DECLARE_POINTER(name) decltype(&::name) name = nullptr;
   MPX_CUBLASLT_FUNCTIONS(MPX_DECLARE_POINTER)
 #undef MPX_DECLARE_POINTER
