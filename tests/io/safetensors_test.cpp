@@ -99,6 +99,15 @@ TEST(Safetensors, RejectsEachClassOfMalformedFile) {
   EXPECT_EQ(quoted.metadata().at("k"), "[[[,,,\"]]{");
 }
 
+TEST(Safetensors, TheRecordedChecksumIsTheSha256OfAllTensorBytesInOrder) {
+  // FIPS 180-2's test vector: SHA-256("abc"), here spread over two tensors written piece by piece.
+  const std::string path = testing::TempDir() + "/abc.safetensors";
+  const std::vector<std::uint8_t> ab = {'a', 'b'}, c = {'c'};
+  write_safetensors(path, {{"ab", DType::u8, {2}, ab.data()}, {"c", DType::u8, {1}, c.data()}});
+  const SafetensorsFile file = SafetensorsFile::read(path);
+  EXPECT_EQ(file.metadata().at("mpx.data_sha256"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+}
+
 TEST(Safetensors, DamagedDataFailsTheChecksum) {
   const std::string path = testing::TempDir() + "/damaged.safetensors";
   const std::vector<float> v = {1, 2, 3, 4};
