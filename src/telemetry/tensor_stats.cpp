@@ -67,7 +67,9 @@ constexpr std::size_t kBlock = 2048;
 
 template <DType D>
 MPX_VECTOR_CLONES void stats_range(const void* data, std::size_t begin, std::size_t end, TensorStats& s) {
-  float lo = std::numeric_limits<float>::infinity(), hi = -lo;
+  // min/max as order-preserving integer keys of the float bits: integer min/max reductions vectorise where
+  // float ones (with their NaN rules) do not.
+  std::uint32_t key_lo = 0xFFFFFFFFu, key_hi = 0;
   std::uint64_t nan = 0, nan_negative = 0, zeros = 0, beyond = 0;
   std::array<std::array<std::uint32_t, 512>, 4> table{};  // four tables: no store-to-load chains
   std::array<std::uint64_t, 512> exponents{};
@@ -76,17 +78,24 @@ MPX_VECTOR_CLONES void stats_range(const void* data, std::size_t begin, std::siz
   for (std::size_t first = begin; first < end; first += kBlock) {
     const std::size_t n = std::min(kBlock, end - first);
     for (std::size_t i = 0; i < n; ++i) bits[i] = bits_of<D>(data, first + i);
+    std::uint32_t block_nan = 0, block_nan_negative = 0, block_zeros = 0, block_beyond = 0;  // 32-bit lanes
     for (std::size_t i = 0; i < n; ++i) {
       const std::uint32_t u = bits[i], magnitude = u & 0x7FFFFFFFu;
-      const bool is_nan = magnitude > 0x7F800000u, finite = magnitude < 0x7F800000u;
-      nan += is_nan;
-      nan_negative += is_nan & (u >> 31);
-      zeros += magnitude == 0;
-      beyond += finite & (magnitude > 0x477FE000u);  // |x| > 65504
-      const float v = std::bit_cast<float>(u);
-      lo = finite ? std::min(lo, v) : lo;
-      hi = finite ? std::max(hi, v) : hi;
+      const std::uint32_t is_nan = magnitude > 0x7F800000u, finite = magnitude < 0x7F800000u;
+      block_nan += is_nan;
+      block_nan_negative += is_nan & (u >> 31);
+      block_zeros += magnitude == 0;
+      block_beyond += finite & (magnitude > 0x477FE000u);  // |x| > 65504
+      // Unsigned order = float order: negatives flipped whole, positives get the top bit. Branch-free, and
+      // non-finite elements become the identity of each reduction.
+      const std::uint32_t key = u ^ (static_cast<std::uint32_t>(static_cast<std::int32_t>(u) >> 31) | 0x80000000u);
+      key_lo = std::min(key_lo, key | (finite - 1u));
+      key_hi = std::max(key_hi, key & (0u - finite));
     }
+    nan += block_nan;
+    nan_negative += block_nan_negative;
+    zeros += block_zeros;
+    beyond += block_beyond;
     for (std::size_t i = 0; i < n; ++i) ++table[i & 3][bits[i] >> 23];
     for (std::size_t e = 0; e < 512; ++e) {  // flushed per block: 32-bit counters never overflow
       exponents[e] += table[0][e] + table[1][e] + table[2][e] + table[3][e];
@@ -112,7 +121,11 @@ MPX_VECTOR_CLONES void stats_range(const void* data, std::size_t begin, std::siz
     }
   }
   if constexpr (D != DType::f16) s.subnormals = exponents[0] + exponents[256] - zeros;
-  if (lo <= hi) {
+  if (key_lo != 0xFFFFFFFFu) {  // some element was finite
+    auto float_of = [](std::uint32_t key) {
+      return std::bit_cast<float>((key & 0x80000000u) ? (key & 0x7FFFFFFFu) : ~key);
+    };
+    const float lo = float_of(key_lo), hi = float_of(key_hi);
     s.min = lo;
     s.max = hi;
     s.max_abs = std::max(std::fabs(static_cast<double>(lo)), std::fabs(static_cast<double>(hi)));

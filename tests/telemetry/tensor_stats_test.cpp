@@ -2,6 +2,8 @@
 // model pass with injected faults.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <bit>
 #include <cmath>
 #include <limits>
 #include <numeric>
@@ -43,6 +45,31 @@ TEST(TensorStats, CountsEveryClassOfValueInFp32) {
   EXPECT_EQ(s.histogram.back(), 3u);   // +inf, -inf, 2^60
   EXPECT_EQ(s.nonzero_below(-14), 2u);
   EXPECT_LT(s.fp16_headroom_binades(), 0.0);
+}
+
+TEST(TensorStats, MinAndMaxAreThoseOfAPlainScanOverTheFiniteValues) {
+  std::mt19937 rng(5);
+  std::uniform_int_distribution<std::uint32_t> any_bits;
+  for (int trial = 0; trial < 20; ++trial) {
+    std::vector<float> v(5000 + 37 * trial);
+    for (float& x : v) x = std::bit_cast<float>(any_bits(rng));  // every class: NaN, inf, subnormal, -0
+    double lo = kInf, hi = -kInf;
+    for (float x : v) {
+      if (!std::isfinite(x)) continue;
+      lo = std::min<double>(lo, x);
+      hi = std::max<double>(hi, x);
+    }
+    const TensorStats s = compute_stats(v.data(), DType::f32, v.size());
+    EXPECT_EQ(s.min, lo);
+    EXPECT_EQ(s.max, hi);
+    EXPECT_EQ(s.max_abs, std::max(std::fabs(lo), std::fabs(hi)));
+  }
+  const std::vector<float> none_finite = {NAN, kInf, -kInf};
+  const TensorStats s = compute_stats(none_finite.data(), DType::f32, none_finite.size());
+  EXPECT_EQ(s.min, 0.0);
+  EXPECT_EQ(s.max, 0.0);
+  const std::vector<float> zeros = {0.0f, -0.0f};
+  EXPECT_EQ(compute_stats(zeros.data(), DType::f32, 2).max_abs, 0.0);
 }
 
 TEST(TensorStats, Bf16AndFp16DataGiveTheSameCountsAsTheirValues) {
