@@ -1,7 +1,6 @@
 #include "device_engine.h"
 
 #include <algorithm>
-#include <array>
 #include <cstring>
 #include <numeric>
 #include <string>
@@ -34,6 +33,7 @@ struct DeviceParameterState {
 struct Op : DeviceOpPlan {
   int weight = -1, bias = -1;  // indices into the parameter states
   Block y, dx, cols, dcols, mean, inv_std, keep, workspace;
+  Block running_mean, running_var;  // batch_norm: the layer's buffers on the device
   const void* x = nullptr;   // what the last forward read
   const void* dy = nullptr;  // the gradient the last backward received
   const void* out = nullptr; // what the last forward handed on
@@ -103,6 +103,8 @@ struct DeviceEngine::Impl {
           const auto c = static_cast<std::size_t>(op.norm.channels);
           op.mean = allocate(c * 4, MemoryCategory::activations);
           op.inv_std = allocate(c * 4, MemoryCategory::activations);
+          op.running_mean = allocate(c * 4, MemoryCategory::activations);
+          op.running_var = allocate(c * 4, MemoryCategory::activations);
           op.workspace = allocate(kernels::reduction_workspace_floats(batch * op.norm.rows, op.norm.channels) * 4,
                                   MemoryCategory::workspace);
           break;
@@ -150,11 +152,13 @@ struct DeviceEngine::Impl {
           const auto* gamma = static_cast<const float*>(params[op.weight].master.get());
           const auto* beta = static_cast<const float*>(params[op.bias].master.get());
           if (training) {
-            kernels::batch_norm_forward_training(context, s, cur, act, gamma, beta, running(op, 0), running(op, 1), true,
+            kernels::batch_norm_forward_training(context, s, cur, act, gamma, beta, static_cast<float*>(op.running_mean.get()),
+                                                 static_cast<float*>(op.running_var.get()), true,
                                                  static_cast<float*>(op.mean.get()), static_cast<float*>(op.inv_std.get()),
                                                  static_cast<float*>(op.workspace.get()), op.y.get());
           } else {
-            kernels::batch_norm_forward_inference(context, s, cur, act, gamma, beta, running(op, 0), running(op, 1),
+            kernels::batch_norm_forward_inference(context, s, cur, act, gamma, beta, static_cast<float*>(op.running_mean.get()),
+                                                  static_cast<float*>(op.running_var.get()),
                                                   static_cast<float*>(op.workspace.get()), op.y.get());
           }
           break;
@@ -185,15 +189,6 @@ struct DeviceEngine::Impl {
       op.out = cur;
     }
     return cur;
-  }
-
-  // BatchNorm's running statistics live in device buffers keyed by the op (allocated on first use).
-  std::vector<std::pair<Op*, std::array<Block, 2>>> running_stats;
-  float* running(Op& op, int which) {
-    for (auto& [owner, blocks] : running_stats) {
-      if (owner == &op) return static_cast<float*>(blocks[which].get());
-    }
-    throw InvalidArgument("CUDA engine: no running statistics for " + op.layer->name());
   }
 
   void backward(std::int64_t rows, const void* dlogits) {
@@ -286,11 +281,6 @@ DeviceEngine::DeviceEngine(nn::Sequential& model, const amp::PrecisionPolicy& po
   m.pixels = data.train.height * data.train.width;
   m.matmul = std::make_unique<cuda::Matmul>(m.context);
   m.plan(data.train.height, data.train.width, 1);
-  for (Op& op : m.ops) {
-    if (op.kind != DeviceOpKind::batch_norm) continue;
-    const auto c = static_cast<std::size_t>(op.norm.channels);
-    m.running_stats.push_back({&op, {m.allocate(c * 4, MemoryCategory::activations), m.allocate(c * 4, MemoryCategory::activations)}});
-  }
   m.train_count = config.train_subset > 0 ? std::min(config.train_subset, data.train.count) : data.train.count;
   m.test_count = config.test_subset > 0 ? std::min(config.test_subset, data.test.count) : data.test.count;
   m.train_images = m.upload_vector(data.train.pixels, MemoryCategory::workspace);
@@ -343,10 +333,11 @@ void DeviceEngine::upload_state(const amp::LossScalerState* scaler, std::int64_t
       m.context.upload(p.working.get(), low.data(), p.count * 2);
     }
   }
-  for (auto& [op, blocks] : m.running_stats) {
-    auto* bn = static_cast<nn::BatchNorm2d*>(op->layer);
-    m.context.upload(blocks[0].get(), bn->running_mean().data(), bn->running_mean().bytes());
-    m.context.upload(blocks[1].get(), bn->running_var().data(), bn->running_var().bytes());
+  for (Op& op : m.ops) {
+    if (op.kind != DeviceOpKind::batch_norm) continue;
+    auto* bn = static_cast<nn::BatchNorm2d*>(op.layer);
+    m.context.upload(op.running_mean.get(), bn->running_mean().data(), bn->running_mean().bytes());
+    m.context.upload(op.running_var.get(), bn->running_var().data(), bn->running_var().bytes());
   }
   cuda::FusedStepRecord record;
   if (scaler) record.scaler = *scaler;
@@ -366,10 +357,11 @@ void DeviceEngine::download_state(amp::LossScalerState* scaler, std::int64_t& op
     if (p.m2 && p.host->state2.defined()) m.context.download(p.host->state2.data(), p.m2.get(), p.count * 4);
     p.host->refresh(m.policy.master_weights);  // the host working copy follows the weights
   }
-  for (auto& [op, blocks] : m.running_stats) {
-    auto* bn = static_cast<nn::BatchNorm2d*>(op->layer);
-    m.context.download(bn->running_mean().data(), blocks[0].get(), bn->running_mean().bytes());
-    m.context.download(bn->running_var().data(), blocks[1].get(), bn->running_var().bytes());
+  for (Op& op : m.ops) {
+    if (op.kind != DeviceOpKind::batch_norm) continue;
+    auto* bn = static_cast<nn::BatchNorm2d*>(op.layer);
+    m.context.download(bn->running_mean().data(), op.running_mean.get(), bn->running_mean().bytes());
+    m.context.download(bn->running_var().data(), op.running_var.get(), bn->running_var().bytes());
   }
   const cuda::FusedStepRecord record = m.optimizer->record();
   if (scaler) *scaler = record.scaler;

@@ -15,6 +15,7 @@
 
 #include "check.h"
 #include "elements.cuh"
+#include "launch.cuh"
 #include "mpx/amp/detail/update_rules.h"
 #include "mpx/backend/cuda_fused_optimizer.h"
 #include "mpx/backend/multi_tensor.h"
@@ -63,15 +64,6 @@ struct DeviceState {
   float lr;
   amp::detail::AdamWFactors adamw;
 };
-
-std::uint8_t kind_of(DType t, const char* what) {
-  switch (t) {
-    case DType::f32: return elements::kF32;
-    case DType::f16: return elements::kF16;
-    case DType::bf16: return elements::kBF16;
-    default: throw InvalidArgument(std::string("fused optimizer: ") + what + " must be f32, f16 or bf16, got " + std::string(name(t)));
-  }
-}
 
 template <class T, class Op>
 __device__ T block_reduce(T value, Op op, T* shared) {
@@ -175,12 +167,13 @@ struct ElementUpdate {
   float decay_factor, sgd_decay, lr, inv_scale, clip;
   amp::SgdConfig sgd;
   std::uint8_t working_kind;
-  bool round_master;
+  bool has_working, round_master;
   __device__ std::uint16_t operator()(float raw_grad, float& value, float& m1, float& m2) const {
     float g = raw_grad * inv_scale;
     if (clip != 1.0f) g *= clip;
     value = adamw ? amp::detail::adamw_update(value, g, m1, m2, f, decay_factor)
                   : amp::detail::sgd_update(value, g, m1, sgd, lr, sgd_decay);
+    if (!has_working) return 0;  // FP32 weights (32-true): nothing to round
     const std::uint16_t low = elements::narrow(value, working_kind);
     if (round_master) value = elements::load(&low, 0, working_kind);
     return low;
@@ -203,6 +196,7 @@ __global__ void __launch_bounds__(kThreads) update_kernel(const ParamDesc* param
                              state->clip,
                              config.sgd,
                              static_cast<std::uint8_t>(p.has_working ? p.working_kind : elements::kBF16),
+                             p.has_working != 0,
                              p.round_master != 0};
   float unused_m2 = 0.0f;
   // Four elements per thread step with 16-byte loads and stores where every pointer allows it (chunks
@@ -282,8 +276,8 @@ FusedOptimizer::FusedOptimizer(DeviceContext& context, const FusedStepConfig& co
     if (p.working != nullptr && p.working_dtype == DType::f32) {
       throw InvalidArgument(which + ": the working copy must be f16 or bf16 (FP32 parameters need none)");
     }
-    descs.push_back({p.master, p.grad, p.state1, p.state2, p.working, kind_of(p.grad_dtype, "gradients"),
-                     p.working != nullptr ? kind_of(p.working_dtype, "working copies") : std::uint8_t{0},
+    descs.push_back({p.master, p.grad, p.state1, p.state2, p.working, detail::kind_of(p.grad_dtype),
+                     p.working != nullptr ? detail::kind_of(p.working_dtype) : std::uint8_t{0},
                      static_cast<std::uint8_t>(p.working != nullptr), static_cast<std::uint8_t>(p.decay),
                      static_cast<std::uint8_t>(p.round_master), 0});
     auto aligned = [](const void* q) { return reinterpret_cast<std::uintptr_t>(q) % 16 == 0; };
