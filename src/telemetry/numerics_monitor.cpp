@@ -216,16 +216,23 @@ void NonFiniteInjector::after_layer(const nn::Layer& layer, nn::Pass pass, const
     return;
   }
   const std::int64_t n = output.numel();
-  const std::int64_t count = std::min(count_, n);
-  for (std::int64_t k = 0; k < count; ++k) {
-    const std::int64_t i = k * n / count;  // spread over the tensor
+  const std::uint32_t value = bits(output.dtype(), nan_);
+  for (std::int64_t k = 0; k < std::min(count_, n); ++k) {
+    const std::int64_t i = index(k, n, count_);
     if (output.dtype() == DType::f32) {
-      output.data_as<float>()[i] = nan_ ? std::numeric_limits<float>::quiet_NaN() : std::numeric_limits<float>::infinity();
-    } else if (output.dtype() == DType::bf16) {
-      static_cast<std::uint16_t*>(output.data())[i] = nan_ ? 0x7FC0 : 0x7F80;
+      static_cast<std::uint32_t*>(output.data())[i] = value;
     } else {
-      throw InvalidArgument("fault injection into a " + std::string(name(output.dtype())) + " tensor is not supported");
+      static_cast<std::uint16_t*>(output.data())[i] = static_cast<std::uint16_t>(value);
     }
+  }
+}
+
+std::uint32_t NonFiniteInjector::bits(DType dtype, bool nan) {
+  switch (dtype) {
+    case DType::f32: return nan ? 0x7FC00000u : 0x7F800000u;
+    case DType::bf16: return nan ? 0x7FC0u : 0x7F80u;
+    case DType::f16: return nan ? 0x7E00u : 0x7C00u;
+    default: throw InvalidArgument("fault injection into a " + std::string(name(dtype)) + " tensor is not supported");
   }
 }
 

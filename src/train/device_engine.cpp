@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <numeric>
+#include <optional>
 #include <string>
 
 #include "mpx/backend/cuda_context.h"
@@ -11,6 +12,7 @@
 #include "mpx/backend/cuda_matmul.h"
 #include "mpx/core/error.h"
 #include "mpx/nn/layers.h"
+#include "mpx/telemetry/numerics_monitor.h"
 #include "mpx/train/device_plan.h"
 #include "mpx/numeric/convert.h"
 
@@ -37,6 +39,7 @@ struct Op : DeviceOpPlan {
   const void* x = nullptr;   // what the last forward read
   const void* dy = nullptr;  // the gradient the last backward received
   const void* out = nullptr; // what the last forward handed on
+  const void* handed = nullptr;  // the gradient the last backward handed to the layer before (or none)
 };
 
 }  // namespace
@@ -136,6 +139,7 @@ struct DeviceEngine::Impl {
     const void* cur = x.get();
     for (Op& op : ops) {
       op.x = cur;
+      bool passes = false;
       switch (op.kind) {
         case DeviceOpKind::conv: {
           backend::ConvShape s = op.conv;
@@ -169,24 +173,24 @@ struct DeviceEngine::Impl {
           break;
         case DeviceOpKind::flatten:
         case DeviceOpKind::relu:  // the linear layer before applied it
-          op.out = cur;
-          continue;                 // same memory onwards
+          passes = true;          // same memory onwards
+          break;
         case DeviceOpKind::linear:
           matmul->run({rows, op.out_features, op.in_features, false, true, act, op.out_dtype,
                        op.relu_after ? cuda::MatmulEpilogue::bias_relu : cuda::MatmulEpilogue::bias},
                       cur, params[op.weight].weights(), op.y.get(), static_cast<const float*>(params[op.bias].master.get()));
           break;
         case DeviceOpKind::dropout:
-          if (!training || op.dropout.probability == 0.0f) {  // identity
-            op.out = cur;
-            continue;
+          passes = !training || op.dropout.probability == 0.0f;  // identity
+          if (!passes) {
+            kernels::dropout_forward(context, op.dropout, static_cast<const std::uint64_t*>(step_counter.get()), cur, act,
+                                     rows * op.in_features, op.y.get(), static_cast<std::uint8_t*>(op.keep.get()));
           }
-          kernels::dropout_forward(context, op.dropout, static_cast<const std::uint64_t*>(step_counter.get()), cur, act,
-                                   rows * op.in_features, op.y.get(), static_cast<std::uint8_t*>(op.keep.get()));
           break;
       }
-      cur = op.y.get();
+      if (!passes) cur = op.y.get();
       op.out = cur;
+      if (training) inject(op, nn::Pass::forward, cur, rows * op.out_features, op.out_dtype);
     }
     return cur;
   }
@@ -198,6 +202,7 @@ struct DeviceEngine::Impl {
       op.dy = g;
       const bool input_grad = op.input_gradient;
       if (!input_grad && op.weight < 0) break;  // nothing before this needs a gradient
+      bool passes = false;
       switch (op.kind) {
         case DeviceOpKind::conv: {
           backend::ConvShape s = op.conv;
@@ -228,7 +233,8 @@ struct DeviceEngine::Impl {
                                      op.conv.in_channels, op.pool, op.dx.get());
           break;
         case DeviceOpKind::flatten:
-          continue;  // same memory, same gradient
+          passes = true;  // same memory, same gradient
+          break;
         case DeviceOpKind::relu:
           kernels::relu_backward(context, op.x, g, act, rows * op.in_features, op.dx.get());
           break;
@@ -243,13 +249,29 @@ struct DeviceEngine::Impl {
           }
           break;
         case DeviceOpKind::dropout:
-          if (op.dropout.probability == 0.0f) continue;
-          kernels::dropout_backward(context, op.dropout, g, static_cast<const std::uint8_t*>(op.keep.get()), act,
-                                    rows * op.in_features, op.dx.get());
+          passes = op.dropout.probability == 0.0f;
+          if (!passes) {
+            kernels::dropout_backward(context, op.dropout, g, static_cast<const std::uint8_t*>(op.keep.get()), act,
+                                      rows * op.in_features, op.dx.get());
+          }
           break;
       }
-      g = op.dx.get();
+      // What this layer hands to the one before; none where its input needs no gradient (the first conv).
+      op.handed = passes ? g : input_grad || op.kind == DeviceOpKind::batch_norm ? op.dx.get() : nullptr;
+      if (op.handed) inject(op, nn::Pass::backward, op.handed, rows * op.in_features, act);
+      if (!op.handed) break;
+      g = op.handed;
     }
+  }
+
+  // The non-finite drill (--inject-nonfinite): the CPU injector's elements of this op's output at its step.
+  std::optional<telemetry::NonFiniteInjector> injector;
+  std::int64_t steps_done = 0;  // training steps before the one being enqueued (host mirror of step_counter)
+  bool injecting() const { return injector && injector->step() == steps_done + 1; }
+  void inject(const Op& op, nn::Pass pass, const void* data, std::int64_t n, DType dtype) {
+    if (!injecting() || injector->pass() != pass || injector->layer() != op.layer->name()) return;
+    kernels::poison(context, const_cast<void*>(data), dtype, n, injector->count(),
+                    telemetry::NonFiniteInjector::bits(dtype, injector->nan()));
   }
 
   std::int64_t last_rows = 0;
@@ -269,9 +291,11 @@ struct DeviceEngine::Impl {
 };
 
 DeviceEngine::DeviceEngine(nn::Sequential& model, const amp::PrecisionPolicy& policy, const TrainConfig& config,
-                           const io::FashionMnist& data, io::PixelNormalisation normalise, bool loss_scaling)
+                           const io::FashionMnist& data, io::PixelNormalisation normalise, bool loss_scaling,
+                           const telemetry::NonFiniteInjector* injector)
     : impl_(std::make_unique<Impl>(model, policy, config)) {
   Impl& m = *impl_;
+  if (injector) m.injector = *injector;
   m.act = policy.compute;
   if (m.act != DType::f32 && m.act != DType::f16 && m.act != DType::bf16) {
     throw NotAvailable("the CUDA engine computes in f32, f16 or bf16, not " + std::string(name(m.act)));
@@ -346,6 +370,7 @@ void DeviceEngine::upload_state(const amp::LossScalerState* scaler, std::int64_t
   m.optimizer->load(record);
   const auto step = static_cast<std::uint64_t>(global_step);
   m.context.upload(m.step_counter.get(), &step, 8);
+  m.steps_done = global_step;
 }
 
 void DeviceEngine::download_state(amp::LossScalerState* scaler, std::int64_t& optimizer_steps) {
@@ -394,13 +419,15 @@ DeviceStepOutcome DeviceEngine::run_step(std::int64_t first, std::int64_t rows) 
   m.last_rows = rows;
   // The first full batch runs eagerly (lazy module loading, cuBLASLt plans and heuristics happen outside
   // the capture, as CUDA's graph guidance asks); the second is captured and every later one replays it.
-  if (rows == m.batch && m.config.cuda_graph && m.warmed_up) {
+  // A drill's step runs eagerly too: the graph holds no injection.
+  if (rows == m.batch && m.config.cuda_graph && m.warmed_up && !m.injecting()) {
     if (!m.graph) m.graph = std::make_unique<cuda::CapturedGraph>(m.context, [&] { m.step_body(rows); });
     m.graph->launch();
   } else {
     m.step_body(rows);
     m.warmed_up = m.warmed_up || rows == m.batch;
   }
+  ++m.steps_done;
   DeviceStepOutcome out;
   m.context.download(&out.loss, m.loss.get(), 4);
   const cuda::FusedStepRecord record = m.optimizer->record();
@@ -410,7 +437,7 @@ DeviceStepOutcome DeviceEngine::run_step(std::int64_t first, std::int64_t rows) 
   return out;
 }
 
-void DeviceEngine::visit_last_step(const TensorVisitor& visit) {
+void DeviceEngine::visit_last_step(const TensorVisitor& visit, bool gradients_handed_on) {
   Impl& m = *impl_;
   if (m.last_rows == 0) return;
   auto host_copy = [&](const void* device, std::int64_t features, DType dtype) {
@@ -418,13 +445,17 @@ void DeviceEngine::visit_last_step(const TensorVisitor& visit) {
     m.context.download(t.data(), device, t.bytes());
     return t;
   };
+  Tensor input = host_copy(m.x.get(), m.pixels, m.act);  // each layer reads what the one before wrote
   for (const Op& op : m.ops) {
     if (op.out == nullptr) continue;
-    visit(*op.layer, nn::Pass::forward, Tensor{}, host_copy(op.out, op.out_features, op.out_dtype));
+    Tensor output = host_copy(op.out, op.out_features, op.out_dtype);
+    visit(*op.layer, nn::Pass::forward, input, output);
+    input = std::move(output);
   }
   for (auto it = m.ops.rbegin(); it != m.ops.rend(); ++it) {
     if (it->dy == nullptr) continue;
-    visit(*it->layer, nn::Pass::backward, host_copy(it->dy, it->out_features, m.act), Tensor{});
+    const Tensor handed = gradients_handed_on && it->handed ? host_copy(it->handed, it->in_features, m.act) : Tensor{};
+    visit(*it->layer, nn::Pass::backward, host_copy(it->dy, it->out_features, m.act), handed);
   }
 }
 

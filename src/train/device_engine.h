@@ -16,6 +16,7 @@
 #include "mpx/amp/loss_scaler.h"
 #include "mpx/io/fashion_mnist.h"
 #include "mpx/nn/model.h"
+#include "mpx/telemetry/numerics_monitor.h"
 #include "mpx/train/trainer.h"
 
 namespace mpx::train {
@@ -29,9 +30,11 @@ struct DeviceStepOutcome {
 class DeviceEngine {
  public:
   // Plans every buffer for `config.batch_size` and uploads both image sets. Throws NotAvailable without a
-  // device, and for a layer kind the device engine does not have.
+  // device, and for a layer kind the device engine does not have. `injector`: a non-finite drill to run on
+  // the device (its step runs eagerly, outside the captured graph).
   DeviceEngine(nn::Sequential& model, const amp::PrecisionPolicy& policy, const TrainConfig& config,
-               const io::FashionMnist& data, io::PixelNormalisation normalise, bool loss_scaling);
+               const io::FashionMnist& data, io::PixelNormalisation normalise, bool loss_scaling,
+               const telemetry::NonFiniteInjector* injector = nullptr);
   ~DeviceEngine();
   DeviceEngine(const DeviceEngine&) = delete;
   DeviceEngine& operator=(const DeviceEngine&) = delete;
@@ -51,12 +54,14 @@ class DeviceEngine {
 
   // One training step on order[first, first + rows). Waits for it and reads loss and decision.
   DeviceStepOutcome step(std::int64_t first, std::int64_t rows);
-  // The last step's tensors as host copies, in the order the CPU engine's observers see them: each layer's
-  // output after forward (input undefined), then in backward order the gradient it received (output
-  // undefined). For numerics samples; a fused ReLU's linear layer reports its output after the ReLU.
+  // The last step's tensors as host copies, in the order and roles the CPU engine's observers see them:
+  // forward, each layer's input and output; then in backward order the gradient each layer received (as
+  // input) and, with `gradients_handed_on`, the gradient it handed to the layer before (as output; else
+  // undefined). For numerics samples and for locating a non-finite step (the activations are still there
+  // until the next step). A fused ReLU's linear layer reports its output after the ReLU.
   using TensorVisitor =
       std::function<void(const nn::Layer& layer, nn::Pass pass, const Tensor& input, const Tensor& output)>;
-  void visit_last_step(const TensorVisitor& visit);
+  void visit_last_step(const TensorVisitor& visit, bool gradients_handed_on = false);
   // Correctly classified images among the first `total` of the test set.
   std::int64_t count_correct(std::int64_t total);
 

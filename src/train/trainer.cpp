@@ -35,15 +35,25 @@ TrainConfig resolve(TrainConfig c) {
   if (c.clip_norm < 0) throw InvalidArgument("--clip-norm must be >= 0");
   if (c.log_every < 1) c.log_every = 1;
   if (c.numerics_every < 0) throw InvalidArgument("--numerics-every must be >= 0 (0: off)");
-  if (!c.inject_nonfinite.empty()) telemetry::NonFiniteInjector::parse(c.inject_nonfinite);  // validates
+  if (!c.inject_nonfinite.empty()) {
+    const auto injector = telemetry::NonFiniteInjector::parse(c.inject_nonfinite);  // validates the spec
+    std::string layers;  // ... and that it names a layer of the model (else the drill silently never fires)
+    bool known = false;
+    const nn::Sequential model = nn::make_model(c.model, c.seed);
+    for (const auto& layer : model.layers()) {
+      known = known || layer->name() == injector.layer();
+      layers += (layers.empty() ? "" : ", ") + layer->name();
+    }
+    if (!known) {
+      throw InvalidArgument("--inject-nonfinite: the " + c.model + " model has no layer '" + injector.layer() +
+                            "'; its layers: " + layers);
+    }
+  }
   if (c.device == "auto") c.device = cuda::devices().empty() ? "cpu" : "cuda";
   if (c.device != "cpu" && c.device != "cuda") throw InvalidArgument("--device must be cpu, cuda or auto, got " + c.device);
   if (c.device == "cuda") {
     if (cuda::devices().empty()) {
       throw NotAvailable("--device cuda: " + cuda::no_device_reason() + "; use --device cpu (or auto)");
-    }
-    if (!c.inject_nonfinite.empty()) {
-      throw NotAvailable("--inject-nonfinite works on the CPU engine only; use --device cpu for the drill");
     }
   }
   return c;
@@ -88,7 +98,8 @@ Trainer::Trainer(const TrainConfig& config, const io::FashionMnist& data)
   normalise_ = io::pixel_normalisation(data_.train);
   labels_.resize(static_cast<std::size_t>(config_.batch_size));
   if (config_.device == "cuda") {
-    device_ = std::make_unique<DeviceEngine>(model_, ctx_.policy, config_, data_, normalise_, scaling);
+    device_ = std::make_unique<DeviceEngine>(model_, ctx_.policy, config_, data_, normalise_, scaling,
+                                             injector_ ? &*injector_ : nullptr);
     // The initial weights, so that evaluate() is right before run() too (run() uploads again after a
     // load_checkpoint).
     device_->upload_state(scaler_ ? &scaler_->state() : nullptr, 0, 0);
@@ -203,25 +214,45 @@ void Trainer::sample_device_step(std::int64_t step_number, float scale) {
   pending_sample_ = monitor_.take_sample();
 }
 
-void Trainer::note_device_nonfinite(bool found_inf, bool loss_finite, std::int64_t step_number) {
+void Trainer::note_device_nonfinite(bool found_inf, bool loss_finite, std::int64_t step_number, float scale) {
   consecutive_nonfinite_ = found_inf ? consecutive_nonfinite_ + 1 : 0;
   if (!found_inf) return;
-  // The CUDA engine does not replay a step layer by layer: the origin names the step only.
-  pending_origin_ = telemetry::NonFiniteOrigin{step_number, "loss or gradients (CUDA: replay with --device cpu to locate)",
-                                               "step", {}, {}};
+  // No replay needed: the step's activations and gradients are still in the device's buffers.
+  monitor_.begin(telemetry::NumericsMonitor::Mode::locate, step_number, scale);
+  device_->visit_last_step(
+      [&](const nn::Layer& layer, nn::Pass pass, const Tensor& input, const Tensor& output) {
+        monitor_.after_layer(layer, pass, input, output, ctx_);
+      },
+      true);
+  pending_origin_ = monitor_.take_origin();
+  if (!pending_origin_) {
+    sync_from_device();  // the step was not applied: the same weights, and this step's gradients
+    pending_origin_ = first_nonfinite_weight_gradient(step_number);
+  }
+  if (!pending_origin_) pending_origin_ = telemetry::NonFiniteOrigin{step_number, "loss", "forward", {}, {}};
   // As on the CPU: without master weights or a loss scaler a non-finite loss cannot be recovered from.
   if (!loss_finite && !scaler_ && !ctx_.policy.master_weights) {
     throw TrainingDiverged("the loss became non-finite at step " + std::to_string(step_number) + " (" +
-                           config_.precision + " on CUDA); try --precision bf16-mixed (FP32 master weights) or a lower --lr");
+                           config_.precision + " on CUDA); try --precision bf16-mixed (FP32 master weights) or a lower --lr" +
+                           "; it started at " + pending_origin_->describe());
   }
   if (config_.detect_anomaly) {
-    throw TrainingDiverged("anomaly detected (--detect-anomaly) at step " + std::to_string(step_number) +
-                           " on CUDA; rerun with --device cpu to find the layer");
+    throw TrainingDiverged("anomaly detected (--detect-anomaly) at " + pending_origin_->describe());
   }
   if (consecutive_nonfinite_ >= kMaxConsecutiveNonfinite) {
     throw TrainingDiverged(std::to_string(consecutive_nonfinite_) + " steps in a row went non-finite (" + config_.precision +
-                           " on CUDA); try a lower --lr or --precision bf16-mixed");
+                           " on CUDA), the last at " + pending_origin_->describe() +
+                           "; try a lower --lr or --precision bf16-mixed");
   }
+}
+
+std::optional<telemetry::NonFiniteOrigin> Trainer::first_nonfinite_weight_gradient(std::int64_t step) const {
+  for (auto it = params_.rbegin(); it != params_.rend(); ++it) {  // in backward order
+    const telemetry::TensorStats g =
+        telemetry::compute_stats((*it)->grad.data(), DType::f32, static_cast<std::size_t>((*it)->grad.numel()));
+    if (g.nonfinite() > 0) return telemetry::NonFiniteOrigin{step, (*it)->name, "backward (weight gradient)", {}, g};
+  }
+  return std::nullopt;
 }
 
 std::optional<telemetry::NonFiniteOrigin> Trainer::locate_nonfinite(const Tensor& batch, std::int64_t step, float scale,
@@ -238,16 +269,8 @@ std::optional<telemetry::NonFiniteOrigin> Trainer::locate_nonfinite(const Tensor
   loss_.forward(logits, labels_.data());
   if (backward) model_.backward(loss_.backward(scale), ctx_);
   auto origin = monitor_.take_origin();
-  if (!origin && backward) {
-    // Every layer output was finite: the first weight gradient (in backward order) that is not.
-    for (auto it = params_.rbegin(); it != params_.rend(); ++it) {
-      const telemetry::TensorStats g =
-          telemetry::compute_stats((*it)->grad.data(), DType::f32, static_cast<std::size_t>((*it)->grad.numel()));
-      if (g.nonfinite() == 0) continue;
-      origin = telemetry::NonFiniteOrigin{step, (*it)->name, "backward (weight gradient)", {}, g};
-      break;
-    }
-  }
+  // Every layer output was finite: the first weight gradient (in backward order) that is not.
+  if (!origin && backward) origin = first_nonfinite_weight_gradient(step);
   return origin;
 }
 
@@ -319,10 +342,10 @@ TrainResult Trainer::run(const Callbacks& callbacks) {
         loss = outcome.loss;
         applied = outcome.applied;
         loss_scale = device_loss_scale_ = outcome.loss_scale;
-        note_device_nonfinite(outcome.found_inf, std::isfinite(outcome.loss), global_step + 1);
         if (config_.numerics_every > 0 && (global_step + 1) % config_.numerics_every == 0) {
-          sample_device_step(global_step + 1, scale_used);
+          sample_device_step(global_step + 1, scale_used);  // first, as on the CPU: totals count once
         }
+        note_device_nonfinite(outcome.found_inf, std::isfinite(outcome.loss), global_step + 1, scale_used);
       } else {
         load_batch(set, order, first, rows);
         applied = step(input_.first_rows(rows), global_step, lr, loss);

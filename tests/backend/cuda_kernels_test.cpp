@@ -14,6 +14,7 @@
 #include "mpx/backend/cuda_kernels.h"
 #include "mpx/backend/cuda_matmul.h"
 #include "mpx/nn/layers.h"
+#include "mpx/telemetry/numerics_monitor.h"
 
 namespace mpx::cuda {
 namespace {
@@ -254,6 +255,29 @@ TEST(CudaKernels, GatherBatchNormalisesAndPicksLabels) {
     for (std::int64_t p = 0; p < pixels; ++p) {
       const float expected = (static_cast<float>(data[index[b] * pixels + p]) / 255.0f - 0.25f) * 2.0f;
       ASSERT_FLOAT_EQ(xv[b * pixels + p], expected);
+    }
+  }
+}
+
+TEST(CudaKernels, PoisonWritesTheElementsTheCpuInjectorWrites) {
+  MPX_SKIP_WITHOUT_GPU();
+  nn::Context ctx;
+  ctx.step = 6;  // the drill's step 7
+  nn::Flatten layer("flat");
+  DeviceContext dev;
+  for (const DType dtype : {DType::f32, DType::bf16, DType::f16}) {
+    for (const std::int64_t count : {1, 3, 1000, 5000}) {  // 5000 > n: every element
+      for (const bool nan : {false, true}) {
+        const std::int64_t n = 4099;
+        const std::vector<std::uint8_t> zeros(static_cast<std::size_t>(n) * size_bytes(dtype), 0);
+        Tensor cpu = Tensor::zeros({n}, dtype, MemoryCategory::activations, nullptr);
+        telemetry::NonFiniteInjector("flat", nn::Pass::forward, 7, count, nan).after_layer(layer, nn::Pass::forward, Tensor{}, cpu, ctx);
+        auto gpu = upload(zeros);
+        kernels::poison(dev, gpu.data(), dtype, n, count, telemetry::NonFiniteInjector::bits(dtype, nan));
+        dev.synchronize();
+        const auto back = download<std::uint8_t>(gpu, zeros.size());
+        EXPECT_EQ(std::memcmp(back.data(), cpu.data(), back.size()), 0) << name(dtype) << " count " << count << " nan " << nan;
+      }
     }
   }
 }

@@ -11,7 +11,9 @@
 #include <vector>
 
 #include "mpx/core/error.h"
+#include "mpx/nn/layers.h"
 #include "mpx/nn/model.h"
+#include "mpx/numeric/convert.h"
 #include "mpx/numeric/bfloat16.h"
 #include "mpx/numeric/half.h"
 #include "mpx/telemetry/numerics_monitor.h"
@@ -121,6 +123,41 @@ TEST(NonFiniteInjector, ParsesItsSpecAndRejectsBadOnes) {
   for (const char* bad : {"conv2", "conv2:sideways:3", "conv2:forward:x", "conv2:forward:0", "a:forward:1:2:inf"}) {
     EXPECT_THROW(NonFiniteInjector::parse(bad), InvalidArgument) << bad;
   }
+}
+
+TEST(NonFiniteInjector, PoisonsSpreadElementsOfItsLayerAtItsStepInEveryFloatDtype) {
+  nn::Context ctx;
+  nn::Flatten target("flat"), other("other");
+  for (const DType dtype : {DType::f32, DType::bf16, DType::f16}) {
+    for (const bool nan : {false, true}) {
+      const NonFiniteInjector injector("flat", nn::Pass::forward, 5, 3, nan);
+      Tensor t = Tensor::zeros({10}, dtype, MemoryCategory::activations, nullptr);
+      ctx.step = 3;  // step 4: not yet
+      NonFiniteInjector(injector).after_layer(target, nn::Pass::forward, Tensor{}, t, ctx);
+      ctx.step = 4;
+      NonFiniteInjector(injector).after_layer(other, nn::Pass::forward, Tensor{}, t, ctx);
+      NonFiniteInjector(injector).after_layer(target, nn::Pass::backward, Tensor{}, t, ctx);
+      EXPECT_EQ(compute_stats(t.data(), dtype, 10).nonfinite(), 0u) << name(dtype);
+      NonFiniteInjector(injector).after_layer(target, nn::Pass::forward, Tensor{}, t, ctx);
+      std::vector<float> values(10);
+      if (dtype == DType::f32) {
+        std::copy_n(t.data_as<float>(), 10, values.data());
+      } else {
+        numeric::convert(t.data(), dtype, values.data(), DType::f32, 10);
+      }
+      for (int i = 0; i < 10; ++i) {
+        const bool poisoned = i == 0 || i == 3 || i == 6;  // k * 10 / 3
+        EXPECT_EQ(poisoned ? (nan ? std::isnan(values[i]) : values[i] == kInf) : values[i] == 0.0f, true)
+            << name(dtype) << " element " << i;
+      }
+    }
+  }
+  Tensor all = Tensor::zeros({4}, DType::f16, MemoryCategory::activations, nullptr);
+  NonFiniteInjector("flat", nn::Pass::forward, 5, 100).after_layer(target, nn::Pass::forward, Tensor{}, all, ctx);
+  EXPECT_EQ(compute_stats(all.data(), DType::f16, 4).pos_inf, 4u);  // more than there are: every one
+  Tensor ints = Tensor::zeros({4}, DType::i32, MemoryCategory::activations, nullptr);
+  EXPECT_THROW(NonFiniteInjector("flat", nn::Pass::forward, 5).after_layer(target, nn::Pass::forward, Tensor{}, ints, ctx),
+               InvalidArgument);
 }
 
 // One sampled forward/backward pass of the CNN with three infinities injected into conv2's output.

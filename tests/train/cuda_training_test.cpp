@@ -1,6 +1,6 @@
 // Training on the GPU: reaches the CPU engine's accuracy (within 0.3 points, same recipe and seed) in
 // 32-true, bf16-mixed and 16-mixed; the captured CUDA graph computes exactly what eager launches compute;
-// the trained state comes back to the host for checkpoints. Label `gpu`: skips without a device or data.
+// the trained state comes back to the host for checkpoints; injected faults are traced as on the CPU. Label `gpu`: skips without a device or data.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -132,6 +132,79 @@ TEST(CudaTraining, NumericsSamplesCoverEveryLayerAsOnTheCpu) {
     EXPECT_TRUE(names.count(expected)) << expected;
   }
   EXPECT_FALSE(r.headroom.empty());
+}
+
+// The CPU engine's drills (NumericsInTraining.*) on the device: the origin is found in the step's own device
+// tensors (no replay) and must name what the CPU names.
+TrainConfig drill(const std::string& precision, const std::string& device, const std::string& inject) {
+  TrainConfig c = recipe(precision, device);
+  c.epochs = 1;
+  c.max_steps = 10;
+  c.batch_size = 64;
+  c.train_subset = 640;  // ten full batches: the graph is captured at step 2, the drill's step runs eagerly
+  c.test_subset = 64;
+  c.numerics_every = 5;
+  c.inject_nonfinite = inject;
+  return c;
+}
+
+const telemetry::NonFiniteOrigin* origin_at(const TrainResult& r, std::int64_t step) {
+  for (const auto& o : r.nonfinite_origins) {
+    if (o.step == step) return &o;
+  }
+  return nullptr;
+}
+
+TEST(CudaTraining, InjectedFaultsAreTracedToTheLayerAndPassTheCpuNames) {
+  MPX_SKIP_WITHOUT_GPU();
+  MPX_NEED_DATA();
+  const std::pair<const char*, std::int64_t> drills[] = {
+      {"conv2:forward:5:3", 5}, {"bn2:backward:3:2", 3}, {"fc1:forward:4:2:nan", 4}, {"conv1:forward:7:1000", 7},
+      {"dropout:backward:6:5", 6}};
+  for (const std::string precision : {"bf16-mixed", "16-mixed"}) {
+    for (const auto& [inject, step] : drills) {
+      const TrainResult cpu = Trainer(drill(precision, "cpu", inject), *test::fashion_mnist()).run();
+      const TrainResult gpu = Trainer(drill(precision, "cuda", inject), *test::fashion_mnist()).run();
+      const auto* expected = origin_at(cpu, step);
+      const auto* found = origin_at(gpu, step);
+      ASSERT_NE(expected, nullptr) << precision << " " << inject;
+      ASSERT_NE(found, nullptr) << precision << " " << inject;
+      EXPECT_EQ(found->layer, expected->layer) << precision << " " << inject;
+      EXPECT_EQ(found->pass, expected->pass) << precision << " " << inject;
+      EXPECT_EQ(found->output.pos_inf, expected->output.pos_inf) << precision << " " << inject;
+      EXPECT_EQ(found->output.nan, expected->output.nan) << precision << " " << inject;
+      EXPECT_EQ(found->input.nonfinite(), 0u) << precision << " " << inject;  // the fault is in that op
+      EXPECT_GE(gpu.skipped_steps, 1) << precision << " " << inject;
+      EXPECT_TRUE(std::isfinite(gpu.final_loss)) << precision << " " << inject;
+    }
+  }
+}
+
+TEST(CudaTraining, TrueRunStopsAtAnInjectedInfAndNamesWhereItBegan) {
+  MPX_SKIP_WITHOUT_GPU();
+  MPX_NEED_DATA();
+  try {
+    Trainer(drill("32-true", "cuda", "conv2:forward:5:3"), *test::fashion_mnist()).run();
+    FAIL() << "expected the run to stop";
+  } catch (const TrainingDiverged& e) {
+    const std::string message = e.what();
+    EXPECT_NE(message.find("at step 5 "), std::string::npos) << message;
+    EXPECT_NE(message.find("step 5: conv2 forward wrote 3 non-finite"), std::string::npos) << message;
+  }
+}
+
+TEST(CudaTraining, DetectAnomalyStopsAtTheOrigin) {
+  MPX_SKIP_WITHOUT_GPU();
+  MPX_NEED_DATA();
+  TrainConfig c = drill("bf16-mixed", "cuda", "fc1:forward:4");
+  c.detect_anomaly = true;
+  try {
+    Trainer(c, *test::fashion_mnist()).run();
+    FAIL() << "expected --detect-anomaly to stop the run";
+  } catch (const TrainingDiverged& e) {
+    const std::string message = e.what();
+    EXPECT_NE(message.find("step 4: fc1 forward"), std::string::npos) << message;
+  }
 }
 
 }  // namespace

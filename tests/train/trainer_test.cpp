@@ -87,6 +87,17 @@ TEST(Training, BadSettingsAndMissingDataAreClearErrors) {
   c = {};
   c.precision = "fp12";
   EXPECT_THROW(resolve(c), InvalidArgument);
+  c = {};
+  c.inject_nonfinite = "fc3:forward:2";  // the CNN has fc1 and fc2: the drill would never fire
+  try {
+    resolve(c);
+    FAIL();
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("no layer 'fc3'; its layers: conv1, bn1, pool1"), std::string::npos) << e.what();
+  }
+  c.model = "mlp";
+  c.inject_nonfinite = "fc1:backward:2";
+  EXPECT_NO_THROW(resolve(c));
   try {
     io::load_fashion_mnist("/nonexistent/fashion");
     FAIL();

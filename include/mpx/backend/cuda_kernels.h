@@ -94,4 +94,8 @@ void gather_batch(DeviceContext& ctx, const std::uint8_t* images, const std::uin
 // *counter += 1, on the stream (the step counter dropout reads inside a captured graph).
 void increment(DeviceContext& ctx, std::uint64_t* counter);
 
+// A non-finite drill (telemetry::NonFiniteInjector's, on the device): `bits` written into elements
+// k * n / m of an n-element tensor, k < m = min(count, n). `bits`: the pattern in the dtype's width.
+void poison(DeviceContext& ctx, void* data, DType dtype, std::int64_t n, std::int64_t count, std::uint32_t bits);
+
 }  // namespace mpx::cuda::kernels

@@ -3,6 +3,7 @@
 // and a plain recommendation. It watches the model as a LayerObserver and costs nothing on other steps.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <optional>
@@ -96,8 +97,16 @@ class NonFiniteInjector : public nn::LayerObserver {
   NonFiniteInjector(std::string layer, nn::Pass pass, std::int64_t step, std::int64_t count = 1, bool nan = false);
   void after_layer(const nn::Layer& layer, nn::Pass pass, const Tensor& input, const Tensor& output,
                    const nn::Context& ctx) override;
+  const std::string& layer() const { return layer_; }
+  nn::Pass pass() const { return pass_; }
   std::int64_t step() const { return step_; }
   std::int64_t count() const { return count_; }
+  bool nan() const { return nan_; }
+  // The elements of an n-element output that a drill poisons: index(k) for k < min(count, n), spread
+  // evenly. The CUDA engine writes the same ones.
+  static std::int64_t index(std::int64_t k, std::int64_t n, std::int64_t count) { return k * n / std::min(count, n); }
+  // The bit pattern written into an element of `dtype` (f32, bf16 or f16).
+  static std::uint32_t bits(DType dtype, bool nan);
 
  private:
   std::string layer_;

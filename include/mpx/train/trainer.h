@@ -115,11 +115,15 @@ class Trainer {
   // Replays the current step's forward (and backward) pass to find where it first went non-finite.
   std::optional<telemetry::NonFiniteOrigin> locate_nonfinite(const Tensor& batch, std::int64_t step, float scale,
                                                              bool backward);
+  // The first weight gradient, in backward order, holding a non-finite value (when every layer output was
+  // finite).
+  std::optional<telemetry::NonFiniteOrigin> first_nonfinite_weight_gradient(std::int64_t step) const;
 
   // On a CUDA device: copies the state down into the host layers (checkpoints, model file, end of run).
   void sync_from_device();
-  // A CUDA step's inf/NaN: counts it, records its origin (the step only) and stops as the CPU path does.
-  void note_device_nonfinite(bool found_inf, bool loss_finite, std::int64_t step_number);
+  // A CUDA step's inf/NaN: counts it, finds its origin in the step's device tensors and stops as the CPU
+  // path does.
+  void note_device_nonfinite(bool found_inf, bool loss_finite, std::int64_t step_number, float scale);
   // A numerics sample of the CUDA step just taken (host copies of its tensors through the monitor).
   void sample_device_step(std::int64_t step_number, float scale);
   std::vector<float> lr_schedule(std::int64_t schedule_steps) const;

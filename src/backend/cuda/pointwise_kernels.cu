@@ -155,6 +155,17 @@ __global__ void gather_batch_kernel(const std::uint8_t* images, const std::uint8
 
 __global__ void increment_kernel(std::uint64_t* counter) { *counter += 1; }
 
+__global__ void poison_kernel(void* data, bool wide, std::int64_t n, std::int64_t m, std::uint32_t bits) {
+  MPX_GRID_STRIDE(k, m) {
+    const std::int64_t i = k * n / m;
+    if (wide) {
+      static_cast<std::uint32_t*>(data)[i] = bits;
+    } else {
+      static_cast<std::uint16_t*>(data)[i] = static_cast<std::uint16_t>(bits);
+    }
+  }
+}
+
 }  // namespace
 
 void max_pool_forward(DeviceContext& ctx, const void* x, DType dtype, std::int64_t n, std::int64_t h, std::int64_t w,
@@ -218,6 +229,14 @@ void gather_batch(DeviceContext& ctx, const std::uint8_t* images, const std::uin
 void increment(DeviceContext& ctx, std::uint64_t* counter) {
   increment_kernel<<<1, 1, 0, stream_of(ctx)>>>(counter);
   MPX_CUDA_CHECK_LAUNCH("increment", 1);
+}
+
+void poison(DeviceContext& ctx, void* data, DType dtype, std::int64_t n, std::int64_t count, std::uint32_t bits) {
+  const std::int64_t m = std::min(count, n);
+  if (m <= 0) return;
+  const bool wide = kind_of(dtype) == elements::kF32;
+  poison_kernel<<<blocks_for(m), kThreads, 0, stream_of(ctx)>>>(data, wide, n, m, bits);
+  MPX_CUDA_CHECK_LAUNCH("poison", m);
 }
 
 }  // namespace mpx::cuda::kernels
