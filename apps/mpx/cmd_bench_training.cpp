@@ -36,6 +36,7 @@ struct TrainBenchOptions {
   bool profile = false;
   int numerics_every = train::TrainConfig{}.numerics_every;
   std::string device = "cpu";
+  bool tf32 = false;
 };
 
 void run_gpu_matmul(const MatmulOptions& o) {
@@ -91,8 +92,14 @@ void run_train_bench(const TrainBenchOptions& o) {
   std::vector<std::vector<bench::TrainBenchResult>> runs(o.precisions.size());
   for (int round = 0; round < o.rounds; ++round) {
     for (std::size_t i = 0; i < o.precisions.size(); ++i) {
-      runs[i].push_back(bench::run_train_benchmark(o.model, o.precisions[i], o.steps, o.batch_size, o.data,
-                                                   o.profile, o.numerics_every, o.device));
+      train::TrainConfig config;
+      config.model = o.model;
+      config.precision = o.precisions[i];
+      config.batch_size = o.batch_size;
+      config.numerics_every = o.numerics_every;
+      config.device = o.device;
+      config.tf32 = o.tf32;
+      runs[i].push_back(bench::run_train_benchmark(config, o.steps, o.data, o.profile));
     }
   }
   std::vector<bench::TrainBenchResult> medians;
@@ -116,11 +123,13 @@ void run_train_bench(const TrainBenchOptions& o) {
     if (o.json) {
       all.push_back({{"model", r.model}, {"precision", r.precision}, {"device", r.device}, {"steps", r.steps},
                      {"batch_size", r.batch_size}, {"rounds", o.rounds}, {"images_per_second", r.images_per_second},
-                     {"ms_per_step", r.ms_per_step}, {"peak_bytes", r.peak_bytes}, {"real_data", r.real_data}});
+                     {"ms_per_step", r.ms_per_step}, {"peak_bytes", r.peak_bytes}, {"real_data", r.real_data},
+                     {"tf32", r.tf32}});
       if (speedup > 0) all.back()["speedup_vs_32_true"] = speedup;
       if (o.profile) all.back()["layers"] = layers;
     } else {
-      fmt::print("{} {:<11} {:>8.0f} img/s {:>8.2f} ms/step  peak {:.1f} MiB{}{}\n", r.model, r.precision,
+      fmt::print("{} {:<11} {:>8.0f} img/s {:>8.2f} ms/step  peak {:.1f} MiB{}{}\n", r.model,
+                 r.precision + (r.tf32 ? "+tf32" : ""),
                  r.images_per_second, r.ms_per_step, static_cast<double>(r.peak_bytes) / (1 << 20),
                  speedup > 0 ? fmt::format("  {:.2f}x 32-true", speedup) : "",
                  r.real_data ? "" : " (random images: Fashion-MNIST not installed)");
@@ -171,6 +180,7 @@ void add_bench_training_commands(CLI::App& bench) {
       ->capture_default_str();
   train->add_flag("--json", t->json, "Print JSON");
   train->add_option("--device", t->device, "cpu, cuda or auto")->check(CLI::IsMember({"cpu", "cuda", "auto"}))->capture_default_str();
+  train->add_flag("--tf32", t->tf32, "As mpx train --tf32: FP32 products through TF32 tensor cores (CUDA)");
   train->add_flag("--profile", t->profile, "Also time every layer's forward and backward (mean per step)");
   train->add_option("--numerics-every", t->numerics_every, "Steps between numerics samples, as mpx train (0: off)")
       ->check(CLI::NonNegativeNumber)

@@ -55,7 +55,7 @@ nlohmann::json config_json(const TrainOptions& o, const train::TrainConfig& c) {
   return {{"model", c.model}, {"precision", c.precision}, {"epochs", c.epochs}, {"batch_size", c.batch_size},
           {"lr", c.lr}, {"optimizer", c.optimizer}, {"weight_decay", c.weight_decay}, {"momentum", c.momentum},
           {"schedule", c.schedule}, {"clip_norm", c.clip_norm}, {"seed", c.seed}, {"device", c.device},
-          {"threads", omp_get_max_threads()}, {"data", o.data}, {"train_subset", c.train_subset},
+          {"tf32", c.tf32}, {"threads", omp_get_max_threads()}, {"data", o.data}, {"train_subset", c.train_subset},
           {"test_subset", c.test_subset}, {"mpx_version", build::kVersion},
           {"cpu_conversion_path", std::string(numeric::name(numeric::best_cpu_path()))}};
 }
@@ -177,6 +177,8 @@ void add_train_command(CLI::App& app) {
       ->check(CLI::IsMember({"cpu", "cuda", "auto"}))
       ->capture_default_str();
   cmd->add_flag("!--no-cuda-graph", c.cuda_graph, "On CUDA, launch every kernel of a step instead of replaying a graph");
+  cmd->add_flag("--tf32", c.tf32,
+                "On CUDA, FP32 products (32-true) through TF32 tensor cores, as torch's allow_tf32 (off: exact FP32)");
   cmd->add_option("--threads", o->threads, "CPU threads (0: all)")->check(CLI::NonNegativeNumber);
   cmd->add_option("--seed", c.seed, "Random seed (initialisation, shuffling, dropout)")->capture_default_str();
   cmd->add_option("--out", o->out, "Run directory (default runs/<time>-<model>-<precision>)");

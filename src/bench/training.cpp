@@ -54,9 +54,8 @@ MatmulBenchResult run_matmul_benchmark(DType dtype, std::int64_t size, int repea
   return result;
 }
 
-TrainBenchResult run_train_benchmark(const std::string& model, const std::string& precision, std::int64_t steps,
-                                     int batch_size, const std::string& data_dir, bool profile, int numerics_every,
-                                     const std::string& device) {
+TrainBenchResult run_train_benchmark(train::TrainConfig config, std::int64_t steps, const std::string& data_dir,
+                                     bool profile) {
   if (steps < 2) throw InvalidArgument("--steps must be at least 2 (the first is a warm-up)");
   io::FashionMnist data;
   const bool real = std::filesystem::exists(data_dir);
@@ -72,18 +71,12 @@ TrainBenchResult run_train_benchmark(const std::string& model, const std::string
       for (auto& l : set->labels) l = static_cast<std::uint8_t>(rng() % 10);
     }
   }
-  train::TrainConfig config;
-  config.model = model;
-  config.precision = precision;
-  config.batch_size = batch_size;
   config.epochs = 1000;
   // One trainer: the first kWarmupSteps steps plan buffers, create oneDNN primitives (per context) and
   // touch memory for the first time; the steady state after them is what is timed (and profiled).
   constexpr std::int64_t kWarmupSteps = 3;
   config.max_steps = kWarmupSteps + steps;
   config.test_subset = 1;
-  config.numerics_every = numerics_every;
-  config.device = device;
   train::Trainer trainer(config, data);
   trainer.context().profile_layers = profile;
   std::int64_t last_step = 0;
@@ -99,12 +92,13 @@ TrainBenchResult run_train_benchmark(const std::string& model, const std::string
   };
   trainer.run(callbacks);
   TrainBenchResult result;
-  result.model = model;
+  result.model = config.model;
   result.precision = trainer.config().precision;
+  result.tf32 = trainer.config().tf32;
   result.steps = last_step;
-  result.batch_size = batch_size;
+  result.batch_size = config.batch_size;
   result.ms_per_step = last_elapsed / static_cast<double>(last_step) * 1e3;
-  result.images_per_second = static_cast<double>(last_step * batch_size) / last_elapsed;
+  result.images_per_second = static_cast<double>(last_step * config.batch_size) / last_elapsed;
   result.peak_bytes = trainer.peak_bytes();
   result.device = trainer.device_name();
   result.real_data = real;

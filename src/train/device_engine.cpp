@@ -64,6 +64,12 @@ struct DeviceEngine::Impl {
 
   Block allocate(std::size_t bytes, MemoryCategory category) { return context.pool().allocate(bytes, category); }
 
+  // Every product of the step: FP32 inputs go through TF32 only when the policy allows it.
+  void product(cuda::MatmulProblem p, const void* a, const void* b, void* c, const float* bias = nullptr) {
+    p.allow_tf32 = policy.allow_tf32;
+    matmul->run(p, a, b, c, bias);
+  }
+
   template <class T>
   Block upload_vector(const std::vector<T>& v, MemoryCategory category) {
     Block b = allocate(std::max<std::size_t>(1, v.size() * sizeof(T)), category);
@@ -146,7 +152,7 @@ struct DeviceEngine::Impl {
           s.batch = rows;
           const std::int64_t r = rows * s.out_height() * s.out_width(), patch = s.in_channels * s.kernel * s.kernel;
           kernels::im2col(context, s, cur, act, op.cols.get());
-          matmul->run({r, s.out_channels, patch, false, true, act, act, cuda::MatmulEpilogue::bias}, op.cols.get(),
+          product({r, s.out_channels, patch, false, true, act, act, cuda::MatmulEpilogue::bias}, op.cols.get(),
                       params[op.weight].weights(), op.y.get(), static_cast<const float*>(params[op.bias].master.get()));
           break;
         }
@@ -176,7 +182,7 @@ struct DeviceEngine::Impl {
           passes = true;          // same memory onwards
           break;
         case DeviceOpKind::linear:
-          matmul->run({rows, op.out_features, op.in_features, false, true, act, op.out_dtype,
+          product({rows, op.out_features, op.in_features, false, true, act, op.out_dtype,
                        op.relu_after ? cuda::MatmulEpilogue::bias_relu : cuda::MatmulEpilogue::bias},
                       cur, params[op.weight].weights(), op.y.get(), static_cast<const float*>(params[op.bias].master.get()));
           break;
@@ -208,11 +214,11 @@ struct DeviceEngine::Impl {
           backend::ConvShape s = op.conv;
           s.batch = rows;
           const std::int64_t r = rows * s.out_height() * s.out_width(), patch = s.in_channels * s.kernel * s.kernel;
-          matmul->run({s.out_channels, patch, r, true, false, act, DType::f32}, g, op.cols.get(), params[op.weight].grad.get());
+          product({s.out_channels, patch, r, true, false, act, DType::f32}, g, op.cols.get(), params[op.weight].grad.get());
           kernels::column_sums(context, g, act, r, s.out_channels, params[op.bias].grad_f32(),
                                static_cast<float*>(op.workspace.get()));
           if (input_grad) {
-            matmul->run({r, patch, s.out_channels, false, false, act, DType::f32}, g, params[op.weight].weights(),
+            product({r, patch, s.out_channels, false, false, act, DType::f32}, g, params[op.weight].weights(),
                         op.dcols.get());
             kernels::col2im(context, s, static_cast<const float*>(op.dcols.get()), op.dx.get(), act);
           }
@@ -239,12 +245,12 @@ struct DeviceEngine::Impl {
           kernels::relu_backward(context, op.x, g, act, rows * op.in_features, op.dx.get());
           break;
         case DeviceOpKind::linear:
-          matmul->run({op.out_features, op.in_features, rows, true, false, act, DType::f32}, g, op.x,
+          product({op.out_features, op.in_features, rows, true, false, act, DType::f32}, g, op.x,
                       params[op.weight].grad.get());
           kernels::column_sums(context, g, act, rows, op.out_features, params[op.bias].grad_f32(),
                                static_cast<float*>(op.workspace.get()));
           if (input_grad) {
-            matmul->run({rows, op.in_features, op.out_features, false, false, act, act}, g, params[op.weight].weights(),
+            product({rows, op.in_features, op.out_features, false, false, act, act}, g, params[op.weight].weights(),
                         op.dx.get());
           }
           break;

@@ -49,7 +49,12 @@ TrainConfig resolve(TrainConfig c) {
                             "'; its layers: " + layers);
     }
   }
+  if (c.tf32 && c.device == "cpu") {
+    throw InvalidArgument("--tf32 applies to the CUDA engine (--device cuda or auto); the CPU engine computes FP32 "
+                          "products in FP32");
+  }
   if (c.device == "auto") c.device = cuda::devices().empty() ? "cpu" : "cuda";
+  if (c.device == "cpu") c.tf32 = false;  // auto found no device: there is no TF32 to use
   if (c.device != "cpu" && c.device != "cuda") throw InvalidArgument("--device must be cpu, cuda or auto, got " + c.device);
   if (c.device == "cuda") {
     if (cuda::devices().empty()) {
@@ -62,6 +67,7 @@ TrainConfig resolve(TrainConfig c) {
 Trainer::Trainer(const TrainConfig& config, const io::FashionMnist& data)
     : config_(resolve(config)), data_(data), model_(nn::make_model(config_.model, config_.seed)) {
   ctx_.policy = amp::PrecisionPolicy::preset(config_.precision);
+  ctx_.policy.allow_tf32 = config_.tf32;
   ctx_.seed = config_.seed;
   if (!config_.inject_nonfinite.empty()) {
     injector_.emplace(telemetry::NonFiniteInjector::parse(config_.inject_nonfinite));

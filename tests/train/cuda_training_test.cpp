@@ -134,6 +134,27 @@ TEST(CudaTraining, NumericsSamplesCoverEveryLayerAsOnTheCpu) {
   EXPECT_FALSE(r.headroom.empty());
 }
 
+TEST(CudaTraining, Tf32IsUsedOnlyWhenAskedAndOnlyForFp32Products) {
+  MPX_SKIP_WITHOUT_GPU();
+  MPX_NEED_DATA();
+  auto losses = [](const std::string& precision, bool tf32) {
+    TrainConfig c = recipe(precision, "cuda");
+    c.epochs = 1;
+    c.max_steps = 20;
+    c.tf32 = tf32;
+    std::vector<float> out;
+    Callbacks callbacks;
+    callbacks.on_step = [&](const StepReport& r) { out.push_back(r.loss); };
+    Trainer(c, *test::fashion_mnist()).run(callbacks);
+    return out;
+  };
+  const auto exact = losses("32-true", false), fast = losses("32-true", true);
+  ASSERT_EQ(exact.size(), 20u);
+  EXPECT_NE(exact, fast);  // TF32 rounds the products' inputs: the trajectory moves...
+  for (std::size_t i = 0; i < exact.size(); ++i) EXPECT_NEAR(fast[i], exact[i], 0.05f * exact[i]) << i;  // ... a little
+  EXPECT_EQ(losses("bf16-mixed", false), losses("bf16-mixed", true));  // no FP32 products to change
+}
+
 // The CPU engine's drills (NumericsInTraining.*) on the device: the origin is found in the step's own device
 // tensors (no replay) and must name what the CPU names.
 TrainConfig drill(const std::string& precision, const std::string& device, const std::string& inject) {

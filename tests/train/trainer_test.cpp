@@ -98,6 +98,12 @@ TEST(Training, BadSettingsAndMissingDataAreClearErrors) {
   c.model = "mlp";
   c.inject_nonfinite = "fc1:backward:2";
   EXPECT_NO_THROW(resolve(c));
+  c = {};
+  c.tf32 = true;  // TF32 is a tensor-core mode: asking for it on the CPU engine is a contradiction...
+  EXPECT_THROW(resolve(c), InvalidArgument);
+  c.device = "auto";  // ... while auto without a device simply has none to use
+  const TrainConfig resolved = resolve(c);
+  EXPECT_EQ(resolved.tf32, resolved.device == "cuda");
   try {
     io::load_fashion_mnist("/nonexistent/fashion");
     FAIL();

@@ -18,6 +18,9 @@ struct PrecisionPolicy {
   DType activations = DType::f32;    // storage of activations and their gradients between layers
   bool master_weights = false;       // FP32 master weights, low-precision working copies
   bool loss_scaling = false;         // dynamic loss scaling by default (FP16 presets only)
+  // FP32 products may round their inputs to TF32 (10-bit mantissa, FP32 accumulation) on tensor cores, as
+  // torch.backends.cuda.matmul.allow_tf32. No preset sets it; only the CUDA engine has TF32.
+  bool allow_tf32 = false;
   // Per-layer overrides: layers whose name matches the glob pattern (`*`, `?`) compute in this dtype.
   std::vector<std::pair<std::string, DType>> overrides;
 

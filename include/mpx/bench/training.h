@@ -25,6 +25,7 @@ MatmulBenchResult run_matmul_benchmark(DType dtype, std::int64_t size, int repea
 
 struct TrainBenchResult {
   std::string model, precision, device;
+  bool tf32 = false;  // FP32 products through TF32 (CUDA, when asked)
   std::int64_t steps = 0, batch_size = 0;
   double images_per_second = 0, ms_per_step = 0;
   std::size_t peak_bytes = 0;
@@ -32,9 +33,9 @@ struct TrainBenchResult {
   std::vector<nn::LayerTime> layer_times;  // when profiling: forward/backward seconds per layer
 };
 
-TrainBenchResult run_train_benchmark(const std::string& model, const std::string& precision, std::int64_t steps,
-                                     int batch_size, const std::string& data_dir, bool profile = false,
-                                     int numerics_every = train::TrainConfig{}.numerics_every,
-                                     const std::string& device = "cpu");
+// Trains with `config` (model, precision, batch size, device, numerics interval, TF32...; its epochs,
+// step limit and test subset are set here) for three warm-up steps and then `steps` timed ones.
+TrainBenchResult run_train_benchmark(train::TrainConfig config, std::int64_t steps, const std::string& data_dir,
+                                     bool profile = false);
 
 }  // namespace mpx::bench

@@ -51,6 +51,9 @@ struct TrainConfig {
   // a device is there). On CUDA full batches replay one captured graph unless cuda_graph is off.
   std::string device = "cpu";
   bool cuda_graph = true;
+  // FP32 products (32-true, and FP32 layers) through TF32 tensor cores on CUDA (PrecisionPolicy::allow_tf32).
+  // InvalidArgument with device "cpu"; "auto" resolving to the CPU turns it off.
+  bool tf32 = false;
 };
 
 // Resolves defaults (precision) and checks ranges; throws InvalidArgument naming the setting.
