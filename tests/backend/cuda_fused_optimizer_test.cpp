@@ -157,6 +157,37 @@ TEST(CudaFusedOptimizer, SkipsAndBacksOffLikeTheCpuWhenOneGradientIsInfinite) {
   run_against_cpu({FusedStepConfig::Algorithm::adamw, DType::f16, 0, true, 2}, 5);
 }
 
+TEST(CudaFusedOptimizer, ReportsTheLossItWasGivenAndSkipsOnANonFiniteOne) {
+  MPX_SKIP_WITHOUT_GPU();
+  DeviceContext context;
+  const std::vector<float> value = {1, 2, 3, 4}, grad = {0.5f, -0.5f, 0.25f, 0}, zeros(4, 0.0f);
+  DeviceBuffer master(16), g(16), m1(16), m2(16), loss(4);
+  master.copy_from_host(value.data(), 16);
+  g.copy_from_host(grad.data(), 16);
+  m1.copy_from_host(zeros.data(), 16);
+  m2.copy_from_host(zeros.data(), 16);
+  DeviceParameter p{static_cast<float*>(master.data()), g.data(), DType::f32, static_cast<float*>(m1.data()),
+                    static_cast<float*>(m2.data()), nullptr, DType::bf16, 4, true};
+  FusedStepConfig config;
+  config.loss_scaling = true;
+  FusedOptimizer fused(context, config, {p});
+  fused.load({});
+  const float finite = 2.3125f, nan = std::nanf("");
+  loss.copy_from_host(&finite, 4);
+  fused.step(1e-3f, static_cast<const float*>(loss.data()));
+  FusedStepRecord r = fused.record();
+  EXPECT_EQ(r.loss, finite);
+  EXPECT_TRUE(r.applied);
+  loss.copy_from_host(&nan, 4);
+  fused.step(1e-3f, static_cast<const float*>(loss.data()));
+  r = fused.record();
+  EXPECT_TRUE(std::isnan(r.loss));
+  EXPECT_TRUE(r.found_inf);
+  EXPECT_FALSE(r.applied);
+  EXPECT_EQ(r.scaler.scale, config.scaler.init_scale * config.scaler.backoff_factor);
+  EXPECT_EQ(r.optimizer_steps, 1);
+}
+
 TEST(CudaFusedOptimizer, RejectsAParameterWithoutState) {
   MPX_SKIP_WITHOUT_GPU();
   DeviceContext context;

@@ -49,6 +49,7 @@ struct FusedStepRecord {
   std::int64_t optimizer_steps = 0;  // applied steps: AdamW's bias-correction count
   std::int64_t calls = 0;            // steps taken, applied or skipped: the index into an lr table
   double grad_norm = 0;              // of the unscaled gradients, before clipping
+  float loss = 0;                    // the device_loss the step was given (0 without one)
   bool found_inf = false, applied = false;
 };
 

@@ -59,6 +59,7 @@ struct DeviceState {
   std::int64_t calls;
   double grad_norm;
   int found_inf, applied;
+  float loss;       // the step's loss, when it was given one: read back with the decision in one copy
   float inv_scale;  // 1/scale the gradients were computed with
   float clip;       // multiplies the unscaled gradients
   float lr;
@@ -151,6 +152,7 @@ __global__ void __launch_bounds__(1024) decide_kernel(const ChunkPartial* partia
   if (lr_table != nullptr) lr = lr_table[s.calls < lr_table_length ? s.calls : lr_table_length - 1];
   ++s.calls;
   s.grad_norm = norm;
+  s.loss = loss != nullptr ? *loss : 0.0f;
   s.found_inf = found_inf;
   s.applied = apply;
   s.lr = lr;
@@ -323,6 +325,7 @@ FusedStepRecord FusedOptimizer::record() const {
   r.optimizer_steps = s.optimizer_steps;
   r.calls = s.calls;
   r.grad_norm = s.grad_norm;
+  r.loss = s.loss;
   r.found_inf = s.found_inf != 0;
   r.applied = s.applied != 0;
   return r;
