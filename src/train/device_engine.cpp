@@ -153,7 +153,7 @@ struct DeviceEngine::Impl {
           const std::int64_t r = rows * s.out_height() * s.out_width(), patch = s.in_channels * s.kernel * s.kernel;
           kernels::im2col(context, s, cur, act, op.cols.get());
           product({r, s.out_channels, patch, false, true, act, act, cuda::MatmulEpilogue::bias}, op.cols.get(),
-                      params[op.weight].weights(), op.y.get(), static_cast<const float*>(params[op.bias].master.get()));
+                  params[op.weight].weights(), op.y.get(), static_cast<const float*>(params[op.bias].master.get()));
           break;
         }
         case DeviceOpKind::batch_norm: {
@@ -183,8 +183,8 @@ struct DeviceEngine::Impl {
           break;
         case DeviceOpKind::linear:
           product({rows, op.out_features, op.in_features, false, true, act, op.out_dtype,
-                       op.relu_after ? cuda::MatmulEpilogue::bias_relu : cuda::MatmulEpilogue::bias},
-                      cur, params[op.weight].weights(), op.y.get(), static_cast<const float*>(params[op.bias].master.get()));
+                   op.relu_after ? cuda::MatmulEpilogue::bias_relu : cuda::MatmulEpilogue::bias},
+                  cur, params[op.weight].weights(), op.y.get(), static_cast<const float*>(params[op.bias].master.get()));
           break;
         case DeviceOpKind::dropout:
           passes = !training || op.dropout.probability == 0.0f;  // identity
@@ -219,7 +219,7 @@ struct DeviceEngine::Impl {
                                static_cast<float*>(op.workspace.get()));
           if (input_grad) {
             product({r, patch, s.out_channels, false, false, act, DType::f32}, g, params[op.weight].weights(),
-                        op.dcols.get());
+                    op.dcols.get());
             kernels::col2im(context, s, static_cast<const float*>(op.dcols.get()), op.dx.get(), act);
           }
           break;
@@ -246,12 +246,12 @@ struct DeviceEngine::Impl {
           break;
         case DeviceOpKind::linear:
           product({op.out_features, op.in_features, rows, true, false, act, DType::f32}, g, op.x,
-                      params[op.weight].grad.get());
+                  params[op.weight].grad.get());
           kernels::column_sums(context, g, act, rows, op.out_features, params[op.bias].grad_f32(),
                                static_cast<float*>(op.workspace.get()));
           if (input_grad) {
             product({rows, op.in_features, op.out_features, false, false, act, act}, g, params[op.weight].weights(),
-                        op.dx.get());
+                    op.dx.get());
           }
           break;
         case DeviceOpKind::dropout:
