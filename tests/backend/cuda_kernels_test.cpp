@@ -259,6 +259,25 @@ TEST(CudaKernels, GatherBatchNormalisesAndPicksLabels) {
   }
 }
 
+TEST(CudaKernels, ColumnSumsCoverMoreRowsThanOneGridDimensionHolds) {
+  MPX_SKIP_WITHOUT_GPU();
+  // 40M rows: more than 65,535 blocks of 512 rows (what a batch of ~51K images gives conv1's bias gradient).
+  const std::int64_t rows = 40'000'000, columns = 2;
+  std::vector<float> x(static_cast<std::size_t>(rows * columns));
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] = i % 2 == 0 ? 1.0f : static_cast<float>(i % 7) - 3.0f;
+  double expected[2] = {0, 0};
+  for (std::size_t i = 0; i < x.size(); ++i) expected[i % 2] += x[i];
+  DeviceContext dev;
+  auto dx = upload(x);
+  DeviceBuffer out(columns * 4), workspace(kernels::reduction_workspace_floats(rows, columns) * 4);
+  kernels::column_sums(dev, dx.data(), DType::f32, rows, columns, static_cast<float*>(out.data()),
+                       static_cast<float*>(workspace.data()));
+  dev.synchronize();
+  const auto sums = download<float>(out, columns);
+  EXPECT_EQ(sums[0], static_cast<float>(expected[0]));  // every row counted once (double accumulation: exact)
+  EXPECT_EQ(sums[1], static_cast<float>(expected[1]));
+}
+
 TEST(CudaKernels, PoisonWritesTheElementsTheCpuInjectorWrites) {
   MPX_SKIP_WITHOUT_GPU();
   nn::Context ctx;

@@ -1,5 +1,6 @@
 // Column reductions for the engine's kernels (BatchNorm, LayerNorm parameters, bias gradients): a
-// [column tiles x row blocks] grid of 32 x 8 threads accumulates up to two sums per column in double and
+// [column tiles x row blocks] grid of 32 x 8 threads (512 rows a block, more for huge batches so that the
+// grid's y extent stays within 65,535) accumulates up to two sums per column in double and
 // writes one partial per row block and column; column_totals adds a column's partials in row-block order,
 // so results do not depend on scheduling. Op: __device__ void(row, column, columns, double& a, double& b).
 #pragma once
@@ -9,15 +10,23 @@
 namespace mpx::cuda::detail {
 
 constexpr int kTileColumns = 32, kRowLanes = 8;
-constexpr std::int64_t kRowsPerBlock = 512;
+constexpr std::int64_t kRowsPerBlock = 512, kMaxRowBlocks = 65535;  // gridDim.y's limit
 
-inline std::int64_t row_blocks(std::int64_t rows) { return std::max<std::int64_t>(1, (rows + kRowsPerBlock - 1) / kRowsPerBlock); }
+// 512 rows a block, more when that would need more than 65,535 row blocks (batches of tens of thousands).
+__host__ __device__ inline std::int64_t rows_per_block(std::int64_t rows) {
+  const std::int64_t spread = (rows + kMaxRowBlocks - 1) / kMaxRowBlocks;
+  return spread > kRowsPerBlock ? spread : kRowsPerBlock;
+}
+inline std::int64_t row_blocks(std::int64_t rows) {
+  return std::max<std::int64_t>(1, (rows + rows_per_block(rows) - 1) / rows_per_block(rows));
+}
 
 template <class Op>
 __global__ void column_partials_kernel(Op op, std::int64_t rows, std::int64_t columns, double* partials) {
   __shared__ double shared_a[kRowLanes][kTileColumns], shared_b[kRowLanes][kTileColumns];
   const std::int64_t c = blockIdx.x * static_cast<std::int64_t>(kTileColumns) + threadIdx.x;
-  const std::int64_t first = blockIdx.y * kRowsPerBlock, last = min(rows, first + kRowsPerBlock);
+  const std::int64_t per_block = rows_per_block(rows);
+  const std::int64_t first = blockIdx.y * per_block, last = min(rows, first + per_block);
   double a = 0, b = 0;
   if (c < columns) {
     for (std::int64_t r = first + threadIdx.y; r < last; r += kRowLanes) op(r, c, columns, a, b);
