@@ -176,6 +176,16 @@ TensorSpec MaxPool2d::plan(const TensorSpec& in, Context& ctx) {
 
 namespace {
 
+// The max-pooling rule for one more candidate: a NaN wins and propagates, as in PyTorch; on
+// ties the earlier position keeps it.
+inline std::uint32_t all_ones(bool b) { return 0u - static_cast<std::uint32_t>(b); }
+
+// The select is an integer blend: chained ternaries on floats leave GCC's vectoriser a branchy loop.
+inline float pool_max(float best, float candidate) {
+  const std::uint32_t take = all_ones((candidate > best) | ((candidate != candidate) & (best == best)));
+  return std::bit_cast<float>((std::bit_cast<std::uint32_t>(candidate) & take) | (std::bit_cast<std::uint32_t>(best) & ~take));
+}
+
 // Max over each k x k window for images [first, last) of an NHWC batch (exact in any storage dtype).
 template <class T>
 MPX_VECTOR_CLONES void max_pool_images(const T* in, T* out, std::int64_t first, std::int64_t last, std::int64_t h, std::int64_t w,
@@ -189,19 +199,34 @@ MPX_VECTOR_CLONES void max_pool_images(const T* in, T* out, std::int64_t first, 
         for (std::int64_t ch = 0; ch < c; ++ch) o[ch] = v0[ch];
         for (std::int64_t k = 1; k < kernel * kernel; ++k) {
           const T* v = in + ((b * h + i * kernel + k / kernel) * w + j * kernel + k % kernel) * c;
-          for (std::int64_t ch = 0; ch < c; ++ch) {
-            // A NaN wins and propagates, as in PyTorch; on ties the first position keeps it.
-            const float vk = load(v[ch]), ok = load(o[ch]);
-            const bool take = (vk > ok) | ((vk != vk) & (ok == ok));
-            store_exact(o + ch, take ? vk : ok);
-          }
+          for (std::int64_t ch = 0; ch < c; ++ch) store_exact(o + ch, pool_max(load(o[ch]), load(v[ch])));
         }
       }
     }
   }
 }
 
-inline std::uint32_t all_ones(bool b) { return 0u - static_cast<std::uint32_t>(b); }
+// 2x2 pooling in one pass per window (the four positions in order), the case every CNN here uses: the
+// general loop re-reads and re-stores each output once per window position.
+template <class T>
+MPX_VECTOR_CLONES void max_pool2_images(const T* in, T* out, std::int64_t first, std::int64_t last, std::int64_t h,
+                                        std::int64_t w, std::int64_t c) {
+  const std::int64_t oh = h / 2, ow = w / 2;
+  for (std::int64_t b = first; b < last; ++b) {
+    for (std::int64_t i = 0; i < oh; ++i) {
+      for (std::int64_t j = 0; j < ow; ++j) {
+        T* o = out + ((b * oh + i) * ow + j) * c;
+        const std::int64_t top = ((b * h + 2 * i) * w + 2 * j) * c, bottom = top + w * c;
+        const T *v0 = in + top, *v1 = in + top + c, *v2 = in + bottom, *v3 = in + bottom + c;
+#pragma GCC ivdep
+        for (std::int64_t ch = 0; ch < c; ++ch) {
+          const float m = pool_max(pool_max(pool_max(load(v0[ch]), load(v1[ch])), load(v2[ch])), load(v3[ch]));
+          store_exact(o + ch, m);
+        }
+      }
+    }
+  }
+}
 
 // The gradient of 2x2 pooling for images [first, last): position k of a window takes it when it holds the
 // maximum (a NaN maximum matches a NaN) and no earlier position did. Branch-free, so it vectorises.
@@ -254,7 +279,11 @@ Tensor MaxPool2d::forward(const Tensor& x, Context&, bool) {
     const T* in = detail::elements<T>(x);
     T* out = detail::mutable_elements<T>(y);
     mpx::detail::parallel_ranges(n, 2, [&](std::int64_t first, std::int64_t last) {
-      max_pool_images(in, out, first, last, h, w, c, kernel_);
+      if (kernel_ == 2) {
+        max_pool2_images(in, out, first, last, h, w, c);
+      } else {
+        max_pool_images(in, out, first, last, h, w, c, kernel_);
+      }
     });
   });
   return y;

@@ -7,6 +7,8 @@
 
 #include <cmath>
 #include <algorithm>
+#include <bit>
+#include <cstring>
 #include <functional>
 #include <random>
 #include <vector>
@@ -278,6 +280,65 @@ TEST(Layers, MaxPoolPropagatesNaNAndKeepsTheFirstOfTies) {
   const Tensor dx = pool.backward(dy, ctx);
   const float expected[] = {0.0f, 0.0f, 1.0f, 2.0f, 0.0f, 0.0f, 0.0f, 0.0f};  // the first 3 takes the gradient
   for (int i = 0; i < 8; ++i) EXPECT_EQ(dx.data_as<float>()[i], expected[i]) << i;
+}
+
+// The pooling rule, one candidate at a time in window order, on the stored bits: the reference both the
+// 2x2 path and the general one must match bit for bit.
+template <class Bits>
+std::vector<Bits> plain_max_pool(const std::vector<Bits>& in, std::int64_t n, std::int64_t h, std::int64_t w,
+                                 std::int64_t c, std::int64_t k, float (*value)(Bits)) {
+  const std::int64_t oh = h / k, ow = w / k;
+  std::vector<Bits> out(static_cast<std::size_t>(n * oh * ow * c));
+  for (std::int64_t b = 0; b < n; ++b)
+    for (std::int64_t i = 0; i < oh; ++i)
+      for (std::int64_t j = 0; j < ow; ++j)
+        for (std::int64_t ch = 0; ch < c; ++ch) {
+          Bits best = in[static_cast<std::size_t>(((b * h + i * k) * w + j * k) * c + ch)];
+          for (std::int64_t p = 1; p < k * k; ++p) {
+            const Bits v = in[static_cast<std::size_t>(((b * h + i * k + p / k) * w + j * k + p % k) * c + ch)];
+            const float x = value(v), m = value(best);
+            if (x > m || (std::isnan(x) && !std::isnan(m))) best = v;  // the first NaN wins; ties keep the first
+          }
+          out[static_cast<std::size_t>(((b * oh + i) * ow + j) * c + ch)] = best;
+        }
+  return out;
+}
+
+TEST(Layers, MaxPoolMatchesAPlainScanBitForBitWithNaNsTiesAndSignedZeros) {
+  const std::int64_t n = 3, h = 12, w = 12, c = 37;  // c: not a multiple of any vector width
+  std::mt19937 rng(5);
+  const float palette[] = {0.0f, -0.0f, 1.0f, -1.0f, 2.5f, NAN, -NAN, INFINITY, -INFINITY, 1e-40f};
+  std::vector<float> values(static_cast<std::size_t>(n * h * w * c));
+  for (float& v : values) v = rng() % 3 == 0 ? palette[rng() % 10] : static_cast<float>(static_cast<int>(rng() % 9) - 4);
+  for (const std::int64_t k : {2, 3}) {
+    for (const DType dtype : {DType::f32, DType::bf16}) {
+      Context ctx;
+      MaxPool2d pool("pool", k);
+      pool.plan({{n, h, w, c}, dtype}, ctx);
+      Tensor x = Tensor::empty({n, h, w, c}, dtype, MemoryCategory::activations, nullptr);
+      const Tensor y = [&] {
+        if (dtype == DType::f32) {
+          std::copy(values.begin(), values.end(), x.data_as<float>());
+        } else {
+          auto* bits = static_cast<std::uint16_t*>(x.data());
+          for (std::size_t i = 0; i < values.size(); ++i) bits[i] = static_cast<std::uint16_t>(std::bit_cast<std::uint32_t>(values[i]) >> 16);
+        }
+        return pool.forward(x, ctx, true);
+      }();
+      if (dtype == DType::f32) {
+        std::vector<std::uint32_t> bits(values.size());
+        std::memcpy(bits.data(), values.data(), values.size() * 4);
+        const auto expected = plain_max_pool<std::uint32_t>(bits, n, h, w, c, k, [](std::uint32_t b) { return std::bit_cast<float>(b); });
+        ASSERT_EQ(std::memcmp(y.data(), expected.data(), expected.size() * 4), 0) << "k " << k << " f32";
+      } else {
+        const std::vector<std::uint16_t> bits(static_cast<const std::uint16_t*>(x.data()),
+                                              static_cast<const std::uint16_t*>(x.data()) + values.size());
+        const auto expected = plain_max_pool<std::uint16_t>(
+            bits, n, h, w, c, k, [](std::uint16_t b) { return std::bit_cast<float>(static_cast<std::uint32_t>(b) << 16); });
+        ASSERT_EQ(std::memcmp(y.data(), expected.data(), expected.size() * 2), 0) << "k " << k << " bf16";
+      }
+    }
+  }
 }
 
 TEST(Layers, BatchNormLeavesRunningStatisticsAloneDuringAReplay) {
