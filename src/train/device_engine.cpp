@@ -40,6 +40,17 @@ struct Op : DeviceOpPlan {
   const void* dy = nullptr;  // the gradient the last backward received
   const void* out = nullptr; // what the last forward handed on
   const void* handed = nullptr;  // the gradient the last backward handed to the layer before (or none)
+
+  // conv: the convolution as a GEMM over `images`: its shape, output positions (GEMM rows), patch length.
+  struct ConvGemm {
+    backend::ConvShape shape;
+    std::int64_t positions, patch;
+  };
+  ConvGemm conv_gemm(std::int64_t images) const {
+    backend::ConvShape s = conv;
+    s.batch = images;
+    return {s, images * s.out_height() * s.out_width(), s.in_channels * s.kernel * s.kernel};
+  }
 };
 
 }  // namespace
@@ -101,8 +112,7 @@ struct DeviceEngine::Impl {
       }
       switch (op.kind) {
         case DeviceOpKind::conv: {
-          const std::int64_t rows = batch * op.conv.out_height() * op.conv.out_width();
-          const std::int64_t patch = op.conv.in_channels * op.conv.kernel * op.conv.kernel;
+          const auto [shape, rows, patch] = op.conv_gemm(batch);
           op.cols = allocate(static_cast<std::size_t>(rows * patch) * size_bytes(act), MemoryCategory::workspace);
           op.dcols = allocate(static_cast<std::size_t>(rows * patch) * 4, MemoryCategory::workspace);
           op.workspace = allocate(kernels::reduction_workspace_floats(rows, op.conv.out_channels) * 4, MemoryCategory::workspace);
@@ -148,9 +158,7 @@ struct DeviceEngine::Impl {
       bool passes = false;
       switch (op.kind) {
         case DeviceOpKind::conv: {
-          backend::ConvShape s = op.conv;
-          s.batch = rows;
-          const std::int64_t r = rows * s.out_height() * s.out_width(), patch = s.in_channels * s.kernel * s.kernel;
+          const auto [s, r, patch] = op.conv_gemm(rows);
           kernels::im2col(context, s, cur, act, op.cols.get());
           product({r, s.out_channels, patch, false, true, act, act, cuda::MatmulEpilogue::bias}, op.cols.get(),
                   params[op.weight].weights(), op.y.get(), static_cast<const float*>(params[op.bias].master.get()));
@@ -211,9 +219,7 @@ struct DeviceEngine::Impl {
       bool passes = false;
       switch (op.kind) {
         case DeviceOpKind::conv: {
-          backend::ConvShape s = op.conv;
-          s.batch = rows;
-          const std::int64_t r = rows * s.out_height() * s.out_width(), patch = s.in_channels * s.kernel * s.kernel;
+          const auto [s, r, patch] = op.conv_gemm(rows);
           product({s.out_channels, patch, r, true, false, act, DType::f32}, g, op.cols.get(), params[op.weight].grad.get());
           kernels::column_sums(context, g, act, r, s.out_channels, params[op.bias].grad_f32(),
                                static_cast<float*>(op.workspace.get()));

@@ -17,11 +17,13 @@
 namespace mpx::train {
 namespace {
 
-TrainConfig recipe(const std::string& precision, const std::string& device) {
+// The reference recipe for 4 epochs, or with `steps` > 0 the first `steps` steps of one epoch.
+TrainConfig recipe(const std::string& precision, const std::string& device, std::int64_t steps = 0) {
   TrainConfig c;
   c.precision = precision;
   c.device = device;
-  c.epochs = 4;
+  c.epochs = steps > 0 ? 1 : 4;
+  c.max_steps = steps;
   c.numerics_every = 0;
   c.seed = 3;
   return c;
@@ -48,9 +50,7 @@ TEST(CudaTraining, TheCapturedGraphComputesWhatEagerLaunchesCompute) {
   MPX_NEED_DATA();
   std::vector<float> losses[2];
   for (int graph = 0; graph < 2; ++graph) {
-    TrainConfig c = recipe("bf16-mixed", "cuda");
-    c.epochs = 1;
-    c.max_steps = 30;
+    TrainConfig c = recipe("bf16-mixed", "cuda", 30);
     c.cuda_graph = graph == 1;
     Trainer trainer(c, *test::fashion_mnist());
     Callbacks callbacks;
@@ -64,9 +64,7 @@ TEST(CudaTraining, TheCapturedGraphComputesWhatEagerLaunchesCompute) {
 TEST(CudaTraining, SixteenMixedSkipsOverflowingStepsAndKeepsTraining) {
   MPX_SKIP_WITHOUT_GPU();
   MPX_NEED_DATA();
-  TrainConfig c = recipe("16-mixed", "cuda");
-  c.epochs = 1;
-  c.max_steps = 60;
+  TrainConfig c = recipe("16-mixed", "cuda", 60);
   Trainer trainer(c, *test::fashion_mnist());
   const TrainResult r = trainer.run();
   // The first steps at 2^16 may overflow FP16 gradients: skipped and backed off, never a NaN weight.
@@ -113,9 +111,7 @@ TEST(CudaTraining, AResumedRunEndsBitIdenticalToAnUninterruptedOne) {
 TEST(CudaTraining, NumericsSamplesCoverEveryLayerAsOnTheCpu) {
   MPX_SKIP_WITHOUT_GPU();
   MPX_NEED_DATA();
-  TrainConfig c = recipe("bf16-mixed", "cuda");
-  c.epochs = 1;
-  c.max_steps = 20;
+  TrainConfig c = recipe("bf16-mixed", "cuda", 20);
   c.numerics_every = 10;
   Trainer trainer(c, *test::fashion_mnist());
   std::vector<telemetry::NumericsSample> samples;
@@ -138,9 +134,7 @@ TEST(CudaTraining, Tf32IsUsedOnlyWhenAskedAndOnlyForFp32Products) {
   MPX_SKIP_WITHOUT_GPU();
   MPX_NEED_DATA();
   auto losses = [](const std::string& precision, bool tf32) {
-    TrainConfig c = recipe(precision, "cuda");
-    c.epochs = 1;
-    c.max_steps = 20;
+    TrainConfig c = recipe(precision, "cuda", 20);
     c.tf32 = tf32;
     std::vector<float> out;
     Callbacks callbacks;
@@ -158,9 +152,7 @@ TEST(CudaTraining, Tf32IsUsedOnlyWhenAskedAndOnlyForFp32Products) {
 // The CPU engine's drills (NumericsInTraining.*) on the device: the origin is found in the step's own device
 // tensors (no replay) and must name what the CPU names.
 TrainConfig drill(const std::string& precision, const std::string& device, const std::string& inject) {
-  TrainConfig c = recipe(precision, device);
-  c.epochs = 1;
-  c.max_steps = 10;
+  TrainConfig c = recipe(precision, device, 10);
   c.batch_size = 64;
   c.train_subset = 640;  // ten full batches: the graph is captured at step 2, the drill's step runs eagerly
   c.test_subset = 64;
