@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
 # Installs mpx's Debian 12 dependencies, idempotently: only what is missing, as root or through sudo.
 # The CUDA toolkit is optional and not installed here; when nvcc is at /usr/local/cuda the build uses it.
+# Packages are installed without their recommendations, so everything the build and the tests use is named
+# here (a fresh Debian 12 root has nothing else: scripts/fresh-check.sh proves it).
 set -euo pipefail
 
 packages=(
-  build-essential cmake ninja-build pkg-config
+  build-essential cmake ninja-build pkg-config ca-certificates
   libcli11-dev nlohmann-json3-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  libdnnl-dev zlib1g-dev prometheus-cpp-dev libssl-dev
+  # Debian's dnnl-config.cmake calls find_package(OpenCL): its recommended OpenCL package is required.
+  libdnnl-dev ocl-icd-opencl-dev zlib1g-dev prometheus-cpp-dev libssl-dev
   dataset-fashion-mnist
 )
 # `--test-tools`: also what the tests check mpx against (not dependencies of mpx): the Prometheus server and
-# promtool for the metrics exporter's tests, clang (libFuzzer) for the fuzz targets.
+# promtool for the metrics exporter's tests, clang with its libFuzzer/ASan runtimes for the fuzz targets,
+# Python (with venv and pip) for the CLI tests' helpers and the interop references.
 if [ "${1:-}" = "--test-tools" ]; then
-  packages+=(prometheus clang)
+  packages+=(prometheus clang libclang-rt-14-dev python3 python3-venv python3-pip)
 fi
 
 missing=()
@@ -34,5 +38,18 @@ else
   exit 1
 fi
 echo "setup: installing ${missing[*]}"
-"${sudo[@]}" apt-get update -qq
-DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+# Exit 75 (EX_TEMPFAIL) when apt could not download: a network problem, not a defect (fresh-check.sh retries).
+apt_log=$(mktemp)
+trap 'rm -f "$apt_log"' EXIT
+run_apt() {
+  if ! "$@" 2>&1 | tee -a "$apt_log"; then
+    if grep -qE "Failed to fetch|Temporary failure resolving|Could not resolve|Could not connect|Connection failed|Unable to fetch" "$apt_log"; then
+      echo "setup: apt could not download packages (network); try again" >&2
+      exit 75
+    fi
+    echo "setup: '$*' failed" >&2
+    exit 1
+  fi
+}
+run_apt "${sudo[@]}" apt-get update -qq
+run_apt "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"

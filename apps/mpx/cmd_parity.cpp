@@ -28,6 +28,7 @@ void run_parity(ParityCliOptions& o) {
   if (!o.parity.against.empty() && !o.precision_given) o.parity.precision = "32-true";
   const io::FashionMnist data = io::load_fashion_mnist(o.data);
   const artifacts::ParityReport r = artifacts::run_parity(o.parity, data);
+  for (const std::string& notice : r.notices) fmt::print(stderr, "note: {}\n", notice);
   fmt::print("baseline : {}\ncandidate: {}\n", r.baseline, r.candidate);
   fmt::print("accuracy {:.2f}% -> {:.2f}% ({:+.2f} points; gate {:.2f}), top-1 agreement {:.2f}%\n",
              100 * r.baseline_accuracy, 100 * r.candidate_accuracy, 0.0 - r.accuracy_drop + 0.0, o.parity.max_accuracy_drop,
@@ -69,7 +70,7 @@ void add_parity_command(CLI::App& app) {
   cmd->add_option("--against", o->parity.against,
                   "Candidate: another file's weights, e.g. an mpx convert copy (evaluated under 32-true unless "
                   "--precision says otherwise)");
-  cmd->add_option("--model", o->parity.model, "cnn or mlp (default: from the file's metadata)");
+  cmd->add_option("--model", o->parity.model, "cnn or mlp (default: from the file's metadata, or its tensor names)");
   cmd->add_option("--data", o->data, "Fashion-MNIST directory")->capture_default_str();
   cmd->add_option("--max-accuracy-drop", o->parity.max_accuracy_drop, "Gate: overall accuracy drop, points")
       ->capture_default_str();

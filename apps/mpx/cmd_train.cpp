@@ -78,9 +78,14 @@ void run_train(TrainOptions& o) {
   telemetry::TensorBoardWriter tensorboard(run.file("tensorboard"));
   const io::FashionMnist data = io::load_fashion_mnist(o.data);
   train::Trainer trainer(config, data);
-  if (!resume_file.empty()) {
+  if (!resume_file.empty() && train::is_checkpoint(resume_file)) {
     trainer.load_checkpoint(resume_file);
     fmt::print("resuming from {}\n", resume_file);
+  } else if (!resume_file.empty()) {
+    const std::string notice = trainer.load_weights(resume_file);
+    if (!notice.empty()) fmt::print(stderr, "note: {}\n", notice);
+    fmt::print("starting from the weights in {} (a model file, not a checkpoint: the optimizer, schedule and "
+               "step count start fresh)\n", resume_file);
   }
   train::write_json_atomic(run.file("config.json"), config_json(o, config));
 
@@ -126,8 +131,12 @@ void run_train(TrainOptions& o) {
   const train::TrainResult result = trainer.run(callbacks);
   recorder.memory_peaks(trainer.memory());
   nlohmann::json summary = train::summary_json(config, result, trainer.memory(), omp_get_max_threads());
+  // How to feed the model (PyTorch users need it): pixels / 255, minus the mean, divided by the std.
+  const io::PixelNormalisation input = io::pixel_normalisation(data.train);
   train::save_model(run.file("model.safetensors"), trainer.model(),
                     {{"mpx.model", config.model}, {"mpx.precision", config.precision},
+                     {"mpx.input_mean", fmt::format("{:.9g}", input.mean)},
+                     {"mpx.input_std", fmt::format("{:.9g}", 1.0f / input.inv_std)},
                      {"mpx.test_accuracy", fmt::format("{:.6f}", result.test_accuracy)},
                      {"mpx.version", build::kVersion}});
   if (!o.serving.empty()) {
@@ -196,7 +205,8 @@ void add_train_command(CLI::App& app) {
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--serving-dtype", o->serving,
                   "Also write RUN/model-<dtype>.safetensors: fp16, bf16 or fp8 (see mpx convert)");
-  cmd->add_option("--resume", o->resume, "Continue from a run directory's checkpoint (or a checkpoint file)");
+  cmd->add_option("--resume", o->resume, "Continue from a run directory's checkpoint (or a checkpoint file); given a model file (mpx's or PyTorch's "
+                  "state dict), start from its weights");
   cmd->add_option("--max-steps", c.max_steps, "Stop after N steps in total (the schedule still spans --epochs)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--metrics-port", o->metrics_port, "Serve Prometheus metrics on this port while training (0: off)")

@@ -19,6 +19,7 @@ void add_report_command(CLI::App& app);
 void add_inspect_command(CLI::App& app);
 void add_convert_command(CLI::App& app);
 void add_parity_command(CLI::App& app);
+void add_predict_command(CLI::App& app);
 void add_bench_training_commands(CLI::App& bench);  // `bench matmul`, `bench train`
 
 }  // namespace mpx::cli

@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   mpx::cli::add_inspect_command(app);
   mpx::cli::add_convert_command(app);
   mpx::cli::add_parity_command(app);
+  mpx::cli::add_predict_command(app);
   mpx::cli::add_bench_command(app);
   if (argc > 1 && argv[1][0] != '-') {
     try {

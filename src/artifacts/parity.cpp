@@ -9,39 +9,12 @@
 #include "mpx/core/error.h"
 #include "mpx/io/safetensors.h"
 #include "mpx/numeric/convert.h"
+#include "mpx/artifacts/predict.h"
 #include "mpx/train/model_file.h"
 
 namespace mpx::artifacts {
 
 namespace {
-
-// Logits [images, 10] of the test set for `weights` evaluated under `precision`.
-std::vector<float> test_logits(const std::string& model_name, const std::string& weights, const std::string& precision,
-                               const io::FashionMnist& data, int batch_size) {
-  nn::Context ctx;
-  ctx.policy = amp::PrecisionPolicy::preset(precision);
-  nn::Sequential model = nn::make_model(model_name, 0);
-  const nn::TensorSpec out = model.plan({{batch_size, 28, 28, 1}, DType::f32}, ctx);
-  train::load_model(weights, model, ctx.policy.master_weights);
-  const io::PixelNormalisation normalise = io::pixel_normalisation(data.train);
-  const io::ImageSet& test = data.test;
-  Tensor input = Tensor::empty({batch_size, 28, 28, 1}, DType::f32, MemoryCategory::activations, &ctx.memory);
-  const std::int64_t classes = out.shape[1];
-  std::vector<float> logits(static_cast<std::size_t>(test.count * classes));
-  for (std::int64_t first = 0; first < test.count; first += batch_size) {
-    const std::int64_t rows = std::min<std::int64_t>(batch_size, test.count - first);
-    float* x = input.data_as<float>();
-    for (std::int64_t i = 0; i < rows * 28 * 28; ++i) x[i] = normalise(test.pixels[static_cast<std::size_t>(first * 28 * 28 + i)]);
-    const Tensor y = model.forward(input.first_rows(rows), ctx, false);
-    float* dst = logits.data() + first * classes;
-    if (y.dtype() == DType::f32) {
-      std::copy_n(y.data_as<float>(), rows * classes, dst);
-    } else {
-      numeric::convert(y.data(), y.dtype(), dst, DType::f32, static_cast<std::size_t>(rows * classes));
-    }
-  }
-  return logits;
-}
 
 std::string model_file(const std::string& path) {
   return std::filesystem::is_directory(path) ? (std::filesystem::path(path) / "model.safetensors").string() : path;
@@ -52,19 +25,14 @@ std::string model_file(const std::string& path) {
 ParityReport run_parity(const ParityOptions& o, const io::FashionMnist& data) {
   const std::string baseline_file = model_file(o.checkpoint);
   std::string model_name = o.model;
-  if (model_name.empty()) {
-    const io::SafetensorsFile f = io::SafetensorsFile::read(baseline_file);
-    const auto it = f.metadata().find("mpx.model");
-    if (it == f.metadata().end()) throw InvalidArgument(baseline_file + " does not say which model it holds; pass --model");
-    model_name = it->second;
-  }
+  if (model_name.empty()) model_name = train::model_name_of(io::SafetensorsFile::read(baseline_file), baseline_file);
   const std::string candidate_file = o.against.empty() ? baseline_file : model_file(o.against);
   const std::string candidate_precision = o.against.empty() ? o.precision : (o.precision.empty() ? "32-true" : o.precision);
   ParityReport r;
   r.baseline = baseline_file + " under 32-true";
   r.candidate = candidate_file + " under " + amp::PrecisionPolicy::preset(candidate_precision).name;
-  const std::vector<float> base = test_logits(model_name, baseline_file, "32-true", data, o.batch_size);
-  const std::vector<float> cand = test_logits(model_name, candidate_file, candidate_precision, data, o.batch_size);
+  const std::vector<float> base = test_logits(model_name, baseline_file, "32-true", data, o.batch_size, &r.notices);
+  const std::vector<float> cand = test_logits(model_name, candidate_file, candidate_precision, data, o.batch_size, &r.notices);
   const std::int64_t n = data.test.count, classes = 10;
   r.images = n;
   std::array<std::int64_t, 10> per_class{}, base_right{}, cand_right{};

@@ -1,11 +1,14 @@
 // Trainer checkpoints: one safetensors file with the FP32 weights, optimizer state and BatchNorm statistics
 // as tensors, and the rest (position, optimizer step, loss scaler, counters, configuration) as JSON in the
-// metadata under "mpx.checkpoint". Written atomically; the data's SHA-256 is verified on load.
+// metadata under "mpx.checkpoint". Written atomically; the data's SHA-256 is verified on load. Weights and their
+// optimizer state are in PyTorch's layout, as in the model file (pytorch_layout.h).
 #include <cstring>
 #include <nlohmann/json.hpp>
 
 #include "mpx/core/error.h"
 #include "mpx/io/safetensors.h"
+#include "mpx/train/model_file.h"
+#include "mpx/train/pytorch_layout.h"
 #include "mpx/train/trainer.h"
 
 namespace mpx::train {
@@ -23,17 +26,22 @@ nlohmann::json trajectory_settings(const TrainConfig& c) {
           {"loss_scaling", c.loss_scaling ? nlohmann::json(*c.loss_scaling) : nlohmann::json("default")}};
 }
 
-// Every tensor of the checkpoint, by name, with the engine's tensor behind it.
-std::vector<std::pair<std::string, const Tensor*>> checkpoint_tensors(nn::Sequential& model,
-                                                                     const std::vector<nn::Parameter*>& params) {
-  std::vector<std::pair<std::string, const Tensor*>> out;
-  for (const nn::Parameter* p : params) {
-    out.emplace_back(p->name, &p->value);
-    if (p->state1.defined()) out.emplace_back("optimizer." + p->name + ".state1", &p->state1);
-    if (p->state2.defined()) out.emplace_back("optimizer." + p->name + ".state2", &p->state2);
+// One tensor of the checkpoint: its name, the engine's tensor behind it, and the parameter whose layout it has.
+struct CheckpointTensor {
+  std::string name;
+  Tensor* tensor;
+  std::string parameter;  // empty for buffers
+};
+
+std::vector<CheckpointTensor> checkpoint_tensors(nn::Sequential& model, const std::vector<nn::Parameter*>& params) {
+  std::vector<CheckpointTensor> out;
+  for (nn::Parameter* p : params) {
+    out.push_back({p->name, &p->value, p->name});
+    if (p->state1.defined()) out.push_back({"optimizer." + p->name + ".state1", &p->state1, p->name});
+    if (p->state2.defined()) out.push_back({"optimizer." + p->name + ".state2", &p->state2, p->name});
   }
   for (const auto& layer : model.layers()) {
-    for (const auto& [buffer_name, t] : layer->buffers()) out.emplace_back(buffer_name, t);
+    for (const auto& [buffer_name, t] : layer->buffers()) out.push_back({buffer_name, t, {}});
   }
   return out;
 }
@@ -44,8 +52,17 @@ void Trainer::save_checkpoint(const std::string& path) const {
   if (path.empty()) throw InvalidArgument("checkpointing needs a path (TrainConfig::checkpoint_path)");
   std::vector<io::TensorToWrite> tensors;
   auto& model = const_cast<nn::Sequential&>(model_);  // layers() hands out non-const buffers; nothing changes
-  for (const auto& [tensor_name, t] : checkpoint_tensors(model, params_)) {
-    tensors.push_back({tensor_name, t->dtype(), t->shape(), t->data()});
+  const std::map<std::string, ColumnOrder> orders = pytorch_column_orders(model);
+  std::vector<std::vector<float>> reordered;  // PyTorch-order copies, alive until the file is written
+  reordered.reserve(3 * orders.size());
+  for (const CheckpointTensor& c : checkpoint_tensors(model, params_)) {
+    const void* data = c.tensor->data();
+    if (const auto order = orders.find(c.parameter); order != orders.end()) {
+      reordered.emplace_back(static_cast<std::size_t>(c.tensor->numel()));
+      order->second.memory_to_file(c.tensor->data_as<float>(), reordered.back().data());
+      data = reordered.back().data();
+    }
+    tensors.push_back({c.name, c.tensor->dtype(), c.tensor->shape(), data});
   }
   nlohmann::json state = {{"epoch", position_.epoch},
                           {"step_in_epoch", position_.step_in_epoch},
@@ -62,7 +79,7 @@ void Trainer::save_checkpoint(const std::string& path) const {
     state["loss_scaler"] = {{"scale", s.scale},         {"growth_tracker", s.growth_tracker}, {"steps", s.steps},
                             {"skipped_steps", s.skipped_steps}, {"growths", s.growths},       {"backoffs", s.backoffs}};
   }
-  io::write_safetensors(path, tensors, {{kStateKey, state.dump()}, {"format", "pt"}});
+  io::write_safetensors(path, tensors, {{kStateKey, state.dump()}, {"format", "pt"}, {kLayoutKey, kPytorchLayout}});
 }
 
 void Trainer::load_checkpoint(const std::string& path) {
@@ -83,15 +100,24 @@ void Trainer::load_checkpoint(const std::string& path) {
                     ", this run has " + value.dump() + "; resume with the same settings");
     }
   }
-  for (const auto& [tensor_name, t] : checkpoint_tensors(model_, params_)) {
-    const io::SafetensorsEntry* e = file.find(tensor_name);
-    if (!e) throw IoError(path + ": tensor '" + tensor_name + "' is missing from the checkpoint");
+  // Checkpoints written before the layout key hold every tensor in memory order: read them as they are.
+  const bool pytorch_order = file_layout(file.metadata(), path) == FileLayout::pytorch;
+  const std::map<std::string, ColumnOrder> orders = pytorch_column_orders(model_);
+  for (const CheckpointTensor& c : checkpoint_tensors(model_, params_)) {
+    const Tensor* t = c.tensor;
+    const io::SafetensorsEntry* e = file.find(c.name);
+    if (!e) throw IoError(path + ": tensor '" + c.name + "' is missing from the checkpoint");
     if (e->shape != t->shape() || e->dtype != t->dtype()) {
-      throw IoError(path + ": tensor '" + tensor_name + "' is " + std::string(name(e->dtype)) + " " + to_string(e->shape) +
+      throw IoError(path + ": tensor '" + c.name + "' is " + std::string(name(e->dtype)) + " " + to_string(e->shape) +
                     " in the checkpoint but " + std::string(name(t->dtype())) + " " + to_string(t->shape()) +
                     " in this model");
     }
-    std::memcpy(t->data(), file.data(*e).data(), t->bytes());
+    const auto order = orders.find(c.parameter);
+    if (pytorch_order && order != orders.end()) {
+      order->second.file_to_memory(reinterpret_cast<const float*>(file.data(*e).data()), c.tensor->data_as<float>());
+    } else {
+      std::memcpy(c.tensor->data(), file.data(*e).data(), t->bytes());
+    }
   }
   for (nn::Parameter* p : params_) p->refresh(ctx_.policy.master_weights);  // working copies from the masters
   try {
@@ -116,6 +142,12 @@ void Trainer::load_checkpoint(const std::string& path) {
   } catch (const nlohmann::json::exception& e) {
     throw IoError(path + ": damaged checkpoint state: " + e.what());
   }
+}
+
+bool is_checkpoint(const std::string& path) { return io::SafetensorsFile::read(path).metadata().count(kStateKey) > 0; }
+
+std::string Trainer::load_weights(const std::string& path) {
+  return load_model(path, model_, ctx_.policy.master_weights).notice;
 }
 
 }  // namespace mpx::train

@@ -1,9 +1,9 @@
 #include "mpx/train/model_file.h"
 
+#include <array>
 #include <cstring>
 
 #include "mpx/core/error.h"
-#include "mpx/io/safetensors.h"
 #include "mpx/io/tensor_values.h"
 
 namespace mpx::train {
@@ -21,18 +21,32 @@ std::vector<std::pair<std::string, Tensor*>> named_tensors(nn::Sequential& model
 }  // namespace
 
 void save_model(const std::string& path, nn::Sequential& model, const std::map<std::string, std::string>& metadata) {
+  const std::map<std::string, ColumnOrder> orders = pytorch_column_orders(model);
+  std::vector<std::vector<float>> reordered;  // PyTorch-order copies, alive until the file is written
+  reordered.reserve(orders.size());
   std::vector<io::TensorToWrite> tensors;
   for (const auto& [tensor_name, t] : named_tensors(model)) {
     if (!t->defined()) throw InvalidArgument("save_model: the model is not planned yet");
-    tensors.push_back({tensor_name, t->dtype(), t->shape(), t->data()});
+    const void* data = t->data();
+    if (const auto order = orders.find(tensor_name); order != orders.end()) {
+      reordered.emplace_back(static_cast<std::size_t>(t->numel()));
+      order->second.memory_to_file(t->data_as<float>(), reordered.back().data());
+      data = reordered.back().data();
+    }
+    tensors.push_back({tensor_name, t->dtype(), t->shape(), data});
   }
   std::map<std::string, std::string> m = metadata;
   m.emplace("format", "pt");  // what safetensors.torch writes: PyTorch tensors
+  m[kLayoutKey] = kPytorchLayout;
   io::write_safetensors(path, tensors, m);
 }
 
-void load_model(const std::string& path, nn::Sequential& model, bool master_weights) {
+LoadedModel load_model(const std::string& path, nn::Sequential& model, bool master_weights) {
   const io::SafetensorsFile file = io::SafetensorsFile::read(path);
+  LoadedModel loaded;
+  loaded.layout = file_layout(file.metadata(), path);
+  const std::map<std::string, ColumnOrder> orders = pytorch_column_orders(model);
+  std::vector<float> staging;
   for (const auto& [tensor_name, t] : named_tensors(model)) {
     const io::SafetensorsEntry* e = file.find(tensor_name);
     if (!e) throw IoError(path + ": tensor '" + tensor_name + "' is missing (is this a model of the same architecture?)");
@@ -43,12 +57,35 @@ void load_model(const std::string& path, nn::Sequential& model, bool master_weig
     }
     // FP32 exactly as stored; FP16/BF16/FP8 (a converted serving copy) widened exactly.
     const std::vector<double> values = io::widen_to_double(file.data(*e), e->dtype);
-    float* dst = t->data_as<float>();
-    for (std::size_t i = 0; i < values.size(); ++i) dst[i] = static_cast<float>(values[i]);
+    staging.resize(values.size());
+    for (std::size_t i = 0; i < values.size(); ++i) staging[i] = static_cast<float>(values[i]);
+    const auto order = orders.find(tensor_name);
+    if (order != orders.end() && loaded.layout == FileLayout::pytorch) {
+      order->second.file_to_memory(staging.data(), t->data_as<float>());
+    } else {
+      std::memcpy(t->data(), staging.data(), staging.size() * sizeof(float));
+    }
+  }
+  if (loaded.layout == FileLayout::mpx_nhwc && !orders.empty()) {
+    loaded.notice = path + " was written by an mpx before 0.9 with " + orders.begin()->first +
+                    "'s columns in NHWC order (PyTorch would misread it); read in that order here. Retrain, or "
+                    "load and save it with this mpx, for a file PyTorch reads";
   }
   for (const auto& layer : model.layers()) {
     for (nn::Parameter* p : layer->parameters()) p->refresh(master_weights);
   }
+  return loaded;
+}
+
+std::string model_name_of(const io::SafetensorsFile& file, const std::string& path) {
+  if (const auto it = file.metadata().find("mpx.model"); it != file.metadata().end()) return it->second;
+  for (const char* candidate : std::array{"cnn", "mlp"}) {
+    nn::Sequential model = nn::make_model(candidate, 0);
+    bool all_present = true;
+    for (const nn::Parameter* p : model.parameters()) all_present = all_present && file.find(p->name) != nullptr;
+    if (all_present && file.tensors().size() >= model.parameters().size()) return candidate;
+  }
+  throw InvalidArgument(path + " does not say which model it holds and its tensor names match none; pass --model");
 }
 
 }  // namespace mpx::train

@@ -7,6 +7,7 @@
 #include <array>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "mpx/io/fashion_mnist.h"
 
@@ -16,7 +17,7 @@ struct ParityOptions {
   std::string checkpoint;          // model.safetensors (FP32), or a run directory holding one
   std::string against;             // optional: the candidate's weights (any float dtype); else `precision`
   std::string precision = "16-mixed";  // the candidate's policy (with `against`: default 32-true)
-  std::string model;               // cnn or mlp; empty: from the file's metadata
+  std::string model;               // cnn or mlp; empty: from the file's metadata or tensor names
   double max_accuracy_drop = 0.5;  // points
   double max_class_drop = 2.0;     // points, for any one class
   int batch_size = 500;
@@ -32,6 +33,7 @@ struct ParityReport {
   double max_abs_error = 0, mean_abs_error = 0, max_rel_error = 0, mean_rel_error = 0;  // of the logits
   std::uint64_t candidate_nan = 0, candidate_inf = 0;
   bool passed = false;
+  std::vector<std::string> notices;  // e.g. a file read in an older layout
 };
 
 ParityReport run_parity(const ParityOptions& options, const io::FashionMnist& data);

@@ -144,6 +144,8 @@ class Flatten : public Layer {
  public:
   using Layer::Layer;
   std::string kind() const override { return "flatten"; }
+  // The planned input's shape ([N, H, W, C] for images; empty before plan()).
+  const Shape& input_shape() const { return input_shape_; }
   TensorSpec plan(const TensorSpec& input, Context& ctx) override;
   Tensor forward(const Tensor& x, Context& ctx, bool training) override;
   Tensor backward(const Tensor& dy, Context& ctx) override;

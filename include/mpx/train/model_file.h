@@ -1,22 +1,35 @@
 // The trained model as a safetensors file in PyTorch's names and layouts (`conv1.weight` [out, in, kh, kw],
-// `fc1.weight` [out, in], `bn1.running_mean`, ...): FP32 weights (the master weights in mixed presets) and
-// BatchNorm statistics, so that `safetensors.torch.load_file` and `model.load_state_dict` read it.
+// `fc1.weight` [out, in] with its columns in the order nn.Flatten of NCHW gives, `bn1.running_mean`, ...):
+// FP32 weights (the master weights in mixed presets) and BatchNorm statistics, so that
+// `safetensors.torch.load_file` + `model.load_state_dict` read it, and a file PyTorch saved loads here.
 #pragma once
 
 #include <map>
 #include <string>
 
+#include "mpx/io/safetensors.h"
 #include "mpx/nn/model.h"
+#include "mpx/train/pytorch_layout.h"
 
 namespace mpx::train {
 
-// Writes `model` (planned) to `path` atomically with `metadata`. A serving copy in FP16/BF16/FP8 is made
-// from it with `mpx convert`.
+// Writes `model` (planned) to `path` atomically with `metadata` (plus "format": "pt" and the layout key).
+// A serving copy in FP16/BF16/FP8 is made from it with `mpx convert`.
 void save_model(const std::string& path, nn::Sequential& model, const std::map<std::string, std::string>& metadata);
 
-// Loads the weights and statistics saved by save_model (or an `mpx convert` copy of them: narrow floats are
-// widened exactly) into a planned model of the same architecture, then refreshes the working copies.
-// Throws IoError naming the tensor and both shapes when they differ, or a missing tensor.
-void load_model(const std::string& path, nn::Sequential& model, bool master_weights);
+struct LoadedModel {
+  FileLayout layout = FileLayout::pytorch;
+  std::string notice;  // non-empty when the file was read in an older layout and converted on the way
+};
+
+// Loads the weights and statistics saved by save_model, an `mpx convert` copy of them (narrow floats are
+// widened exactly), or a PyTorch state dict saved with safetensors.torch.save_file, into a planned model of
+// the same architecture, then refreshes the working copies. Throws IoError naming the tensor and both shapes
+// when they differ, or a missing tensor.
+LoadedModel load_model(const std::string& path, nn::Sequential& model, bool master_weights);
+
+// The builder ("cnn", "mlp") whose parameter names the file holds: its "mpx.model" metadata, or else the
+// tensor names (a PyTorch file). Throws InvalidArgument when neither tells.
+std::string model_name_of(const io::SafetensorsFile& file, const std::string& path);
 
 }  // namespace mpx::train

@@ -104,6 +104,10 @@ class Trainer {
   // written atomically with its SHA-256; load verifies it and that the configuration matches.
   void save_checkpoint(const std::string& path) const;
   void load_checkpoint(const std::string& path);  // before run(); throws IoError naming a mismatch
+  // Before run(): starts from the weights and statistics of a model file (mpx's model.safetensors or a
+  // PyTorch state dict saved with safetensors.torch.save_file); the optimizer and position start fresh.
+  // Returns a notice when the file was in an older layout and converted on the way (else empty).
+  std::string load_weights(const std::string& path);
   nn::Context& context() { return ctx_; }
   // "cpu", or the device the run uses ("cuda:0 (NVIDIA H100 80GB HBM3)").
   std::string device_name() const;
@@ -169,5 +173,9 @@ class TrainingDiverged : public Error {
  public:
   using Error::Error;
 };
+
+// Whether `path` is a Trainer checkpoint (else, for --resume, a model file to start from). Throws IoError
+// when it is no readable safetensors file.
+bool is_checkpoint(const std::string& path);
 
 }  // namespace mpx::train

@@ -1,0 +1,77 @@
+#include "mpx/train/pytorch_layout.h"
+
+#include "mpx/core/error.h"
+
+namespace mpx::train {
+
+FileLayout file_layout(const std::map<std::string, std::string>& metadata, const std::string& path) {
+  const auto layout = metadata.find(kLayoutKey);
+  if (layout != metadata.end()) {
+    if (layout->second == kPytorchLayout) return FileLayout::pytorch;
+    throw IoError(path + ": tensor layout '" + layout->second + "' (" + kLayoutKey +
+                  ") is not one this mpx reads; use the mpx that wrote it, or a newer one");
+  }
+  // mpx has always written "mpx.version" (model files) or "mpx.checkpoint" (checkpoints); a converted copy
+  // keeps its source's metadata. A file with neither comes from elsewhere (safetensors.torch.save_file).
+  const bool written_by_mpx = metadata.count("mpx.version") || metadata.count("mpx.checkpoint") ||
+                              metadata.count("mpx.model") || metadata.count("mpx.converted_to");
+  return written_by_mpx ? FileLayout::mpx_nhwc : FileLayout::pytorch;
+}
+
+void ColumnOrder::memory_to_file(const float* memory, float* file) const {
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const float* src = memory + r * columns;
+    float* dst = file + r * columns;
+    for (std::int64_t p = 0; p < columns; ++p) dst[p] = src[memory_column[static_cast<std::size_t>(p)]];
+  }
+}
+
+void ColumnOrder::file_to_memory(const float* file, float* memory) const {
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const float* src = file + r * columns;
+    float* dst = memory + r * columns;
+    for (std::int64_t p = 0; p < columns; ++p) dst[memory_column[static_cast<std::size_t>(p)]] = src[p];
+  }
+}
+
+namespace {
+// PyTorch's flatten of NCHW visits (c, h, w) with w fastest; mpx's of NHWC visits (h, w, c) with c fastest.
+std::vector<std::int64_t> nchw_to_nhwc_columns(std::int64_t height, std::int64_t width, std::int64_t channels) {
+  std::vector<std::int64_t> columns;
+  columns.reserve(static_cast<std::size_t>(height * width * channels));
+  for (std::int64_t c = 0; c < channels; ++c) {
+    for (std::int64_t h = 0; h < height; ++h) {
+      for (std::int64_t w = 0; w < width; ++w) columns.push_back((h * width + w) * channels + c);
+    }
+  }
+  return columns;
+}
+}  // namespace
+
+std::map<std::string, ColumnOrder> pytorch_column_orders(const nn::Sequential& model) {
+  std::map<std::string, ColumnOrder> orders;
+  const auto& layers = model.layers();
+  for (std::size_t i = 0; i < layers.size(); ++i) {
+    const auto* flatten = dynamic_cast<const nn::Flatten*>(layers[i].get());
+    if (!flatten) continue;
+    const Shape& in = flatten->input_shape();
+    if (in.empty()) throw InvalidArgument("pytorch_column_orders: the model is not planned yet");
+    if (in.size() != 4 || in[3] == 1 || in[1] * in[2] == 1) continue;  // the two orders agree
+    for (std::size_t j = i + 1; j < layers.size(); ++j) {
+      nn::Layer& consumer = *layers[j];
+      if (consumer.parameters().empty()) continue;  // elementwise (ReLU, dropout): features keep their order
+      auto* linear = dynamic_cast<nn::Linear*>(&consumer);
+      if (!linear) {
+        throw InvalidArgument("layer '" + consumer.name() + "' (" + consumer.kind() + ") reads the output of '" +
+                              flatten->name() +
+                              "' in NHWC feature order and has no PyTorch layout; put a Linear right after the Flatten");
+      }
+      orders[linear->weight().name] = {linear->out_features(), linear->in_features(),
+                                       nchw_to_nhwc_columns(in[1], in[2], in[3])};
+      break;
+    }
+  }
+  return orders;
+}
+
+}  // namespace mpx::train
