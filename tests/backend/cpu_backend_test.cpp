@@ -131,6 +131,47 @@ TEST(CpuBackend, ConvolutionForwardAndBackwardMatchDoubleReference) {
   }
 }
 
+// The BF16 path of CPUs without oneDNN BF16 kernels (forced here, so AVX-512 machines test it too): the
+// FP32 product of the exactly widened operands, rounded once to BF16; where native kernels exist, both paths
+// agree to within one BF16 rounding.
+TEST(CpuBackend, WidenedBf16IsTheFp32ProductRoundedOnce) {
+  CpuBackend widened, fp32;
+  widened.force_bf16_widening();
+  EXPECT_FALSE(widened.native_bf16());
+  const std::int64_t m = 19, n = 23, k = 41;
+  const auto a = random_values(m * k, 11, true), b = random_values(k * n, 12, true), bias = random_values(n, 13, false);
+  const auto a16 = to_bf16(a), b16 = to_bf16(b);
+  std::vector<float> want(m * n);
+  fp32.matmul(a.data(), false, b.data(), true, DType::f32, want.data(), m, n, k, bias.data());
+  std::vector<numeric::BFloat16> got(m * n);
+  widened.matmul(a16.data(), false, b16.data(), true, DType::bf16, got.data(), m, n, k, bias.data(), false, DType::bf16);
+  for (std::int64_t i = 0; i < m * n; ++i) ASSERT_EQ(got[i].bits(), numeric::BFloat16(want[i]).bits()) << i;
+  // Accumulating into BF16: the BF16 C widened, the product added in FP32, rounded once.
+  std::vector<float> sum(want.size());
+  for (std::int64_t i = 0; i < m * n; ++i) sum[i] = static_cast<float>(got[i]);
+  fp32.matmul(a.data(), false, b.data(), true, DType::f32, sum.data(), m, n, k, nullptr, true);
+  widened.matmul(a16.data(), false, b16.data(), true, DType::bf16, got.data(), m, n, k, nullptr, true, DType::bf16);
+  for (std::int64_t i = 0; i < m * n; ++i) ASSERT_EQ(got[i].bits(), numeric::BFloat16(sum[i]).bits()) << i;
+
+  const ConvShape s{2, 3, 6, 5, 4, 3, 1, 1};
+  const auto x = random_values(s.batch * s.height * s.width * s.in_channels, 14, true);
+  const auto w = random_values(s.out_channels * s.in_channels * 9, 15, true);
+  const auto x16 = to_bf16(x), w16 = to_bf16(w);
+  std::vector<float> y(s.batch * s.out_height() * s.out_width() * s.out_channels);
+  fp32.conv2d_forward(s, x.data(), w.data(), DType::f32, bias.data(), y.data());
+  std::vector<numeric::BFloat16> y16(y.size());
+  widened.conv2d_forward(s, x16.data(), w16.data(), DType::bf16, bias.data(), y16.data(), DType::bf16);
+  for (std::size_t i = 0; i < y.size(); ++i) ASSERT_EQ(y16[i].bits(), numeric::BFloat16(y[i]).bits()) << i;
+
+  CpuBackend native;
+  if (!native.native_bf16()) return;  // no oneDNN BF16 kernels on this CPU: the widened path is the only one
+  std::vector<numeric::BFloat16> native_y(y.size());
+  native.conv2d_forward(s, x16.data(), w16.data(), DType::bf16, bias.data(), native_y.data(), DType::bf16);
+  for (std::size_t i = 0; i < y.size(); ++i) {
+    EXPECT_NEAR(static_cast<float>(native_y[i]), y[i], std::abs(y[i]) / 128 + 1e-6f) << i;
+  }
+}
+
 TEST(CpuBackend, Fp16InputsAreRejectedWithAHint) {
   CpuBackend backend;
   float c = 0;

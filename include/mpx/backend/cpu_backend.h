@@ -1,6 +1,7 @@
 // The CPU backend's compute primitives: matrix products and convolutions through oneDNN with FP32 or BF16
 // inputs and FP32 accumulation, FP32 or BF16 output (BF16 only from BF16 inputs). (oneDNN 2.6 has no FP16 on the CPU: FP16 data is widened to
-// FP32 exactly before it reaches these calls.) Primitives are created once per shape and cached.
+// FP32 exactly before it reaches these calls; on CPUs without AVX-512 it has no BF16 either, and BF16 operands
+// are widened here, the BF16 result rounded once.) Primitives are created once per shape and cached.
 // Only src/backend/cpu/ includes oneDNN's headers.
 #pragma once
 
@@ -44,6 +45,10 @@ class CpuBackend {
 
   // oneDNN's name for the implementation it chose for the most recent primitive (for benchmarks/docs).
   std::string last_implementation() const;
+  // Whether BF16 runs on oneDNN's BF16 kernels (AVX-512 CPUs) rather than widened to FP32 here.
+  bool native_bf16() const;
+  // Widens BF16 even where native kernels exist: tests run both paths on AVX-512 machines.
+  void force_bf16_widening();
 
  private:
   struct Impl;

@@ -1,4 +1,7 @@
 // CpuBackend on oneDNN 2.6: plain row-major / NHWC / OIHW memory, primitives cached by shape and dtype.
+// oneDNN 2.6 has BF16 kernels only on CPUs with AVX-512 (avx512_core); elsewhere (an AVX2-only Zen 3, say)
+// BF16 operands are widened to FP32 exactly and a BF16 result is rounded once (nearest-even) from the FP32
+// sums: the same products and FP32 accumulation as the native kernels, at FP32 speed.
 #include <dnnl.hpp>
 
 #include <algorithm>
@@ -9,6 +12,7 @@
 
 #include "mpx/backend/cpu_backend.h"
 #include "mpx/core/error.h"
+#include "mpx/numeric/convert.h"
 
 namespace mpx::backend {
 
@@ -51,11 +55,59 @@ auto checked(const char* what, Fn&& fn) {
   }
 }
 
+// Whether this CPU's oneDNN builds BF16 matmul and convolution primitives (else it throws "could not create
+// a primitive descriptor iterator").
+bool onednn_has_bf16(const dnnl::engine& engine) {
+  try {
+    const dnnl::memory::desc a({2, 2}, dt::bf16, tag::ab), c({2, 2}, dt::f32, tag::ab);
+    dnnl::matmul::primitive_desc(dnnl::matmul::desc(a, a, c), engine);
+    const dnnl::memory::desc src({1, 2, 4, 4}, dt::bf16, tag::nhwc), w({2, 2, 3, 3}, dt::bf16, tag::any);
+    const dnnl::memory::desc bias({2}, dt::f32, tag::x), dst({1, 2, 4, 4}, dt::bf16, tag::nhwc);
+    dnnl::convolution_forward::primitive_desc(
+        dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src, w,
+                                        bias, dst, {1, 1}, {1, 1}, {1, 1}),
+        engine);
+    return true;
+  } catch (const dnnl::error&) {
+    return false;
+  }
+}
+
+// FP32 copies of BF16 operands (and an FP32 result to round) for CPUs without oneDNN BF16 kernels.
+class Bf16Widening {
+ public:
+  const void* widen(int slot, const void* bf16, std::int64_t count) {
+    std::vector<float>& buffer = resized(slot, count);
+    numeric::convert(bf16, DType::bf16, buffer.data(), DType::f32, static_cast<std::size_t>(count));
+    return buffer.data();
+  }
+  void* result(int slot, std::int64_t count) { return resized(slot, count).data(); }
+  void round_into(int slot, void* bf16, std::int64_t count) const {
+    numeric::convert(buffers_[static_cast<std::size_t>(slot)].data(), DType::f32, bf16, DType::bf16,
+                     static_cast<std::size_t>(count));
+  }
+
+ private:
+  std::vector<float>& resized(int slot, std::int64_t count) {
+    std::vector<float>& buffer = buffers_[static_cast<std::size_t>(slot)];
+    if (buffer.size() < static_cast<std::size_t>(count)) buffer.resize(static_cast<std::size_t>(count));
+    return buffer;
+  }
+  std::vector<float> buffers_[3];
+};
+
+void note_widened(std::string& implementation) {
+  constexpr const char* kNote = " (bf16 widened to f32: no oneDNN BF16 kernels on this CPU)";
+  if (!implementation.ends_with(kNote)) implementation += kNote;
+}
+
 }  // namespace
 
 struct CpuBackend::Impl {
   dnnl::engine engine{dnnl::engine::kind::cpu, 0};
   dnnl::stream stream{engine};
+  bool native_bf16 = onednn_has_bf16(engine);
+  Bf16Widening widening;
   std::unordered_map<std::string, dnnl::matmul> matmuls;
   std::unordered_map<std::string, dnnl::convolution_forward> conv_forward;
   std::unordered_map<std::string, dnnl::convolution_forward::primitive_desc> conv_forward_pd;
@@ -119,10 +171,25 @@ CpuBackend::CpuBackend() : impl_(checked("engine creation", [] { return std::mak
 CpuBackend::~CpuBackend() = default;
 
 std::string CpuBackend::last_implementation() const { return impl_->last_impl; }
+bool CpuBackend::native_bf16() const { return impl_->native_bf16; }
+void CpuBackend::force_bf16_widening() { impl_->native_bf16 = false; }
 
 void CpuBackend::matmul(const void* a, bool transpose_a, const void* b, bool transpose_b, DType input, void* c,
                         std::int64_t m, std::int64_t n, std::int64_t k, const float* bias, bool accumulate,
                         DType output) {
+  if (input == DType::bf16 && !impl_->native_bf16) {
+    Bf16Widening& w = impl_->widening;
+    const void* a32 = w.widen(0, a, m * k);
+    const void* b32 = w.widen(1, b, k * n);
+    if (output != DType::bf16) {
+      matmul(a32, transpose_a, b32, transpose_b, DType::f32, c, m, n, k, bias, accumulate, output);
+      return note_widened(impl_->last_impl);
+    }
+    void* c32 = accumulate ? const_cast<void*>(w.widen(2, c, m * n)) : w.result(2, m * n);
+    matmul(a32, transpose_a, b32, transpose_b, DType::f32, c32, m, n, k, bias, accumulate, DType::f32);
+    w.round_into(2, c, m * n);
+    return note_widened(impl_->last_impl);
+  }
   checked("matmul", [&] {
     const dt in = to_dnnl(input);
     const dt out = output_dnnl(input, output);
@@ -159,6 +226,15 @@ void CpuBackend::matmul(const void* a, bool transpose_a, const void* b, bool tra
 
 void CpuBackend::conv2d_forward(const ConvShape& s, const void* src, const void* weights, DType input,
                                 const float* bias, void* dst, DType output) {
+  if (input == DType::bf16 && !impl_->native_bf16) {
+    Bf16Widening& w = impl_->widening;
+    const void* src32 = w.widen(0, src, s.batch * s.height * s.width * s.in_channels);
+    const void* weights32 = w.widen(1, weights, s.out_channels * s.in_channels * s.kernel * s.kernel);
+    if (output != DType::bf16) return conv2d_forward(s, src32, weights32, DType::f32, bias, dst, output);
+    const std::int64_t dst_count = s.batch * s.out_height() * s.out_width() * s.out_channels;
+    conv2d_forward(s, src32, weights32, DType::f32, bias, w.result(2, dst_count), DType::f32);
+    return w.round_into(2, dst, dst_count);
+  }
   checked("convolution forward", [&] {
     const std::string key = key_of(s, input) + ">" + std::string(name(output));
     const auto pd = impl_->forward_pd(s, input, output);
@@ -185,6 +261,15 @@ void CpuBackend::conv2d_forward(const ConvShape& s, const void* src, const void*
 
 void CpuBackend::conv2d_backward_data(const ConvShape& s, const void* diff_dst, const void* weights, DType input,
                                       void* diff_src, DType output) {
+  if (input == DType::bf16 && !impl_->native_bf16) {
+    Bf16Widening& w = impl_->widening;
+    const void* diff_dst32 = w.widen(0, diff_dst, s.batch * s.out_height() * s.out_width() * s.out_channels);
+    const void* weights32 = w.widen(1, weights, s.out_channels * s.in_channels * s.kernel * s.kernel);
+    if (output != DType::bf16) return conv2d_backward_data(s, diff_dst32, weights32, DType::f32, diff_src, output);
+    const std::int64_t src_count = s.batch * s.height * s.width * s.in_channels;
+    conv2d_backward_data(s, diff_dst32, weights32, DType::f32, w.result(2, src_count), DType::f32);
+    return w.round_into(2, diff_src, src_count);
+  }
   checked("convolution backward data", [&] {
     const std::string key = key_of(s, input) + ">" + std::string(name(output));
     auto d = impl_->conv_descs(s, input);
@@ -216,6 +301,12 @@ void CpuBackend::conv2d_backward_data(const ConvShape& s, const void* diff_dst, 
 
 void CpuBackend::conv2d_backward_weights(const ConvShape& s, const void* src, const void* diff_dst, DType input,
                                          float* diff_weights, float* diff_bias) {
+  if (input == DType::bf16 && !impl_->native_bf16) {
+    Bf16Widening& w = impl_->widening;
+    const void* src32 = w.widen(0, src, s.batch * s.height * s.width * s.in_channels);
+    const void* diff_dst32 = w.widen(1, diff_dst, s.batch * s.out_height() * s.out_width() * s.out_channels);
+    return conv2d_backward_weights(s, src32, diff_dst32, DType::f32, diff_weights, diff_bias);
+  }
   checked("convolution backward weights", [&] {
     const std::string key = key_of(s, input);
     auto d = impl_->conv_descs(s, input);
@@ -256,7 +347,9 @@ double time_direct_onednn_matmul(std::int64_t m, std::int64_t n, std::int64_t k,
   return checked("direct matmul", [&] {
     dnnl::engine engine(dnnl::engine::kind::cpu, 0);
     dnnl::stream stream(engine);
-    const dt in = to_dnnl(input);
+    // Where oneDNN has no BF16 kernels the anchor is what it can do here: FP32 (what CpuBackend then runs).
+    const DType runnable = input == DType::bf16 && !onednn_has_bf16(engine) ? DType::f32 : input;
+    const dt in = to_dnnl(runnable);
     const dnnl::memory::desc a_md({m, k}, in, tag::ab), b_md({k, n}, in, tag::ab), c_md({m, n}, dt::f32, tag::ab);
     const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a_md, b_md, c_md), engine);
     const dnnl::matmul matmul(pd);
@@ -271,8 +364,8 @@ double time_direct_onednn_matmul(std::int64_t m, std::int64_t n, std::int64_t k,
         for (std::size_t i = 0; i < count; ++i) p[i] = static_cast<std::uint16_t>(0x3F80 + (i % 17) * 3);
       }
     };
-    fill(a, static_cast<std::size_t>(m * k), input);
-    fill(b, static_cast<std::size_t>(k * n), input);
+    fill(a, static_cast<std::size_t>(m * k), runnable);
+    fill(b, static_cast<std::size_t>(k * n), runnable);
     std::vector<double> times;
     for (int r = -1; r < repeats; ++r) {
       const auto start = std::chrono::steady_clock::now();
