@@ -47,6 +47,11 @@ root=$(mktemp -d "${TMPDIR:-/tmp}/mpx-fresh.XXXXXX")
 log=$root.log
 mounted=()
 cleanup() {
+  # Whatever still runs inside the root (an interrupted build) goes first, then the mounts.
+  local pid
+  for pid in /proc/[0-9]*; do
+    if [ "$(readlink "$pid/root" 2>/dev/null)" = "$root" ]; then kill -9 "${pid#/proc/}" 2>/dev/null || true; fi
+  done
   local still_mounted=0
   for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do
     umount "${mounted[i]}" 2>/dev/null || umount -l "${mounted[i]}" 2>/dev/null || true
@@ -59,6 +64,7 @@ cleanup() {
   fi
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 echo "fresh-check: making a Debian 12 root in $root from $sources (log: $log)"
 if ! mmdebstrap --variant=apt --mode=root --include=ca-certificates bookworm "$root" "$sources" >"$log" 2>&1; then
