@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
+#include "mpx/backend/cpu_backend.h"
 #include "mpx/backend/cuda.h"
 #include "mpx/build_info.h"
 #include "mpx/core/cpu_features.h"
@@ -30,6 +31,7 @@ void print_info(const InfoOptions& options) {
   const auto gpus = cuda::devices();
   const std::string no_gpu = gpus.empty() ? cuda::no_device_reason() : "";
   const cuda::RuntimeInfo runtime = cuda::runtime_info();
+  const bool native_bf16 = backend::CpuBackend().native_bf16();
 
   if (options.json) {
     nlohmann::json j;
@@ -38,7 +40,8 @@ void print_info(const InfoOptions& options) {
                   {"cuda_compiler", build::kCudaCompiler}, {"cuda_architectures", build::kCudaArchitectures},
                   {"sanitized", build::kSanitized}};
     j["cpu"] = {{"vendor", cpu.vendor}, {"brand", cpu.brand}, {"threads", omp_get_max_threads()},
-                {"features", cpu.names()}, {"conversion_paths", paths}, {"conversion_path", best}};
+                {"features", cpu.names()}, {"conversion_paths", paths}, {"conversion_path", best},
+                {"onednn_bf16", native_bf16 ? "native" : "widened to f32"}};
     nlohmann::json devices = nlohmann::json::array();
     for (const auto& d : gpus) {
       devices.push_back({{"index", d.index}, {"name", d.name},
@@ -62,6 +65,8 @@ void print_info(const InfoOptions& options) {
              omp_get_max_threads());
   fmt::print("        features: {}\n", fmt::join(cpu.names(), " "));
   fmt::print("        conversion paths: {} (using {})\n", fmt::join(paths, " "), best);
+  fmt::print("        oneDNN BF16 products: {}\n",
+             native_bf16 ? "native kernels" : "widened to FP32 and rounded once (no oneDNN BF16 kernels on this CPU)");
   if (gpus.empty()) {
     fmt::print("cuda:   {}\n", no_gpu);
   } else {
