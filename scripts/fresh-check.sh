@@ -74,7 +74,13 @@ if ! mmdebstrap --variant=apt --mode=root --include=ca-certificates bookworm "$r
 fi
 git clone --quiet --no-local --no-checkout "$repo" "$root/root/mpx"
 git -C "$root/root/mpx" checkout --quiet "$rev"
+# The host's way to the network: its resolver, and the local CAs its TLS proxy may need (pip goes through it).
 cp /etc/resolv.conf "$root/etc/resolv.conf"
+if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+  mkdir -p "$root/usr/local/share/ca-certificates"
+  cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/"
+  chroot "$root" update-ca-certificates >>"$log" 2>&1 || true
+fi
 for m in proc sys dev dev/pts; do
   mount --bind "/$m" "$root/$m"
   mounted+=("$root/$m")
