@@ -2,7 +2,6 @@
 // as tensors, and the rest (position, optimizer step, loss scaler, counters, configuration) as JSON in the
 // metadata under "mpx.checkpoint". Written atomically; the data's SHA-256 is verified on load. Weights and their
 // optimizer state are in PyTorch's layout, as in the model file (pytorch_layout.h).
-#include <cstring>
 #include <nlohmann/json.hpp>
 
 #include "mpx/core/error.h"
@@ -52,17 +51,9 @@ void Trainer::save_checkpoint(const std::string& path) const {
   if (path.empty()) throw InvalidArgument("checkpointing needs a path (TrainConfig::checkpoint_path)");
   std::vector<io::TensorToWrite> tensors;
   auto& model = const_cast<nn::Sequential&>(model_);  // layers() hands out non-const buffers; nothing changes
-  const std::map<std::string, ColumnOrder> orders = pytorch_column_orders(model);
-  std::vector<std::vector<float>> reordered;  // PyTorch-order copies, alive until the file is written
-  reordered.reserve(3 * orders.size());
+  FileOrder order(model);  // holds the reordered copies until the file is written
   for (const CheckpointTensor& c : checkpoint_tensors(model, params_)) {
-    const void* data = c.tensor->data();
-    if (const auto order = orders.find(c.parameter); order != orders.end()) {
-      reordered.emplace_back(static_cast<std::size_t>(c.tensor->numel()));
-      order->second.memory_to_file(c.tensor->data_as<float>(), reordered.back().data());
-      data = reordered.back().data();
-    }
-    tensors.push_back({c.name, c.tensor->dtype(), c.tensor->shape(), data});
+    tensors.push_back({c.name, c.tensor->dtype(), c.tensor->shape(), order.for_writing(c.parameter, *c.tensor)});
   }
   nlohmann::json state = {{"epoch", position_.epoch},
                           {"step_in_epoch", position_.step_in_epoch},
@@ -101,8 +92,8 @@ void Trainer::load_checkpoint(const std::string& path) {
     }
   }
   // Checkpoints written before the layout key hold every tensor in memory order: read them as they are.
-  const bool pytorch_order = file_layout(file.metadata(), path) == FileLayout::pytorch;
-  const std::map<std::string, ColumnOrder> orders = pytorch_column_orders(model_);
+  const FileLayout layout = file_layout(file.metadata(), path);
+  const FileOrder order(model_);
   for (const CheckpointTensor& c : checkpoint_tensors(model_, params_)) {
     const Tensor* t = c.tensor;
     const io::SafetensorsEntry* e = file.find(c.name);
@@ -112,12 +103,7 @@ void Trainer::load_checkpoint(const std::string& path) {
                     " in the checkpoint but " + std::string(name(t->dtype())) + " " + to_string(t->shape()) +
                     " in this model");
     }
-    const auto order = orders.find(c.parameter);
-    if (pytorch_order && order != orders.end()) {
-      order->second.file_to_memory(reinterpret_cast<const float*>(file.data(*e).data()), c.tensor->data_as<float>());
-    } else {
-      std::memcpy(c.tensor->data(), file.data(*e).data(), t->bytes());
-    }
+    order.read_into(c.parameter, reinterpret_cast<const float*>(file.data(*e).data()), layout, *c.tensor);
   }
   for (nn::Parameter* p : params_) p->refresh(ctx_.policy.master_weights);  // working copies from the masters
   try {

@@ -1,7 +1,6 @@
 #include "mpx/train/model_file.h"
 
 #include <array>
-#include <cstring>
 
 #include "mpx/core/error.h"
 #include "mpx/io/tensor_values.h"
@@ -21,19 +20,11 @@ std::vector<std::pair<std::string, Tensor*>> named_tensors(nn::Sequential& model
 }  // namespace
 
 void save_model(const std::string& path, nn::Sequential& model, const std::map<std::string, std::string>& metadata) {
-  const std::map<std::string, ColumnOrder> orders = pytorch_column_orders(model);
-  std::vector<std::vector<float>> reordered;  // PyTorch-order copies, alive until the file is written
-  reordered.reserve(orders.size());
+  FileOrder order(model);  // holds the reordered copies until the file is written
   std::vector<io::TensorToWrite> tensors;
   for (const auto& [tensor_name, t] : named_tensors(model)) {
     if (!t->defined()) throw InvalidArgument("save_model: the model is not planned yet");
-    const void* data = t->data();
-    if (const auto order = orders.find(tensor_name); order != orders.end()) {
-      reordered.emplace_back(static_cast<std::size_t>(t->numel()));
-      order->second.memory_to_file(t->data_as<float>(), reordered.back().data());
-      data = reordered.back().data();
-    }
-    tensors.push_back({tensor_name, t->dtype(), t->shape(), data});
+    tensors.push_back({tensor_name, t->dtype(), t->shape(), order.for_writing(tensor_name, *t)});
   }
   std::map<std::string, std::string> m = metadata;
   m.emplace("format", "pt");  // what safetensors.torch writes: PyTorch tensors
@@ -45,7 +36,7 @@ LoadedModel load_model(const std::string& path, nn::Sequential& model, bool mast
   const io::SafetensorsFile file = io::SafetensorsFile::read(path);
   LoadedModel loaded;
   loaded.layout = file_layout(file.metadata(), path);
-  const std::map<std::string, ColumnOrder> orders = pytorch_column_orders(model);
+  const FileOrder order(model);
   std::vector<float> staging;
   for (const auto& [tensor_name, t] : named_tensors(model)) {
     const io::SafetensorsEntry* e = file.find(tensor_name);
@@ -59,15 +50,10 @@ LoadedModel load_model(const std::string& path, nn::Sequential& model, bool mast
     const std::vector<double> values = io::widen_to_double(file.data(*e), e->dtype);
     staging.resize(values.size());
     for (std::size_t i = 0; i < values.size(); ++i) staging[i] = static_cast<float>(values[i]);
-    const auto order = orders.find(tensor_name);
-    if (order != orders.end() && loaded.layout == FileLayout::pytorch) {
-      order->second.file_to_memory(staging.data(), t->data_as<float>());
-    } else {
-      std::memcpy(t->data(), staging.data(), staging.size() * sizeof(float));
-    }
+    order.read_into(tensor_name, staging.data(), loaded.layout, *t);
   }
-  if (loaded.layout == FileLayout::mpx_nhwc && !orders.empty()) {
-    loaded.notice = path + " was written by an mpx before 0.9 with " + orders.begin()->first +
+  if (loaded.layout == FileLayout::mpx_nhwc && order.reorders_anything()) {
+    loaded.notice = path + " was written by an earlier mpx (no " + kLayoutKey + " in its metadata) with " + order.first_reordered() +
                     "'s columns in NHWC order (PyTorch would misread it); read in that order here. Retrain, or "
                     "load and save it with this mpx, for a file PyTorch reads";
   }

@@ -1,5 +1,7 @@
 #include "mpx/train/pytorch_layout.h"
 
+#include <cstring>
+
 #include "mpx/core/error.h"
 
 namespace mpx::train {
@@ -72,6 +74,23 @@ std::map<std::string, ColumnOrder> pytorch_column_orders(const nn::Sequential& m
     }
   }
   return orders;
+}
+
+const void* FileOrder::for_writing(const std::string& parameter, const Tensor& t) {
+  const auto order = orders_.find(parameter);
+  if (order == orders_.end()) return t.data();
+  copies_.emplace_back(static_cast<std::size_t>(t.numel()));
+  order->second.memory_to_file(t.data_as<float>(), copies_.back().data());
+  return copies_.back().data();
+}
+
+void FileOrder::read_into(const std::string& parameter, const float* values, FileLayout layout, Tensor& t) const {
+  const auto order = orders_.find(parameter);
+  if (order != orders_.end() && layout == FileLayout::pytorch) {
+    order->second.file_to_memory(values, t.data_as<float>());
+  } else {
+    std::memcpy(t.data(), values, t.bytes());
+  }
 }
 
 }  // namespace mpx::train

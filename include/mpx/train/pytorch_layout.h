@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <string>
 #include <vector>
@@ -41,5 +42,23 @@ struct ColumnOrder {
 // Flatten of a multi-channel activation feeds a layer with parameters other than a Linear: no PyTorch layout
 // is defined for it, and writing NHWC order under PyTorch's names would be misread.
 std::map<std::string, ColumnOrder> pytorch_column_orders(const nn::Sequential& model);
+
+// What the model file and the checkpoint share: a planned model's tensors moved between memory order and
+// the file's order. A tensor is named by the parameter whose layout it has (its optimizer state too; an
+// empty name for buffers, which never move).
+class FileOrder {
+ public:
+  explicit FileOrder(const nn::Sequential& model) : orders_(pytorch_column_orders(model)) {}
+  bool reorders_anything() const { return !orders_.empty(); }
+  const std::string& first_reordered() const { return orders_.begin()->first; }
+  // `t`'s data in PyTorch's order to write: its own memory, or a reordered copy kept while this object lives.
+  const void* for_writing(const std::string& parameter, const Tensor& t);
+  // Fills `t` from FP32 `values` read from a file whose layout is `layout`.
+  void read_into(const std::string& parameter, const float* values, FileLayout layout, Tensor& t) const;
+
+ private:
+  std::map<std::string, ColumnOrder> orders_;
+  std::deque<std::vector<float>> copies_;  // a deque: pointers handed out stay valid as it grows
+};
 
 }  // namespace mpx::train

@@ -56,8 +56,8 @@ auto checked(const char* what, Fn&& fn) {
 }
 
 // Whether this CPU's oneDNN builds BF16 matmul and convolution primitives (else it throws "could not create
-// a primitive descriptor iterator").
-bool onednn_has_bf16(const dnnl::engine& engine) {
+// a primitive descriptor iterator"). A property of the CPU: probed once per process.
+bool probe_onednn_bf16(const dnnl::engine& engine) {
   try {
     const dnnl::memory::desc a({2, 2}, dt::bf16, tag::ab), c({2, 2}, dt::f32, tag::ab);
     dnnl::matmul::primitive_desc(dnnl::matmul::desc(a, a, c), engine);
@@ -71,6 +71,11 @@ bool onednn_has_bf16(const dnnl::engine& engine) {
   } catch (const dnnl::error&) {
     return false;
   }
+}
+
+bool onednn_has_bf16(const dnnl::engine& engine) {
+  static const bool has_bf16 = probe_onednn_bf16(engine);
+  return has_bf16;
 }
 
 // FP32 copies of BF16 operands (and an FP32 result to round) for CPUs without oneDNN BF16 kernels.
