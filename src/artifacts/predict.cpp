@@ -14,13 +14,13 @@ std::vector<float> test_logits(const std::string& model_name, const std::string&
   ctx.policy = amp::PrecisionPolicy::preset(precision);
   nn::Sequential model = nn::make_model(model_name, 0);
   const nn::TensorSpec out = model.plan({{batch_size, 28, 28, 1}, DType::f32}, ctx);
-  const train::LoadedModel loaded = train::load_model(weights, model, ctx.policy.master_weights);
+  const train::LoadedModel loaded = train::load_model(weights, model, ctx);
   if (notices && !loaded.notice.empty() && std::find(notices->begin(), notices->end(), loaded.notice) == notices->end()) {
     notices->push_back(loaded.notice);
   }
   const io::PixelNormalisation normalise = io::pixel_normalisation(data.train);
   const io::ImageSet& test = data.test;
-  Tensor input = Tensor::empty({batch_size, 28, 28, 1}, DType::f32, MemoryCategory::activations, &ctx.memory);
+  Tensor input = ctx.allocate({batch_size, 28, 28, 1}, DType::f32, MemoryCategory::activations);
   const std::int64_t classes = out.shape[1];
   std::vector<float> logits(static_cast<std::size_t>(test.count * classes));
   for (std::int64_t first = 0; first < test.count; first += batch_size) {

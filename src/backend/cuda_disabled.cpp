@@ -5,14 +5,13 @@
 #include "mpx/backend/cuda_kernels.h"
 #include "mpx/backend/cuda_matmul.h"
 #include "mpx/core/error.h"
+#include "cuda_factory.h"
 
 namespace mpx::cuda {
 
-namespace {
 [[noreturn]] void not_built() {
   throw NotAvailable("mpx was built without CUDA; install the CUDA toolkit and rebuild with -DMPX_CUDA=ON");
 }
-}  // namespace
 
 bool compiled() { return false; }
 std::vector<DeviceInfo> devices() { return {}; }
@@ -41,6 +40,7 @@ DeviceContext::~DeviceContext() = default;
 int DeviceContext::index() const { not_built(); }
 const std::string& DeviceContext::name() const { not_built(); }
 backend::DevicePool& DeviceContext::pool() { not_built(); }
+const backend::DevicePool& DeviceContext::pool() const { not_built(); }
 void* DeviceContext::stream() const { not_built(); }
 void DeviceContext::synchronize() const { not_built(); }
 void DeviceContext::download(void*, const void*, std::size_t) const { not_built(); }
@@ -92,6 +92,17 @@ void max_pool_forward(DeviceContext&, const void*, DType, std::int64_t, std::int
 void max_pool_backward(DeviceContext&, const void*, const void*, const void*, DType, std::int64_t, std::int64_t,
                        std::int64_t, std::int64_t, std::int64_t, void*) { not_built(); }
 void relu_backward(DeviceContext&, const void*, const void*, DType, std::int64_t, void*) { not_built(); }
+void relu_forward(DeviceContext&, const void*, DType, std::int64_t, void*) { not_built(); }
+void gelu_forward(DeviceContext&, const void*, DType, std::int64_t, bool, void*) { not_built(); }
+void gelu_backward(DeviceContext&, const void*, const void*, DType, std::int64_t, bool, void*) { not_built(); }
+void add(DeviceContext&, const void*, const void*, DType, std::int64_t, void*) { not_built(); }
+void convert_elements(DeviceContext&, const void*, DType, void*, DType, std::int64_t) { not_built(); }
+void fill_zero(DeviceContext&, void*, std::size_t) { not_built(); }
+void cross_entropy_forward(DeviceContext&, const void*, DType, const std::uint8_t*, std::int64_t, std::int64_t, float*,
+                           double*) { not_built(); }
+void cross_entropy_backward(DeviceContext&, const float*, const std::uint8_t*, std::int64_t, std::int64_t, float,
+                            void*, DType) { not_built(); }
+void copy(DeviceContext&, void*, const void*, std::size_t) { not_built(); }
 void dropout_forward(DeviceContext&, const DropoutArgs&, const std::uint64_t*, const void*, DType, std::int64_t, void*,
                      std::uint8_t*) { not_built(); }
 void dropout_backward(DeviceContext&, const DropoutArgs&, const void*, const std::uint8_t*, DType, std::int64_t, void*) {
@@ -104,3 +115,7 @@ void gather_batch(DeviceContext&, const std::uint8_t*, const std::uint8_t*, std:
 void increment(DeviceContext&, std::uint64_t*) { not_built(); }
 void poison(DeviceContext&, void*, DType, std::int64_t, std::int64_t, std::uint32_t) { not_built(); }
 }  // namespace mpx::cuda::kernels
+
+namespace mpx::backend {
+std::unique_ptr<Backend> make_cuda_backend() { cuda::not_built(); }
+}  // namespace mpx::backend

@@ -2,7 +2,6 @@
 #include <string>
 
 #include "init.h"
-#include "storage.h"
 #include "mpx/core/error.h"
 #include "mpx/nn/layers.h"
 
@@ -42,11 +41,12 @@ TensorSpec Conv2d::plan(const TensorSpec& in, Context& ctx) {
   detail::init_parameter(bias_, {shape_.out_channels}, ctx, DType::f32, bound, seed_ + 1, true);
   const Shape out = {shape_.batch, shape_.out_height(), shape_.out_width(), shape_.out_channels};
   const DType out_dtype = detail::output_storage(compute, ctx);
-  output_ = Tensor::empty(out, out_dtype, MemoryCategory::activations, &ctx.memory);
-  grad_input_ = Tensor::empty(input, in.dtype, MemoryCategory::activations, &ctx.memory);
+  ctx.backend().require(backend::Op::conv2d, compute, name());
+  output_ = ctx.allocate(out, out_dtype, MemoryCategory::activations);
+  grad_input_ = ctx.allocate(input, in.dtype, MemoryCategory::activations);
   grad_input_wide_ = detail::wide_gradient_scratch(input, in.dtype, compute, ctx);
-  input_ = detail::backend_scratch(input, in.dtype, compute, ctx);
-  grad_output_ = detail::backend_scratch(out, out_dtype, compute, ctx);
+  input_ = detail::operand_scratch(input, in.dtype, compute, ctx);
+  grad_output_ = detail::operand_scratch(out, out_dtype, compute, ctx);
   return {out, out_dtype};
 }
 
@@ -56,10 +56,10 @@ Tensor Conv2d::forward(const Tensor& x, Context& ctx, bool) {
   const DType compute = weight_.compute;
   detail::require_dtype(x, grad_input_.dtype(), name(), "input");
   saved_input_ = input_.defined() ? input_.first_rows(s.batch) : x;
-  const void* in = detail::backend_input(x, saved_input_, compute);
+  const void* in = detail::operand(ctx.backend(), x, saved_input_, compute);
   Tensor y = output_.first_rows(s.batch);
-  ctx.backend.conv2d_forward(s, in, weight_.backend_data(), weight_.backend_dtype(), bias_.value.data_as<float>(),
-                             y.data(), y.dtype());
+  ctx.backend().conv2d_forward(s, in, weight_.backend_data(), weight_.backend_dtype(), bias_.value.data_as<float>(),
+                               y.data(), y.dtype());
   return y;
 }
 
@@ -69,16 +69,17 @@ Tensor Conv2d::backward(const Tensor& dy, Context& ctx) {
   const DType compute = weight_.compute;
   detail::require_dtype(dy, output_.dtype(), name(), "gradient");
   const Tensor dy_backend = grad_output_.defined() ? grad_output_.first_rows(s.batch) : dy;
-  const void* g = detail::backend_input(dy, dy_backend, compute);
+  backend::Backend& backend = ctx.backend();
+  const void* g = detail::operand(backend, dy, dy_backend, compute);
   Tensor dx;
   if (input_gradient_needed()) {
     dx = grad_input_.first_rows(s.batch);
     const Tensor target = grad_input_wide_.defined() ? grad_input_wide_.first_rows(s.batch) : dx;
-    ctx.backend.conv2d_backward_data(s, g, weight_.backend_data(), weight_.backend_dtype(), target.data(),
-                                     target.dtype());
-    if (grad_input_wide_.defined()) detail::narrow_into(target, dx);
+    backend.conv2d_backward_data(s, g, weight_.backend_data(), weight_.backend_dtype(), target.data(),
+                                 target.dtype());
+    if (grad_input_wide_.defined()) backend.convert(target, dx);
   }
-  ctx.backend.conv2d_backward_weights(s, saved_input_.data(), g, weight_.backend_dtype(), weight_.grad.data_as<float>(),
+  backend.conv2d_backward_weights(s, saved_input_.data(), g, weight_.backend_dtype(), weight_.grad.data_as<float>(),
                                       bias_.grad.data_as<float>());
   return dx;
 }

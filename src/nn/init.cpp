@@ -1,7 +1,8 @@
 #include "init.h"
 
+#include <vector>
+
 #include "mpx/core/error.h"
-#include "mpx/numeric/convert.h"
 
 namespace mpx::nn::detail {
 
@@ -10,54 +11,65 @@ void init_parameter(Parameter& p, const Shape& shape, Context& ctx, DType comput
   if (p.value.defined()) return;  // planned before: keep the trained values
   const MemoryCategory value_category =
       ctx.policy.master_weights && compute != DType::f32 ? MemoryCategory::master_weights : MemoryCategory::weights;
-  p.value = Tensor::empty(shape, DType::f32, value_category, &ctx.memory);
-  p.grad = Tensor::zeros(shape, DType::f32, MemoryCategory::gradients, &ctx.memory);
+  backend::Backend& backend = ctx.backend();
+  p.value = ctx.allocate(shape, DType::f32, value_category);
+  p.grad = ctx.allocate(shape, DType::f32, MemoryCategory::gradients);
+  backend.fill_zero(p.grad);
   p.compute = compute;
   p.decay = decay;
-  float* v = p.value.data_as<float>();
+  std::vector<float> v(static_cast<std::size_t>(p.value.numel()));
   std::mt19937_64 rng(seed);
   std::uniform_real_distribution<float> uniform(-bound, bound);
-  for (std::int64_t i = 0; i < p.value.numel(); ++i) v[i] = fill_one ? 1.0f : (bound > 0 ? uniform(rng) : 0.0f);
-  if (compute != DType::f32) {
-    p.working = Tensor::empty(shape, backend_dtype_for(compute), MemoryCategory::weights, &ctx.memory);
-  }
-  p.refresh(ctx.policy.master_weights);
+  for (float& x : v) x = fill_one ? 1.0f : (bound > 0 ? uniform(rng) : 0.0f);
+  backend.upload(p.value, v.data());
+  if (compute != DType::f32) p.working = ctx.allocate(shape, backend.operand_dtype(compute), MemoryCategory::weights);
+  p.refresh(backend, ctx.policy.master_weights);
 }
 
-bool needs_backend_copy(DType stored, DType compute) {
-  return compute == DType::f16 || stored != backend_dtype_for(compute);
+Tensor filled(const Shape& shape, float value, MemoryCategory category, Context& ctx) {
+  Tensor t = ctx.allocate(shape, DType::f32, category);
+  const std::vector<float> host(static_cast<std::size_t>(t.numel()), value);
+  ctx.backend().upload(t, host.data());
+  return t;
 }
 
-const void* backend_input(const Tensor& x, const Tensor& scratch, DType compute) {
-  if (!needs_backend_copy(x.dtype(), compute)) return x.data();
-  const auto count = static_cast<std::size_t>(x.numel());
+bool needs_operand_copy(const backend::Backend& backend, DType stored, DType compute) {
+  const DType read = backend.operand_dtype(compute);
+  return stored != read || read != compute;  // read != compute: FP16 values held as FP32 (CPU)
+}
+
+const void* operand(backend::Backend& backend, const Tensor& x, const Tensor& scratch, DType compute) {
+  if (!needs_operand_copy(backend, x.dtype(), compute)) return x.data();
   if (x.dtype() == DType::f32) {
-    round_for_backend(x.data_as<float>(), scratch.data(), compute, count);
+    backend.round_for_compute(x, scratch, compute);
   } else {
-    // BF16 activations into an FP32 backend: widen exactly (then round to FP16 for an FP16 layer).
-    numeric::convert(x.data(), x.dtype(), scratch.data(), DType::f32, count);
-    if (compute == DType::f16) round_for_backend(scratch.data_as<float>(), scratch.data(), compute, count);
+    // Low-precision activations into a wider or other operand: convert exactly (or round once), then
+    // round to FP16 where FP16 values are held as FP32.
+    backend.convert(x, scratch);
+    if (compute != scratch.dtype()) backend.round_for_compute(scratch, scratch, compute);
   }
   return scratch.data();
 }
 
-Tensor backend_scratch(const Shape& shape, DType stored, DType compute, Context& ctx) {
-  if (!needs_backend_copy(stored, compute)) return Tensor();
-  return Tensor::empty(shape, backend_dtype_for(compute), MemoryCategory::workspace, &ctx.memory);
+Tensor operand_scratch(const Shape& shape, DType stored, DType compute, Context& ctx) {
+  if (!needs_operand_copy(ctx.backend(), stored, compute)) return Tensor();
+  return ctx.allocate(shape, ctx.backend().operand_dtype(compute), MemoryCategory::workspace);
 }
 
 DType output_storage(DType compute, const Context& ctx) {
-  const DType stored = activation_storage(ctx.policy);
-  return stored == DType::bf16 && backend_dtype_for(compute) == DType::bf16 ? DType::bf16 : DType::f32;
+  return ctx.backend().product_output_dtype(compute, ctx.activation_dtype());
 }
 
 Tensor wide_gradient_scratch(const Shape& shape, DType stored, DType compute, Context& ctx) {
-  if (stored == DType::f32 || backend_dtype_for(compute) == stored) return Tensor();
-  return Tensor::empty(shape, DType::f32, MemoryCategory::workspace, &ctx.memory);
+  if (ctx.backend().product_output_dtype(compute, stored) == stored) return Tensor();
+  return ctx.allocate(shape, DType::f32, MemoryCategory::workspace);
 }
 
-void narrow_into(const Tensor& src, const Tensor& dst) {
-  numeric::convert(src.data(), DType::f32, dst.data(), dst.dtype(), static_cast<std::size_t>(src.numel()));
+void require_dtype(const Tensor& t, DType expected, const std::string& layer, const char* what) {
+  if (t.dtype() != expected) {
+    throw InvalidArgument("layer " + layer + " got a " + std::string(name(t.dtype())) + " " + what +
+                          "; it was planned for " + std::string(name(expected)));
+  }
 }
 
 }  // namespace mpx::nn::detail

@@ -2,7 +2,6 @@
 #include <string>
 
 #include "init.h"
-#include "storage.h"
 #include "mpx/core/error.h"
 #include "mpx/nn/layers.h"
 
@@ -28,11 +27,13 @@ TensorSpec Linear::plan(const TensorSpec& in, Context& ctx) {
   detail::init_parameter(bias_, {out_}, ctx, DType::f32, bound, seed_ + 1, true);
   const std::int64_t n = input[0];
   const DType out_dtype = detail::output_storage(compute, ctx);
-  output_ = Tensor::empty({n, out_}, out_dtype, MemoryCategory::activations, &ctx.memory);
-  grad_input_ = Tensor::empty({n, in_}, in.dtype, MemoryCategory::activations, &ctx.memory);
+  ctx.backend().require(backend::Op::matmul, compute, name());
+  ctx.backend().require(backend::Op::column_sums, out_dtype, name());
+  output_ = ctx.allocate({n, out_}, out_dtype, MemoryCategory::activations);
+  grad_input_ = ctx.allocate({n, in_}, in.dtype, MemoryCategory::activations);
   grad_input_wide_ = detail::wide_gradient_scratch({n, in_}, in.dtype, compute, ctx);
-  input_ = detail::backend_scratch({n, in_}, in.dtype, compute, ctx);
-  grad_output_ = detail::backend_scratch({n, out_}, out_dtype, compute, ctx);
+  input_ = detail::operand_scratch({n, in_}, in.dtype, compute, ctx);
+  grad_output_ = detail::operand_scratch({n, out_}, out_dtype, compute, ctx);
   return {{n, out_}, out_dtype};
 }
 
@@ -41,44 +42,31 @@ Tensor Linear::forward(const Tensor& x, Context& ctx, bool) {
   const DType compute = weight_.compute;
   detail::require_dtype(x, grad_input_.dtype(), name(), "input");
   saved_input_ = input_.defined() ? input_.first_rows(n) : x;
-  const void* in = detail::backend_input(x, saved_input_, compute);
+  const void* in = detail::operand(ctx.backend(), x, saved_input_, compute);
   Tensor y = output_.first_rows(n);
-  ctx.backend.matmul(in, false, weight_.backend_data(), true, weight_.backend_dtype(), y.data(), n, out_, in_,
+  ctx.backend().matmul(in, false, weight_.backend_data(), true, weight_.backend_dtype(), y.data(), n, out_, in_,
                      bias_.value.data_as<float>(), false, y.dtype());
   return y;
 }
-
-namespace {
-// Column sums of a [rows, cols] gradient into FP32 (the bias gradient).
-template <class T>
-void column_sums(const T* d, std::int64_t rows, std::int64_t cols, float* out) {
-  for (std::int64_t j = 0; j < cols; ++j) out[j] = 0.0f;
-  for (std::int64_t i = 0; i < rows; ++i) {
-    for (std::int64_t j = 0; j < cols; ++j) out[j] += detail::load(d[i * cols + j]);
-  }
-}
-}  // namespace
 
 Tensor Linear::backward(const Tensor& dy, Context& ctx) {
   const std::int64_t n = dy.dim(0);
   const DType compute = weight_.compute;
   detail::require_dtype(dy, output_.dtype(), name(), "gradient");
   const Tensor dy_backend = grad_output_.defined() ? grad_output_.first_rows(n) : dy;
-  const void* g = detail::backend_input(dy, dy_backend, compute);
+  backend::Backend& backend = ctx.backend();
+  const void* g = detail::operand(backend, dy, dy_backend, compute);
   const DType bdt = weight_.backend_dtype();
   Tensor dx;
   if (input_gradient_needed()) {
     dx = grad_input_.first_rows(n);
     const Tensor target = grad_input_wide_.defined() ? grad_input_wide_.first_rows(n) : dx;
-    ctx.backend.matmul(g, false, weight_.backend_data(), false, bdt, target.data(), n, in_, out_, nullptr, false,
-                       target.dtype());
-    if (grad_input_wide_.defined()) detail::narrow_into(target, dx);
+    backend.matmul(g, false, weight_.backend_data(), false, bdt, target.data(), n, in_, out_, nullptr, false,
+                   target.dtype());
+    if (grad_input_wide_.defined()) backend.convert(target, dx);
   }
-  ctx.backend.matmul(g, true, saved_input_.data(), false, bdt, weight_.grad.data_as<float>(), out_, in_, n);
-  detail::with_storage(dy.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    column_sums(detail::elements<T>(dy), n, out_, bias_.grad.data_as<float>());
-  });
+  backend.matmul(g, true, saved_input_.data(), false, bdt, weight_.grad.data_as<float>(), out_, in_, n);
+  backend.column_sums(dy, bias_.grad);
   return dx;
 }
 

@@ -1,75 +1,38 @@
-// ReLU, Dropout, Flatten and MaxPool2d: dtype-preserving (FP32 or BF16 storage, FP32 arithmetic),
-// vectorisable loops, OpenMP over rows.
+// ReLU, Dropout, Flatten and MaxPool2d: dtype-preserving (the backend's storage, FP32 arithmetic).
 #include <algorithm>
-#include <bit>
-#include <cstring>
-#include <limits>
 #include <string>
-#include <vector>
 
+#include "init.h"
 #include "mpx/core/error.h"
 #include "mpx/nn/layers.h"
-#include "mpx/numeric/philox.h"
-#include "../common/vector_clones.h"
-#include "storage.h"
 
 namespace mpx::nn {
 
 namespace {
-using detail::bf16_bits;
-using detail::load;
-using detail::store;
-using detail::store_exact;
-
-template <class T>
-MPX_VECTOR_CLONES void relu_range(const T* in, T* out, std::int64_t begin, std::int64_t end) {
-  for (std::int64_t i = begin; i < end; ++i) {
-    const float v = load(in[i]);
-    store(out + i, v <= 0.0f ? 0.0f : v);  // a NaN propagates, as in PyTorch
-  }
-}
-
-template <class T>
-MPX_VECTOR_CLONES void relu_gradient_range(const T* g, const T* y, T* out, std::int64_t begin, std::int64_t end) {
-  for (std::int64_t i = begin; i < end; ++i) store_exact(out + i, load(y[i]) > 0.0f ? load(g[i]) : 0.0f);
-}
-
-template <class T>
-MPX_VECTOR_CLONES void scale_by_mask_range(const T* in, const std::uint8_t* keep, float keep_scale, T* out,
-                                           std::int64_t begin, std::int64_t end) {
-  for (std::int64_t i = begin; i < end; ++i) store(out + i, load(in[i]) * (static_cast<float>(keep[i]) * keep_scale));
+// An output and an input-gradient buffer of the input's shape and dtype (the pointwise layers' plan).
+void plan_like_input(const TensorSpec& in, Context& ctx, Tensor& output, Tensor& grad_input) {
+  output = ctx.allocate(in.shape, in.dtype, MemoryCategory::activations);
+  grad_input = ctx.allocate(in.shape, in.dtype, MemoryCategory::activations);
 }
 }  // namespace
 
 TensorSpec ReLU::plan(const TensorSpec& in, Context& ctx) {
-  output_ = Tensor::empty(in.shape, in.dtype, MemoryCategory::activations, &ctx.memory);
-  grad_input_ = Tensor::empty(in.shape, in.dtype, MemoryCategory::activations, &ctx.memory);
+  ctx.backend().require(backend::Op::relu, in.dtype, name());
+  plan_like_input(in, ctx, output_, grad_input_);
   return in;
 }
 
-Tensor ReLU::forward(const Tensor& x, Context&, bool) {
+Tensor ReLU::forward(const Tensor& x, Context& ctx, bool) {
   detail::require_dtype(x, output_.dtype(), name(), "input");
   Tensor y = output_.first_rows(x.dim(0));
-  detail::with_storage(x.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    const T* in = detail::elements<T>(x);
-    T* out = detail::mutable_elements<T>(y);
-    mpx::detail::parallel_ranges(x.numel(), 65536, [&](std::int64_t b, std::int64_t e) { relu_range(in, out, b, e); });
-  });
+  ctx.backend().relu_forward(x, y);
   return y;
 }
 
-Tensor ReLU::backward(const Tensor& dy, Context&) {
+Tensor ReLU::backward(const Tensor& dy, Context& ctx) {
   detail::require_dtype(dy, output_.dtype(), name(), "gradient");
   Tensor dx = grad_input_.first_rows(dy.dim(0));
-  detail::with_storage(dy.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    const T* g = detail::elements<T>(dy);
-    const T* y = detail::elements<T>(output_);
-    T* out = detail::mutable_elements<T>(dx);
-    mpx::detail::parallel_ranges(dy.numel(), 65536,
-                                 [&](std::int64_t b, std::int64_t e) { relu_gradient_range(g, y, out, b, e); });
-  });
+  ctx.backend().relu_backward(output_.first_rows(dy.dim(0)), dy, dx);
   return dx;
 }
 
@@ -81,66 +44,28 @@ Dropout::Dropout(std::string name, float probability, std::uint64_t stream)
 }
 
 TensorSpec Dropout::plan(const TensorSpec& in, Context& ctx) {
-  keep_ = Tensor::empty(in.shape, DType::u8, MemoryCategory::activations, &ctx.memory);
-  output_ = Tensor::empty(in.shape, in.dtype, MemoryCategory::activations, &ctx.memory);
-  grad_input_ = Tensor::empty(in.shape, in.dtype, MemoryCategory::activations, &ctx.memory);
+  ctx.backend().require(backend::Op::dropout, in.dtype, name());
+  keep_ = ctx.allocate(in.shape, DType::u8, MemoryCategory::activations);
+  plan_like_input(in, ctx, output_, grad_input_);
   return in;
 }
 
-// Kept elements are scaled by 1/(1-p) in FP32 and rounded once to the storage dtype.
+// The mask of element i at step s comes from Philox keyed by (seed, layer) at counter s * planned + i.
 Tensor Dropout::forward(const Tensor& x, Context& ctx, bool training) {
   detail::require_dtype(x, output_.dtype(), name(), "input");
   last_training_ = training && probability_ > 0.0f;
   if (!last_training_) return x;
   Tensor y = output_.first_rows(x.dim(0));
-  std::uint8_t* keep = keep_.data_as<std::uint8_t>();
-  const auto threshold = static_cast<std::uint32_t>(static_cast<double>(probability_) * 4294967296.0);
-  // Counter-based: the mask depends on (seed, layer stream, step, element) only, never on threads.
-  const std::uint64_t key = this->key(ctx.seed);
-  const std::uint64_t base = ctx.step * static_cast<std::uint64_t>(keep_.numel());
-  const std::int64_t n = x.numel();
-  // Element i takes word (base + i) % 4 of Philox block (base + i) / 4, as random_u32 does: one block
-  // computed per four elements instead of per element.
-  const auto first_block = static_cast<std::int64_t>(base >> 2);
-  const auto end_block = static_cast<std::int64_t>((base + static_cast<std::uint64_t>(n) + 3) >> 2);
-#pragma omp parallel for if (n > 16384)
-  for (std::int64_t block = first_block; block < end_block; ++block) {
-    const auto b = static_cast<std::uint64_t>(block);
-    const numeric::Philox4x32 r = numeric::philox4x32_10(static_cast<std::uint32_t>(b), static_cast<std::uint32_t>(b >> 32),
-                                                         0, 0, static_cast<std::uint32_t>(key),
-                                                         static_cast<std::uint32_t>(key >> 32));
-    for (std::uint64_t word = 0; word < 4; ++word) {
-      const std::uint64_t index = b * 4 + word;
-      if (index < base || index >= base + static_cast<std::uint64_t>(n)) continue;
-      keep[index - base] = r.out[word] >= threshold;
-    }
-  }
-  const float keep_scale = 1.0f / (1.0f - probability_);
-  detail::with_storage(x.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    const T* in = detail::elements<T>(x);
-    T* out = detail::mutable_elements<T>(y);
-    mpx::detail::parallel_ranges(n, 65536, [&](std::int64_t b, std::int64_t e) {
-      scale_by_mask_range(in, keep, keep_scale, out, b, e);
-    });
-  });
+  const backend::DropoutArgs args{probability_, key(ctx.seed), static_cast<std::uint64_t>(keep_.numel()), ctx.step};
+  ctx.backend().dropout_forward(x, args, keep_.first_rows(x.dim(0)), y);
   return y;
 }
 
-Tensor Dropout::backward(const Tensor& dy, Context&) {
+Tensor Dropout::backward(const Tensor& dy, Context& ctx) {
   if (!last_training_) return dy;
   detail::require_dtype(dy, output_.dtype(), name(), "gradient");
   Tensor dx = grad_input_.first_rows(dy.dim(0));
-  const std::uint8_t* keep = keep_.data_as<std::uint8_t>();
-  const float keep_scale = 1.0f / (1.0f - probability_);
-  detail::with_storage(dy.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    const T* g = detail::elements<T>(dy);
-    T* out = detail::mutable_elements<T>(dx);
-    mpx::detail::parallel_ranges(dy.numel(), 65536, [&](std::int64_t b, std::int64_t e) {
-      scale_by_mask_range(g, keep, keep_scale, out, b, e);
-    });
-  });
+  ctx.backend().dropout_backward(dy, keep_.first_rows(dy.dim(0)), probability_, dx);
   return dx;
 }
 
@@ -167,170 +92,28 @@ TensorSpec MaxPool2d::plan(const TensorSpec& in, Context& ctx) {
     throw InvalidArgument("layer " + name() + " (max_pool2d " + std::to_string(kernel_) + ") got input of shape " +
                           to_string(input) + "; expected NHWC with H, W >= " + std::to_string(kernel_));
   }
-  input_shape_ = input;
+  ctx.backend().require(backend::Op::max_pool, in.dtype, name());
   const Shape out = {input[0], input[1] / kernel_, input[2] / kernel_, input[3]};
-  output_ = Tensor::empty(out, in.dtype, MemoryCategory::activations, &ctx.memory);
-  grad_input_ = Tensor::empty(input, in.dtype, MemoryCategory::activations, &ctx.memory);
+  output_ = ctx.allocate(out, in.dtype, MemoryCategory::activations);
+  grad_input_ = ctx.allocate(input, in.dtype, MemoryCategory::activations);
   return {out, in.dtype};
 }
 
-namespace {
-
-// The max-pooling rule for one more candidate: a NaN wins and propagates, as in PyTorch; on
-// ties the earlier position keeps it.
-inline std::uint32_t all_ones(bool b) { return 0u - static_cast<std::uint32_t>(b); }
-
-// The select is an integer blend: chained ternaries on floats leave GCC's vectoriser a branchy loop.
-inline float pool_max(float best, float candidate) {
-  const std::uint32_t take = all_ones((candidate > best) | ((candidate != candidate) & (best == best)));
-  return std::bit_cast<float>((std::bit_cast<std::uint32_t>(candidate) & take) | (std::bit_cast<std::uint32_t>(best) & ~take));
-}
-
-// Max over each k x k window for images [first, last) of an NHWC batch (exact in any storage dtype).
-template <class T>
-MPX_VECTOR_CLONES void max_pool_images(const T* in, T* out, std::int64_t first, std::int64_t last, std::int64_t h, std::int64_t w,
-                     std::int64_t c, std::int64_t kernel) {
-  const std::int64_t oh = h / kernel, ow = w / kernel;
-  for (std::int64_t b = first; b < last; ++b) {
-    for (std::int64_t i = 0; i < oh; ++i) {
-      for (std::int64_t j = 0; j < ow; ++j) {
-        T* o = out + ((b * oh + i) * ow + j) * c;
-        const T* v0 = in + ((b * h + i * kernel) * w + j * kernel) * c;
-        for (std::int64_t ch = 0; ch < c; ++ch) o[ch] = v0[ch];
-        for (std::int64_t k = 1; k < kernel * kernel; ++k) {
-          const T* v = in + ((b * h + i * kernel + k / kernel) * w + j * kernel + k % kernel) * c;
-          for (std::int64_t ch = 0; ch < c; ++ch) store_exact(o + ch, pool_max(load(o[ch]), load(v[ch])));
-        }
-      }
-    }
-  }
-}
-
-// 2x2 pooling in one pass per window (the four positions in order), the case every CNN here uses: the
-// general loop re-reads and re-stores each output once per window position.
-template <class T>
-MPX_VECTOR_CLONES void max_pool2_images(const T* in, T* out, std::int64_t first, std::int64_t last, std::int64_t h,
-                                        std::int64_t w, std::int64_t c) {
-  const std::int64_t oh = h / 2, ow = w / 2;
-  for (std::int64_t b = first; b < last; ++b) {
-    for (std::int64_t i = 0; i < oh; ++i) {
-      for (std::int64_t j = 0; j < ow; ++j) {
-        T* o = out + ((b * oh + i) * ow + j) * c;
-        const std::int64_t top = ((b * h + 2 * i) * w + 2 * j) * c, bottom = top + w * c;
-        const T *v0 = in + top, *v1 = in + top + c, *v2 = in + bottom, *v3 = in + bottom + c;
-#pragma GCC ivdep
-        for (std::int64_t ch = 0; ch < c; ++ch) {
-          const float m = pool_max(pool_max(pool_max(load(v0[ch]), load(v1[ch])), load(v2[ch])), load(v3[ch]));
-          store_exact(o + ch, m);
-        }
-      }
-    }
-  }
-}
-
-// The gradient of 2x2 pooling for images [first, last): position k of a window takes it when it holds the
-// maximum (a NaN maximum matches a NaN) and no earlier position did. Branch-free, so it vectorises.
-template <class T>
-MPX_VECTOR_CLONES void max_pool2_gradient_images(const T* in, const T* max, const T* g, T* out, std::int64_t first,
-                               std::int64_t last, std::int64_t h, std::int64_t w, std::int64_t c) {
-  const std::int64_t oh = h / 2, ow = w / 2;
-  for (std::int64_t b = first; b < last; ++b) {
-    for (std::int64_t i = 0; i < oh; ++i) {
-      for (std::int64_t j = 0; j < ow; ++j) {
-        const std::int64_t o = ((b * oh + i) * ow + j) * c;
-        const std::int64_t top = ((b * h + 2 * i) * w + 2 * j) * c, bottom = top + w * c;
-        const T *v0 = in + top, *v1 = in + top + c, *v2 = in + bottom, *v3 = in + bottom + c;
-        T *d0 = out + top, *d1 = out + top + c, *d2 = out + bottom, *d3 = out + bottom + c;
-        // The four window positions and the inputs never overlap: without ivdep GCC gives up on the
-        // many runtime alias checks and leaves this loop scalar.
-#pragma GCC ivdep
-        for (std::int64_t ch = 0; ch < c; ++ch) {
-          const float m = load(max[o + ch]);
-          const std::uint32_t grad = std::bit_cast<std::uint32_t>(load(g[o + ch]));
-          const float x0 = load(v0[ch]), x1 = load(v1[ch]), x2 = load(v2[ch]), x3 = load(v3[ch]);
-          // All-ones where a position holds the maximum (a NaN maximum matches a NaN): integer masks, so
-          // that the loop has no control flow in any storage dtype.
-          const std::uint32_t nan_max = all_ones(m != m);
-          const std::uint32_t e0 = all_ones(x0 == m) | (nan_max & all_ones(x0 != x0));
-          const std::uint32_t e1 = all_ones(x1 == m) | (nan_max & all_ones(x1 != x1));
-          const std::uint32_t e2 = all_ones(x2 == m) | (nan_max & all_ones(x2 != x2));
-          const std::uint32_t e3 = all_ones(x3 == m) | (nan_max & all_ones(x3 != x3));
-          store_exact(d0 + ch, std::bit_cast<float>(grad & e0));
-          store_exact(d1 + ch, std::bit_cast<float>(grad & e1 & ~e0));
-          store_exact(d2 + ch, std::bit_cast<float>(grad & e2 & ~(e0 | e1)));
-          store_exact(d3 + ch, std::bit_cast<float>(grad & e3 & ~(e0 | e1 | e2)));
-        }
-      }
-    }
-  }
-}
-
-}  // namespace
-
-// Forward keeps only the maxima; backward finds each window's (first) maximum again by comparing the
-// input, which is still alive in the previous layer's buffer.
-Tensor MaxPool2d::forward(const Tensor& x, Context&, bool) {
+// Forward keeps only the maxima; backward finds each window's (first) maximum again from the input,
+// which is still alive in the previous layer's buffer.
+Tensor MaxPool2d::forward(const Tensor& x, Context& ctx, bool) {
   detail::require_dtype(x, output_.dtype(), name(), "input");
-  const std::int64_t n = x.dim(0), h = x.dim(1), w = x.dim(2), c = x.dim(3);
   input_ = x;
-  Tensor y = output_.first_rows(n);
-  detail::with_storage(x.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    const T* in = detail::elements<T>(x);
-    T* out = detail::mutable_elements<T>(y);
-    mpx::detail::parallel_ranges(n, 2, [&](std::int64_t first, std::int64_t last) {
-      if (kernel_ == 2) {
-        max_pool2_images(in, out, first, last, h, w, c);
-      } else {
-        max_pool_images(in, out, first, last, h, w, c, kernel_);
-      }
-    });
-  });
+  Tensor y = output_.first_rows(x.dim(0));
+  ctx.backend().max_pool_forward(x, kernel_, y);
   return y;
 }
 
-Tensor MaxPool2d::backward(const Tensor& dy, Context&) {
+Tensor MaxPool2d::backward(const Tensor& dy, Context& ctx) {
   detail::require_dtype(dy, output_.dtype(), name(), "gradient");
   Tensor dx = grad_input_.first_rows(dy.dim(0));
-  detail::with_storage(dy.dtype(), [&](auto tag) { backward_impl<decltype(tag)>(dy, dx); });
+  ctx.backend().max_pool_backward(input_, output_.first_rows(dy.dim(0)), dy, kernel_, dx);
   return dx;
-}
-
-template <class T>
-void MaxPool2d::backward_impl(const Tensor& dy, const Tensor& dx) const {
-  const std::int64_t n = dy.dim(0), h = input_shape_[1], w = input_shape_[2], c = input_shape_[3];
-  const std::int64_t oh = h / kernel_, ow = w / kernel_, window = kernel_ * kernel_;
-  if (oh * kernel_ != h || ow * kernel_ != w) dx.fill_zero();  // rows/columns no window covers
-  const T* g = detail::elements<T>(dy);
-  const T* in = detail::elements<T>(input_);
-  const T* out_max = detail::elements<T>(output_);
-  T* out = detail::mutable_elements<T>(dx);
-  if (kernel_ == 2) {
-    mpx::detail::parallel_ranges(n, 2, [&](std::int64_t first, std::int64_t last) {
-      max_pool2_gradient_images(in, out_max, g, out, first, last, h, w, c);
-    });
-    return;
-  }
-  // Other kernel sizes: the same rule, one window position at a time.
-#pragma omp parallel for collapse(2) if (n * oh > 64)
-  for (std::int64_t b = 0; b < n; ++b) {
-    for (std::int64_t i = 0; i < oh; ++i) {
-      for (std::int64_t j = 0; j < ow; ++j) {
-        const std::int64_t o = ((b * oh + i) * ow + j) * c;
-        for (std::int64_t ch = 0; ch < c; ++ch) {
-          const float m = load(out_max[o + ch]);
-          bool taken = false;
-          for (std::int64_t k = 0; k < window; ++k) {
-            const std::int64_t index = ((b * h + i * kernel_ + k / kernel_) * w + j * kernel_ + k % kernel_) * c + ch;
-            const float v = load(in[index]);
-            const bool is_max = !taken && (v == m || (m != m && v != v));
-            out[index] = is_max ? g[o + ch] : T{};
-            taken = taken || is_max;
-          }
-        }
-      }
-    }
-  }
 }
 
 }  // namespace mpx::nn

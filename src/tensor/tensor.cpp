@@ -96,6 +96,18 @@ template std::int64_t* Tensor::data_as<std::int64_t>() const;
 template numeric::Half* Tensor::data_as<numeric::Half>() const;
 template numeric::BFloat16* Tensor::data_as<numeric::BFloat16>() const;
 
+Tensor Tensor::wrap(std::shared_ptr<void> buffer, const Shape& shape, DType dtype, Device device) {
+  Tensor t;
+  t.data_ = buffer.get();
+  t.buffer_ = std::move(buffer);
+  t.shape_ = shape;
+  t.dtype_ = dtype;
+  t.device_ = device;
+  return t;
+}
+
+const char* name(Device device) { return device == Device::cpu ? "cpu" : "cuda"; }
+
 Tensor Tensor::reshaped(const Shape& shape) const {
   if (mpx::numel(shape) != numel()) {
     throw InvalidArgument("cannot reshape " + to_string(shape_) + " to " + to_string(shape) +
@@ -116,6 +128,7 @@ Tensor Tensor::first_rows(std::int64_t rows) const {
 }
 
 void Tensor::fill_zero() const {
+  if (device_ != Device::cpu) throw InvalidArgument("fill_zero on a device tensor: use its backend's fill_zero");
   if (data_) std::memset(data_, 0, bytes());
 }
 

@@ -105,7 +105,7 @@ void Trainer::load_checkpoint(const std::string& path) {
     }
     order.read_into(c.parameter, reinterpret_cast<const float*>(file.data(*e).data()), layout, *c.tensor);
   }
-  for (nn::Parameter* p : params_) p->refresh(ctx_.policy.master_weights);  // working copies from the masters
+  for (nn::Parameter* p : params_) p->refresh(ctx_.backend(), ctx_.policy.master_weights);  // working copies from the masters
   try {
     position_ = {state.at("epoch").get<int>(),          state.at("step_in_epoch").get<std::int64_t>(),
                  state.at("global_step").get<std::int64_t>(), state.at("skipped_steps").get<std::int64_t>(),
@@ -133,7 +133,7 @@ void Trainer::load_checkpoint(const std::string& path) {
 bool is_checkpoint(const std::string& path) { return io::SafetensorsFile::read(path).metadata().count(kStateKey) > 0; }
 
 std::string Trainer::load_weights(const std::string& path) {
-  return load_model(path, model_, ctx_.policy.master_weights).notice;
+  return load_model(path, model_, ctx_).notice;
 }
 
 }  // namespace mpx::train

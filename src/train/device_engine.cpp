@@ -6,6 +6,7 @@
 #include <optional>
 #include <string>
 
+#include "mpx/backend/cpu_backend.h"
 #include "mpx/backend/cuda_context.h"
 #include "mpx/backend/cuda_fused_optimizer.h"
 #include "mpx/backend/cuda_kernels.h"
@@ -57,6 +58,7 @@ struct Op : DeviceOpPlan {
 
 struct DeviceEngine::Impl {
   cuda::DeviceContext context;
+  backend::CpuBackend host_backend;  // refreshes the host layers' working copies
   std::unique_ptr<cuda::Matmul> matmul;
   std::unique_ptr<cuda::FusedOptimizer> optimizer;
   std::unique_ptr<cuda::CapturedGraph> graph;
@@ -392,7 +394,7 @@ void DeviceEngine::download_state(amp::LossScalerState* scaler, std::int64_t& op
     m.context.download(p.host->grad.data(), p.grad.get(), p.count * 4);  // the last step's, still scaled
     if (p.host->state1.defined()) m.context.download(p.host->state1.data(), p.m1.get(), p.count * 4);
     if (p.m2 && p.host->state2.defined()) m.context.download(p.host->state2.data(), p.m2.get(), p.count * 4);
-    p.host->refresh(m.policy.master_weights);  // the host working copy follows the weights
+    p.host->refresh(m.host_backend, m.policy.master_weights);  // the host working copy follows the weights
   }
   for (Op& op : m.ops) {
     if (op.kind != DeviceOpKind::batch_norm) continue;

@@ -32,7 +32,7 @@ void save_model(const std::string& path, nn::Sequential& model, const std::map<s
   io::write_safetensors(path, tensors, m);
 }
 
-LoadedModel load_model(const std::string& path, nn::Sequential& model, bool master_weights) {
+LoadedModel load_model(const std::string& path, nn::Sequential& model, nn::Context& ctx) {
   const io::SafetensorsFile file = io::SafetensorsFile::read(path);
   LoadedModel loaded;
   loaded.layout = file_layout(file.metadata(), path);
@@ -58,7 +58,7 @@ LoadedModel load_model(const std::string& path, nn::Sequential& model, bool mast
                     "load and save it with this mpx, for a file PyTorch reads";
   }
   for (const auto& layer : model.layers()) {
-    for (nn::Parameter* p : layer->parameters()) p->refresh(master_weights);
+    for (nn::Parameter* p : layer->parameters()) p->refresh(ctx.backend(), ctx.policy.master_weights);
   }
   return loaded;
 }

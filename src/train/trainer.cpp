@@ -77,14 +77,14 @@ Trainer::Trainer(const TrainConfig& config, const io::FashionMnist& data)
   const bool scaling = config_.loss_scaling.value_or(ctx_.policy.loss_scaling);
   if (scaling) scaler_.emplace();
   const Shape input_shape = {config_.batch_size, 28, 28, 1};
-  input_ = Tensor::empty(input_shape, DType::f32, MemoryCategory::activations, &ctx_.memory);
+  input_ = ctx_.allocate(input_shape, DType::f32, MemoryCategory::activations);
   const nn::TensorSpec logits = model_.plan({input_shape, DType::f32}, ctx_);
   loss_.plan(logits, ctx_);
   params_ = model_.parameters();
   for (nn::Parameter* p : params_) {
-    p->state1 = Tensor::zeros(p->value.shape(), DType::f32, MemoryCategory::optimizer_state, &ctx_.memory);
+    p->state1 = ctx_.zeros(p->value.shape(), DType::f32, MemoryCategory::optimizer_state);
     if (config_.optimizer == "adamw") {
-      p->state2 = Tensor::zeros(p->value.shape(), DType::f32, MemoryCategory::optimizer_state, &ctx_.memory);
+      p->state2 = ctx_.zeros(p->value.shape(), DType::f32, MemoryCategory::optimizer_state);
     }
     const auto n = static_cast<std::size_t>(p->value.numel());
     grads_.emplace_back(p->grad.data_as<float>(), n);
@@ -117,7 +117,7 @@ Trainer::~Trainer() = default;
 std::string Trainer::device_name() const { return device_ ? device_->device_name() : "cpu"; }
 
 std::size_t Trainer::peak_bytes() const { return memory().peak_total(); }
-const MemoryTracker& Trainer::memory() const { return device_ ? device_->memory() : ctx_.memory; }
+const MemoryTracker& Trainer::memory() const { return device_ ? device_->memory() : ctx_.memory(); }
 
 void Trainer::sync_from_device() {
   if (!device_) return;
@@ -195,7 +195,7 @@ bool Trainer::step(const Tensor& batch, std::int64_t global_step, float lr, floa
     } else {
       amp::sgd_step({config_.momentum, config_.weight_decay, true}, lr, slots_);
     }
-    for (nn::Parameter* p : needs_refresh_) p->refresh(ctx_.policy.master_weights);
+    for (nn::Parameter* p : needs_refresh_) p->refresh(ctx_.backend(), ctx_.policy.master_weights);
   }
   if (sample) {  // weights, gradients and optimizer state after the update
     monitor_.begin(Mode::sample, step_number, scale);

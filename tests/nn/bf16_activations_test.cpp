@@ -66,7 +66,7 @@ TEST(Bf16Activations, PresetsStoreWhatTheyPromise) {
     const TensorSpec logits = cnn.plan({{4, 28, 28, 1}, DType::f32}, ctx);
     const DType expected = ctx.policy.activations == DType::bf16 ? DType::bf16 : DType::f32;
     EXPECT_EQ(logits.dtype, expected) << preset;
-    EXPECT_EQ(activation_storage(ctx.policy), expected) << preset;
+    EXPECT_EQ(ctx.activation_dtype(), expected) << preset;
   }
 }
 

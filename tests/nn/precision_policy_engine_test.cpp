@@ -80,9 +80,9 @@ TEST(PrecisionEngine, MasterWeightsStayFp32AndWorkingCopyFollows) {
   Parameter& w = fc.weight();
   EXPECT_EQ(w.value.dtype(), DType::f32);
   EXPECT_EQ(w.working.dtype(), DType::bf16);
-  EXPECT_GT(ctx.memory.peak(MemoryCategory::master_weights), 0u);
+  EXPECT_GT(ctx.memory().peak(MemoryCategory::master_weights), 0u);
   w.value.data_as<float>()[0] = 1.0f + 1e-4f;  // an update too small for bf16
-  w.refresh(true);
+  w.refresh(ctx.backend(), true);
   EXPECT_EQ(w.value.data_as<float>()[0], 1.0f + 1e-4f);  // the master keeps it
   EXPECT_EQ(static_cast<float>(w.working.data_as<numeric::BFloat16>()[0]), 1.0f);
 
@@ -90,9 +90,9 @@ TEST(PrecisionEngine, MasterWeightsStayFp32AndWorkingCopyFollows) {
   true_ctx.policy = amp::PrecisionPolicy::preset("bf16-true");
   Linear fc2("fc", 4, 2, 1);
   fc2.plan({{1, 4}}, true_ctx);
-  EXPECT_EQ(true_ctx.memory.peak(MemoryCategory::master_weights), 0u);  // *-true: no master copies
+  EXPECT_EQ(true_ctx.memory().peak(MemoryCategory::master_weights), 0u);  // *-true: no master copies
   fc2.weight().value.data_as<float>()[0] = 1.0f + 1e-4f;
-  fc2.weight().refresh(false);
+  fc2.weight().refresh(true_ctx.backend(), false);
   EXPECT_EQ(fc2.weight().value.data_as<float>()[0], 1.0f);  // the weight itself is bf16: the update is lost
 }
 

@@ -111,7 +111,7 @@ TEST(ModelFile, SavesPytorchOrderAndLoadsBackBitForBit) {
   for (std::int64_t p : {0, 1, 48, 49, 3135}) EXPECT_EQ(stored[p], memory[order.memory_column[static_cast<std::size_t>(p)]]);
   EXPECT_NE(std::memcmp(stored, memory, 3136 * sizeof(float)), 0);
 
-  const LoadedModel loaded = load_model(path.string(), b.model, true);
+  const LoadedModel loaded = load_model(path.string(), b.model, b.ctx);
   EXPECT_EQ(loaded.layout, FileLayout::pytorch);
   EXPECT_TRUE(loaded.notice.empty());
   EXPECT_EQ(std::memcmp(fc1(b.model).weight().value.data(), memory, fc1(a.model).weight().value.bytes()), 0);
@@ -122,7 +122,7 @@ TEST(ModelFile, OldNhwcFileIsReadInItsOwnOrderWithANotice) {
   PlannedCnn a, b;
   const auto path = temp_file("old.safetensors");
   io::write_safetensors(path.string(), memory_order_tensors(a.model), {{"mpx.model", "cnn"}, {"mpx.version", "0.1.0"}});
-  const LoadedModel loaded = load_model(path.string(), b.model, true);
+  const LoadedModel loaded = load_model(path.string(), b.model, b.ctx);
   EXPECT_EQ(loaded.layout, FileLayout::mpx_nhwc);
   EXPECT_NE(loaded.notice.find("NHWC"), std::string::npos) << loaded.notice;
   EXPECT_EQ(std::memcmp(fc1(b.model).weight().value.data(), fc1(a.model).weight().value.data(),
@@ -136,7 +136,7 @@ TEST(ModelFile, UnknownLayoutIsRefusedNamingIt) {
   const auto path = temp_file("future.safetensors");
   io::write_safetensors(path.string(), memory_order_tensors(a.model), {{"mpx.model", "cnn"}, {kLayoutKey, "nchw-v9"}});
   try {
-    load_model(path.string(), a.model, true);
+    load_model(path.string(), a.model, a.ctx);
     FAIL() << "an unknown layout was read";
   } catch (const IoError& e) {
     EXPECT_NE(std::string(e.what()).find("nchw-v9"), std::string::npos) << e.what();

@@ -22,6 +22,7 @@ class DeviceContext {
   int index() const;
   const std::string& name() const;  // "cuda:0 (NVIDIA H100 80GB HBM3)"
   backend::DevicePool& pool();
+  const backend::DevicePool& pool() const;
   void* stream() const;  // the cudaStream_t every operation of this context is enqueued on
   // Waits for the stream; a failure in an earlier kernel surfaces here as CudaError.
   void synchronize() const;

@@ -9,7 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "mpx/backend/cpu_backend.h"  // ConvShape
+#include "mpx/backend/backend.h"  // ConvShape
 #include "mpx/backend/cuda_context.h"
 #include "mpx/numeric/dtype.h"
 
@@ -62,6 +62,26 @@ void max_pool_forward(DeviceContext& ctx, const void* x, DType dtype, std::int64
                       std::int64_t c, std::int64_t k, void* y);
 void max_pool_backward(DeviceContext& ctx, const void* x, const void* y, const void* dy, DType dtype, std::int64_t n,
                        std::int64_t h, std::int64_t w, std::int64_t c, std::int64_t k, void* dx);
+
+// y = max(0, x); a NaN propagates.
+void relu_forward(DeviceContext& ctx, const void* x, DType dtype, std::int64_t count, void* y);
+// GELU, exact (erf) or the tanh approximation, evaluated in double as the CPU backend.
+void gelu_forward(DeviceContext& ctx, const void* x, DType dtype, std::int64_t count, bool tanh_approximation, void* y);
+void gelu_backward(DeviceContext& ctx, const void* x, const void* dy, DType dtype, std::int64_t count,
+                   bool tanh_approximation, void* dx);
+// sum = a + b (residual connections).
+void add(DeviceContext& ctx, const void* a, const void* b, DType dtype, std::int64_t count, void* sum);
+// dst = src between f32, f16 and bf16 (nearest-even, NaN kept: the CPU conversions' bits), on the stream.
+void convert_elements(DeviceContext& ctx, const void* src, DType from, void* dst, DType to, std::int64_t count);
+// Softmax + cross-entropy as the CPU backend computes it: probabilities (FP32) and each row's loss (double,
+// NaN for a label outside the classes); backward: grad = (p - onehot) * factor in `dtype`.
+void cross_entropy_forward(DeviceContext& ctx, const void* logits, DType dtype, const std::uint8_t* labels,
+                           std::int64_t rows, std::int64_t classes, float* probabilities, double* row_loss);
+void cross_entropy_backward(DeviceContext& ctx, const float* probabilities, const std::uint8_t* labels,
+                            std::int64_t rows, std::int64_t classes, float factor, void* grad, DType dtype);
+// Asynchronous zero fill and device-to-device copy on the stream (capturable).
+void fill_zero(DeviceContext& ctx, void* data, std::size_t bytes);
+void copy(DeviceContext& ctx, void* dst, const void* src, std::size_t bytes);
 
 // dx = dy where y > 0 (y: the ReLU's output), else 0.
 void relu_backward(DeviceContext& ctx, const void* y, const void* dy, DType dtype, std::int64_t count, void* dx);

@@ -1,10 +1,11 @@
-// Layers own their forward and backward passes; activations and gradients are planned once for the
+// Layers own their forward and backward passes and compute only through the Context's Backend (CPU or
+// CUDA), so one set of layers runs on every device. Activations and gradients are planned once for the
 // largest batch (smaller batches use the leading rows of the same buffers), so memory is known up front
-// and a step is a fixed sequence of kernels. Activations are NHWC (or [N, features]) and stored in the
-// policy's activation dtype where the CPU engine has one (BF16 in the bf16 presets; FP32 otherwise, FP16
-// values included), as autocast stores them; a gradient has the dtype of the activation it belongs to.
-// Matmul and convolution read their inputs in the layer's compute dtype and accumulate in FP32; elementwise
-// layers compute in FP32 whatever the storage. The Context is the one place that holds mutable engine state.
+// and a step is a fixed sequence of backend ops. Activations are NHWC (or [N, features]) and stored as the
+// backend stores the policy's activation dtype (Backend::activation_dtype); a gradient has the dtype of
+// the activation it belongs to. Matmul and convolution read their inputs in the layer's compute dtype and
+// accumulate in FP32; elementwise layers compute in FP32 whatever the storage. The Context is the one
+// place that holds mutable engine state.
 #pragma once
 
 #include <cstdint>
@@ -13,7 +14,7 @@
 #include <vector>
 
 #include "mpx/amp/precision_policy.h"
-#include "mpx/backend/cpu_backend.h"
+#include "mpx/backend/backend.h"
 #include "mpx/tensor/tensor.h"
 
 namespace mpx::nn {
@@ -43,10 +44,23 @@ class LayerObserver {
 };
 
 struct Context {
-  backend::CpuBackend backend;
+  Context();  // on the CPU backend
+  explicit Context(std::unique_ptr<backend::Backend> backend);
+  backend::Backend& backend() const { return *backend_; }
+  const MemoryTracker& memory() const { return backend_->memory(); }  // by category, with peaks
+  Tensor allocate(const Shape& shape, DType dtype, MemoryCategory category) const {
+    return backend_->allocate(shape, dtype, category);
+  }
+  Tensor zeros(const Shape& shape, DType dtype, MemoryCategory category) const {
+    Tensor t = allocate(shape, dtype, category);
+    backend_->fill_zero(t);
+    return t;
+  }
+  // How activations are stored on this backend under the policy.
+  DType activation_dtype() const { return backend_->activation_dtype(policy.activations); }
+
   bool profile_layers = false;
   std::vector<LayerTime> layer_times;  // in layer order, filled by Sequential when profiling
-  MemoryTracker memory;
   amp::PrecisionPolicy policy = amp::PrecisionPolicy::preset("32-true");
   std::uint64_t seed = 0;
   std::uint64_t step = 0;  // training step: with the seed, it keys dropout's counter-based randomness
@@ -54,6 +68,9 @@ struct Context {
   // statistics as they were.
   bool update_running_statistics = true;
   std::vector<LayerObserver*> observers;  // called in order after each layer, when any
+
+ private:
+  std::unique_ptr<backend::Backend> backend_;
 };
 
 // A trainable tensor. `value` is FP32: the master weights in mixed precision, or (in *-true presets) the
@@ -61,7 +78,8 @@ struct Context {
 struct Parameter {
   std::string name;
   Tensor value;    // FP32
-  Tensor working;  // backend dtype copy (bf16; or f32 rounded to f16); undefined when it would equal value
+  Tensor working;  // the backend's operand copy (bf16; f16, or on the CPU f32 rounded to f16); undefined
+                   // when it would equal value
   Tensor grad;     // FP32
   Tensor state1, state2;  // optimizer state, FP32, allocated by the optimizer
   bool decay = true;      // weight decay applies
@@ -70,23 +88,14 @@ struct Parameter {
   const void* backend_data() const { return working.defined() ? working.data() : value.data(); }
   DType backend_dtype() const;
   // After an optimizer step: re-round the working copy (and, without master weights, the value itself).
-  void refresh(bool master_weights);
+  void refresh(backend::Backend& backend, bool master_weights);
 };
-
-// The dtype the CPU backend reads for a compute dtype: bf16 natively; FP16 values widened to FP32 exactly.
-DType backend_dtype_for(DType compute);
-// Rounds `count` floats to `compute` precision into `dst` laid out as backend_dtype_for(compute).
-void round_for_backend(const float* src, void* dst, DType compute, std::size_t count);
 
 // What flows between layers: a shape (batch first) and the dtype its elements are stored in.
 struct TensorSpec {
   Shape shape;
   DType dtype = DType::f32;
 };
-
-// The dtype the CPU engine stores activations (and their gradients) in under `policy`: bf16 when the policy
-// asks for it; f32 otherwise (FP16 activations are FP32 buffers here: oneDNN 2.6 has no CPU FP16).
-DType activation_storage(const amp::PrecisionPolicy& policy);
 
 class Layer {
  public:

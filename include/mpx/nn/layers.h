@@ -80,13 +80,9 @@ class BatchNorm2d : public Layer {
   Parameter gamma_, beta_;
   Tensor running_mean_, running_var_, mean_, inv_std_, output_, grad_input_;
   Tensor input_;  // the forward input (the previous layer's output buffer): x-hat is recomputed from it
-  std::vector<float> scale_, shift_;  // the last forward's y = x * scale + shift, per channel
-  bool update_running_ = true;        // this forward updates the running statistics
+  backend::BatchNormArgs last_;  // how the last forward ran (backward follows it)
 
-  template <class T>
-  void forward_impl(const Tensor& x, bool training);
-  template <class T>
-  void backward_impl(const Tensor& dy);
+  backend::BatchNormState state() const;
 };
 
 class ReLU : public Layer {
@@ -113,11 +109,7 @@ class MaxPool2d : public Layer {
 
  private:
   std::int64_t kernel_;
-  Shape input_shape_;
   Tensor input_, output_, grad_input_;
-
-  template <class T>
-  void backward_impl(const Tensor& dy, const Tensor& dx) const;
 };
 
 // Inverted dropout; the mask of element i at step s comes from Philox keyed by (seed, layer, s, i).
@@ -182,12 +174,7 @@ class LayerNorm : public Layer {
   std::int64_t features_;
   float eps_;
   Parameter gamma_, beta_;
-  Tensor normalized_, inv_std_, output_, grad_input_;  // normalized_ (x-hat) FP32 whatever the storage
-
-  template <class T>
-  void forward_impl(const Tensor& x);
-  template <class T>
-  void backward_impl(const Tensor& dy);
+  Tensor input_, mean_, inv_std_, output_, grad_input_;  // mean_, inv_std_: FP32, one per row
 };
 
 // Token embedding: i32 ids [N, T] -> [N, T, dim] rows of an FP32 table [vocab, dim], output in the
@@ -217,14 +204,15 @@ class SoftmaxCrossEntropy {
   // Logits of f32 or bf16 storage; the gradient returned by backward() has the logits' dtype.
   void plan(const TensorSpec& logits, Context& ctx);
   // Mean loss over the batch (as double-accumulated FP32). Keeps the probabilities for backward.
+  // `labels`: host memory, one per row of the logits.
   float forward(const Tensor& logits, const std::uint8_t* labels);
   // d(scale * mean loss)/d logits.
   Tensor backward(float scale);
   const Tensor& probabilities() const { return probabilities_; }
 
  private:
-  Tensor probabilities_, grad_, wide_logits_;  // wide_logits_: FP32 copy of BF16 logits
-  const std::uint8_t* labels_ = nullptr;
+  backend::Backend* backend_ = nullptr;
+  Tensor probabilities_, grad_, labels_;  // labels_: u8 [N] on the backend's device
   std::int64_t rows_ = 0;
 };
 

@@ -1,5 +1,6 @@
 // Tensor: a dtype, a shape and a reference-counted, 64-byte aligned buffer whose bytes are accounted to a
-// MemoryCategory. CPU memory for now; Device is here so that the CUDA backend fits without a redesign.
+// MemoryCategory, on the CPU or a CUDA device. Host code may touch data() only of CPU tensors; a backend
+// (mpx/backend/backend.h) allocates and computes on its own device's tensors.
 #pragma once
 
 #include <cstdint>
@@ -25,6 +26,8 @@ class Tensor {
   // tensor and every copy of it (an engine Context outlives the layers that allocate from it).
   static Tensor empty(const Shape& shape, DType dtype, MemoryCategory category, MemoryTracker* tracker);
   static Tensor zeros(const Shape& shape, DType dtype, MemoryCategory category, MemoryTracker* tracker);
+  // Memory a backend allocated (its accounting travels with `buffer`'s deleter), on `device`.
+  static Tensor wrap(std::shared_ptr<void> buffer, const Shape& shape, DType dtype, Device device);
 
   bool defined() const { return buffer_ != nullptr; }
   DType dtype() const { return dtype_; }
@@ -32,7 +35,7 @@ class Tensor {
   std::int64_t dim(std::size_t i) const { return shape_.at(i); }
   std::int64_t numel() const { return mpx::numel(shape_); }
   std::size_t bytes() const { return static_cast<std::size_t>(numel()) * size_bytes(dtype_); }
-  Device device() const { return Device::cpu; }
+  Device device() const { return device_; }
 
   void* data() const { return data_; }
   // Typed access; throws InvalidArgument if T does not match the dtype's size and kind.
@@ -50,6 +53,9 @@ class Tensor {
   void* data_ = nullptr;
   Shape shape_;
   DType dtype_ = DType::f32;
+  Device device_ = Device::cpu;
 };
+
+const char* name(Device device);
 
 }  // namespace mpx

@@ -26,7 +26,8 @@ struct LoadedModel {
 // widened exactly), or a PyTorch state dict saved with safetensors.torch.save_file, into a planned model of
 // the same architecture, then refreshes the working copies. Throws IoError naming the tensor and both shapes
 // when they differ, or a missing tensor.
-LoadedModel load_model(const std::string& path, nn::Sequential& model, bool master_weights);
+// `ctx`: the context the model was planned in (its backend and whether it keeps master weights).
+LoadedModel load_model(const std::string& path, nn::Sequential& model, nn::Context& ctx);
 
 // The builder ("cnn", "mlp") whose parameter names the file holds: its "mpx.model" metadata, or else the
 // tensor names (a PyTorch file). Throws InvalidArgument when neither tells.

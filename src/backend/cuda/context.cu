@@ -71,6 +71,7 @@ DeviceContext::~DeviceContext() {
 int DeviceContext::index() const { return impl_->index; }
 const std::string& DeviceContext::name() const { return impl_->name; }
 backend::DevicePool& DeviceContext::pool() { return impl_->pool; }
+const backend::DevicePool& DeviceContext::pool() const { return impl_->pool; }
 void* DeviceContext::stream() const { return impl_->stream; }
 void DeviceContext::synchronize() const { MPX_CUDA_CHECK(cudaStreamSynchronize(impl_->stream)); }
 

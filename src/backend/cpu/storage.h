@@ -1,17 +1,17 @@
 // How the engine's own loops read and write activations stored as FP32 (`float`) or BF16 (`std::uint16_t`
 // holding the top half of a binary32): arithmetic is FP32 either way, a store rounds to nearest-even.
-// Written branch-free so that GCC vectorises the loops that use them. Internal to src/nn.
+// Written branch-free so that GCC vectorises the loops that use them. Internal to src/backend/cpu.
 #pragma once
 
 #include <bit>
 #include <cstdint>
 #include <string>
 
-#include "../common/bf16_bits.h"
+#include "../../common/bf16_bits.h"
 #include "mpx/core/error.h"
 #include "mpx/tensor/tensor.h"
 
-namespace mpx::nn::detail {
+namespace mpx::backend::cpu {
 
 using mpx::detail::bf16_bits;
 using mpx::detail::round_to_bf16;
@@ -45,12 +45,4 @@ T* mutable_elements(const Tensor& t) {
   return static_cast<T*>(t.data());
 }
 
-// Throws InvalidArgument naming the layer when a tensor's dtype is not the one planned.
-inline void require_dtype(const Tensor& t, DType expected, const std::string& layer, const char* what) {
-  if (t.dtype() != expected) {
-    throw InvalidArgument("layer " + layer + " got a " + std::string(name(t.dtype())) + " " + what +
-                          "; it was planned for " + std::string(name(expected)));
-  }
-}
-
-}  // namespace mpx::nn::detail
+}  // namespace mpx::backend::cpu

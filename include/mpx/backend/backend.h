@@ -1,0 +1,164 @@
+// The one interface every layer computes through: matrix products and convolutions (low-precision in,
+// FP32 accumulation), normalisations, pooling, pointwise ops, softmax + cross-entropy, conversions and
+// reductions, on tensors that live on the backend's device. Implementations: src/backend/cpu (oneDNN and
+// vectorised loops) and src/backend/cuda (cuBLASLt and mpx's kernels); make_backend() picks one by device.
+// A backend says which (op, dtype) it can do; layers ask before the first step, so an unsupported
+// combination is one clear error naming op, dtype and device, never a wrong result.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "mpx/tensor/tensor.h"
+
+namespace mpx::backend {
+
+struct ConvShape {
+  std::int64_t batch = 1, in_channels = 1, height = 1, width = 1;
+  std::int64_t out_channels = 1, kernel = 3, stride = 1, padding = 1;
+  constexpr std::int64_t out_height() const { return (height + 2 * padding - kernel) / stride + 1; }
+  constexpr std::int64_t out_width() const { return (width + 2 * padding - kernel) / stride + 1; }
+};
+
+// What a layer asks a backend for. Append only (tests and messages name them).
+enum class Op : std::uint8_t {
+  matmul,
+  conv2d,
+  batch_norm,
+  layer_norm,
+  max_pool,
+  relu,
+  gelu,
+  dropout,
+  embedding,
+  cross_entropy,
+  add,
+  convert,
+  column_sums,
+};
+const char* name(Op op);
+
+// Element i of step s keeps when Philox(key, s * planned_elements + i) >= probability * 2^32.
+struct DropoutArgs {
+  float probability = 0;
+  std::uint64_t key = 0;               // the layer's Philox key (Dropout::key(seed))
+  std::uint64_t planned_elements = 0;  // elements of the planned (largest) batch
+  std::uint64_t step = 0;              // the training step
+};
+
+struct BatchNormArgs {
+  float eps = 1e-5f, momentum = 0.1f;
+  bool relu = false;            // fused ReLU on the output
+  bool training = true;         // batch statistics (else the running ones)
+  bool update_running = true;   // training: blend the batch statistics into the running ones
+};
+
+// A BatchNorm's FP32 tensors, all [channels]. mean/inv_std: written by forward (batch or running
+// statistics), read by backward.
+struct BatchNormState {
+  Tensor gamma, beta, running_mean, running_var, mean, inv_std;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  Backend() = default;
+  Backend(const Backend&) = delete;
+  Backend& operator=(const Backend&) = delete;
+
+  virtual Device device() const = 0;
+  virtual std::string device_name() const = 0;  // "cpu", "cuda:0 (NVIDIA H100 80GB HBM3)"
+  // Whether this backend computes `op` on data of `dtype` (the op's storage or compute dtype).
+  virtual bool supports(Op op, DType dtype) const = 0;
+  // Throws NotAvailable "<device> cannot run <op> on <dtype> data ..." unless supports(op, dtype).
+  void require(Op op, DType dtype, const std::string& layer) const;
+  // Whether a step's ops can be recorded once and replayed (CUDA graphs).
+  virtual bool can_capture() const = 0;
+  // FP32 products may multiply through TF32 tensor cores (PrecisionPolicy::allow_tf32; CUDA only).
+  virtual void set_allow_tf32(bool allowed) { (void)allowed; }
+
+  // Memory on this device, accounted by category (summary.json's peaks).
+  virtual Tensor allocate(const Shape& shape, DType dtype, MemoryCategory category) = 0;
+  virtual const MemoryTracker& memory() const = 0;
+  virtual void fill_zero(const Tensor& t) = 0;
+  // Host <-> device copies of a whole tensor (the host side holds t.bytes()).
+  virtual void upload(const Tensor& t, const void* host) = 0;
+  virtual void download(const Tensor& t, void* host) = 0;
+  virtual void synchronize() = 0;
+
+  // How this backend stores what flows between layers, and what its products read.
+  // activation_dtype: the storage of activations (and their gradients) for a policy's activation dtype.
+  virtual DType activation_dtype(DType policy_activations) const = 0;
+  // operand_dtype: what matmul/convolution read for a layer computing in `compute`.
+  virtual DType operand_dtype(DType compute) const = 0;
+  // product_output_dtype: what a product computing in `compute` writes when activations are `stored`.
+  virtual DType product_output_dtype(DType compute, DType stored) const = 0;
+  // Rounds FP32 `src` to `compute` precision into `dst` (operand_dtype(compute), same element count).
+  virtual void round_for_compute(const Tensor& src, const Tensor& dst, DType compute) = 0;
+  // dst = src converted to dst's dtype (round to nearest even when narrowing; exact when widening).
+  virtual void convert(const Tensor& src, const Tensor& dst) = 0;
+
+  // C[m, n] = op(A) op(B) (+ bias[n]) (+ C when accumulate), row-major; A and B of `input` dtype, C of
+  // `output` dtype; FP32 accumulation. `allow_tf32`: FP32 inputs may multiply through TF32 (CUDA only).
+  virtual void matmul(const void* a, bool transpose_a, const void* b, bool transpose_b, DType input, void* c,
+                      std::int64_t m, std::int64_t n, std::int64_t k, const float* bias = nullptr,
+                      bool accumulate = false, DType output = DType::f32) = 0;
+  // NHWC activations, OIHW weights; weight and bias gradients FP32 (overwritten).
+  virtual void conv2d_forward(const ConvShape& shape, const void* src, const void* weights, DType input,
+                              const float* bias, void* dst, DType output) = 0;
+  virtual void conv2d_backward_data(const ConvShape& shape, const void* diff_dst, const void* weights, DType input,
+                                    void* diff_src, DType output) = 0;
+  virtual void conv2d_backward_weights(const ConvShape& shape, const void* src, const void* diff_dst, DType input,
+                                       float* diff_weights, float* diff_bias) = 0;
+
+  // Pointwise, dtype-preserving (FP32 arithmetic). y/dx may not alias their inputs.
+  virtual void relu_forward(const Tensor& x, const Tensor& y) = 0;
+  virtual void relu_backward(const Tensor& y, const Tensor& dy, const Tensor& dx) = 0;  // dy where y > 0
+  virtual void gelu_forward(const Tensor& x, const Tensor& y, bool tanh_approximation) = 0;
+  virtual void gelu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, bool tanh_approximation) = 0;
+  virtual void add(const Tensor& a, const Tensor& b, const Tensor& sum) = 0;  // residual connections
+  // Inverted dropout: keep (u8) as DropoutArgs says; y = x * keep / (1 - p).
+  virtual void dropout_forward(const Tensor& x, const DropoutArgs& args, const Tensor& keep, const Tensor& y) = 0;
+  virtual void dropout_backward(const Tensor& dy, const Tensor& keep, float probability, const Tensor& dx) = 0;
+
+  // k x k max pooling with stride k on NHWC; a NaN wins, ties go to the first position.
+  virtual void max_pool_forward(const Tensor& x, std::int64_t kernel, const Tensor& y) = 0;
+  virtual void max_pool_backward(const Tensor& x, const Tensor& y, const Tensor& dy, std::int64_t kernel,
+                                 const Tensor& dx) = 0;
+
+  // BatchNorm over N*H*W per channel of NHWC data; statistics in FP32 (accumulated in double).
+  virtual void batch_norm_forward(const Tensor& x, const BatchNormArgs& args, const BatchNormState& state,
+                                  const Tensor& y) = 0;
+  // dgamma, dbeta overwritten (FP32 [channels]).
+  virtual void batch_norm_backward(const Tensor& x, const Tensor& dy, const BatchNormArgs& args,
+                                   const BatchNormState& state, const Tensor& dx, const Tensor& dgamma,
+                                   const Tensor& dbeta) = 0;
+  // LayerNorm over the last dimension; mean and inv_std (FP32, one per row) kept for backward.
+  virtual void layer_norm_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps,
+                                  const Tensor& mean, const Tensor& inv_std, const Tensor& y) = 0;
+  virtual void layer_norm_backward(const Tensor& x, const Tensor& dy, const Tensor& gamma, const Tensor& mean,
+                                   const Tensor& inv_std, const Tensor& dx, const Tensor& dgamma,
+                                   const Tensor& dbeta) = 0;
+
+  // Rows of an FP32 table gathered by i32 ids into y (y's dtype); throws InvalidArgument for an id outside
+  // the table. backward: dtable overwritten with the sums of dy's rows per id.
+  virtual void embedding_forward(const Tensor& ids, const Tensor& table, const Tensor& y) = 0;
+  virtual void embedding_backward(const Tensor& ids, const Tensor& dy, const Tensor& dtable) = 0;
+
+  // Softmax + cross-entropy over [N, classes] logits in FP32 (double-accumulated mean); labels u8 [N].
+  // Returns the mean loss; keeps the probabilities (FP32, logits' shape) for backward.
+  virtual float cross_entropy_forward(const Tensor& logits, const Tensor& labels, const Tensor& probabilities) = 0;
+  // d(scale * mean loss)/d logits into `grad` (its dtype).
+  virtual void cross_entropy_backward(const Tensor& probabilities, const Tensor& labels, float scale,
+                                      const Tensor& grad) = 0;
+
+  // out[c] = sum over rows of x[r, c] (x [rows, columns]), FP32 out (bias gradients).
+  virtual void column_sums(const Tensor& x, const Tensor& out) = 0;
+};
+
+// A backend for `device`: the CPU one always; CUDA when built with it and a device is there (else
+// NotAvailable with the reason in one line).
+std::unique_ptr<Backend> make_backend(Device device);
+
+}  // namespace mpx::backend

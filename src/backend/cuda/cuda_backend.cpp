@@ -1,0 +1,265 @@
+// The CUDA backend: the Backend interface over cuBLASLt (products; convolutions as im2col + GEMM) and
+// mpx's kernels (src/backend/cuda/*.cu), every op enqueued on one DeviceContext's stream. Activations are
+// stored in the policy's dtype (FP16 natively, unlike the CPU); workspaces are kept per size and grow only,
+// so a step after the first allocates nothing (what graph capture needs). Plain C++: the kernels' headers
+// carry no CUDA types.
+#include <cmath>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "../cuda_factory.h"
+#include "mpx/backend/backend.h"
+#include "mpx/backend/cuda.h"
+#include "mpx/backend/cuda_context.h"
+#include "mpx/backend/cuda_kernels.h"
+#include "mpx/backend/cuda_matmul.h"
+#include "mpx/core/error.h"
+
+namespace mpx::backend {
+
+namespace kernels = cuda::kernels;
+
+namespace {
+
+bool is_float(DType t) { return t == DType::f32 || t == DType::f16 || t == DType::bf16; }
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend() : matmul_(context_) {}
+
+  Device device() const override { return Device::cuda; }
+  std::string device_name() const override { return context_.name(); }
+  bool supports(Op op, DType dtype) const override {
+    if (op == Op::embedding) return false;  // no device kernel yet (the transformer issue adds it)
+    return is_float(dtype);
+  }
+  bool can_capture() const override { return true; }
+  void set_allow_tf32(bool allowed) override { allow_tf32_ = allowed; }
+
+  Tensor allocate(const Shape& shape, DType dtype, MemoryCategory category) override {
+    const auto bytes = static_cast<std::size_t>(numel(shape)) * size_bytes(dtype);
+    return Tensor::wrap(context_.pool().allocate(std::max<std::size_t>(bytes, 1), category), shape, dtype,
+                        Device::cuda);
+  }
+  const MemoryTracker& memory() const override { return context_.pool().memory(); }
+  void fill_zero(const Tensor& t) override { kernels::fill_zero(context_, t.data(), t.bytes()); }
+  void upload(const Tensor& t, const void* host) override { context_.upload(t.data(), host, t.bytes()); }
+  void download(const Tensor& t, void* host) override { context_.download(host, t.data(), t.bytes()); }
+  void synchronize() override { context_.synchronize(); }
+
+  DType activation_dtype(DType policy_activations) const override { return policy_activations; }
+  DType operand_dtype(DType compute) const override { return compute; }
+  // cuBLASLt writes FP32 or the input dtype.
+  DType product_output_dtype(DType compute, DType stored) const override {
+    return stored == compute ? stored : DType::f32;
+  }
+  void round_for_compute(const Tensor& src, const Tensor& dst, DType) override { convert(src, dst); }
+  void convert(const Tensor& src, const Tensor& dst) override {
+    if (src.dtype() == dst.dtype()) {
+      kernels::copy(context_, dst.data(), src.data(), src.bytes());
+    } else {
+      kernels::convert_elements(context_, src.data(), src.dtype(), dst.data(), dst.dtype(), src.numel());
+    }
+  }
+
+  void matmul(const void* a, bool transpose_a, const void* b, bool transpose_b, DType input, void* c, std::int64_t m,
+              std::int64_t n, std::int64_t k, const float* bias, bool accumulate, DType output) override {
+    cuda::MatmulProblem p{m, n, k, transpose_a, transpose_b, input, output,
+                          bias ? cuda::MatmulEpilogue::bias : cuda::MatmulEpilogue::none, accumulate, allow_tf32_};
+    matmul_.run(p, a, b, c, bias);
+  }
+
+  // y[rows, O] = cols[rows, C*K*K] W[O, C*K*K]^T + bias, rows = N*OH*OW (NHWC output as it is).
+  void conv2d_forward(const ConvShape& s, const void* src, const void* weights, DType input, const float* bias,
+                      void* dst, DType output) override {
+    const Gemm g = gemm_of(s);
+    void* cols = scratch(Slot::columns, static_cast<std::size_t>(g.rows * g.patch) * size_bytes(input));
+    kernels::im2col(context_, s, src, input, cols);
+    matmul(cols, false, weights, true, input, dst, g.rows, s.out_channels, g.patch, bias, false, output);
+  }
+  // dcols[rows, C*K*K] = dy[rows, O] W[O, C*K*K] in FP32, gathered back into dx.
+  void conv2d_backward_data(const ConvShape& s, const void* diff_dst, const void* weights, DType input,
+                            void* diff_src, DType output) override {
+    const Gemm g = gemm_of(s);
+    auto* dcols = static_cast<float*>(scratch(Slot::column_gradients, static_cast<std::size_t>(g.rows * g.patch) * 4));
+    matmul(diff_dst, false, weights, false, input, dcols, g.rows, g.patch, s.out_channels, nullptr, false, DType::f32);
+    kernels::col2im(context_, s, dcols, diff_src, output);
+  }
+  // dW[O, C*K*K] = dy^T cols (the columns rebuilt from src), db = column sums of dy.
+  void conv2d_backward_weights(const ConvShape& s, const void* src, const void* diff_dst, DType input,
+                               float* diff_weights, float* diff_bias) override {
+    const Gemm g = gemm_of(s);
+    void* cols = scratch(Slot::columns, static_cast<std::size_t>(g.rows * g.patch) * size_bytes(input));
+    kernels::im2col(context_, s, src, input, cols);
+    matmul(diff_dst, true, cols, false, input, diff_weights, s.out_channels, g.patch, g.rows, nullptr, false, DType::f32);
+    kernels::column_sums(context_, diff_dst, input, g.rows, s.out_channels, diff_bias, reduction_scratch(g.rows, s.out_channels));
+  }
+
+  void relu_forward(const Tensor& x, const Tensor& y) override {
+    kernels::relu_forward(context_, x.data(), x.dtype(), x.numel(), y.data());
+  }
+  void relu_backward(const Tensor& y, const Tensor& dy, const Tensor& dx) override {
+    kernels::relu_backward(context_, y.data(), dy.data(), dy.dtype(), dy.numel(), dx.data());
+  }
+  void gelu_forward(const Tensor& x, const Tensor& y, bool tanh_approximation) override {
+    kernels::gelu_forward(context_, x.data(), x.dtype(), x.numel(), tanh_approximation, y.data());
+  }
+  void gelu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, bool tanh_approximation) override {
+    kernels::gelu_backward(context_, x.data(), dy.data(), dy.dtype(), dy.numel(), tanh_approximation, dx.data());
+  }
+  void add(const Tensor& a, const Tensor& b, const Tensor& sum) override {
+    kernels::add(context_, a.data(), b.data(), a.dtype(), a.numel(), sum.data());
+  }
+  // The kernel reads the step from device memory (a captured graph replays with the counter it finds);
+  // eagerly it is set from the host whenever it differs.
+  void dropout_forward(const Tensor& x, const DropoutArgs& args, const Tensor& keep, const Tensor& y) override {
+    if (!step_counter_) {
+      step_counter_ = context_.pool().allocate(sizeof(std::uint64_t), MemoryCategory::workspace);
+      counter_value_ = ~args.step;
+    }
+    if (counter_value_ != args.step) {
+      context_.upload(step_counter_.get(), &args.step, sizeof(args.step));
+      counter_value_ = args.step;
+    }
+    const kernels::DropoutArgs device_args{args.probability, args.key, args.planned_elements};
+    kernels::dropout_forward(context_, device_args, static_cast<const std::uint64_t*>(step_counter_.get()), x.data(),
+                             x.dtype(), x.numel(), y.data(), static_cast<std::uint8_t*>(keep.data()));
+  }
+  void dropout_backward(const Tensor& dy, const Tensor& keep, float probability, const Tensor& dx) override {
+    const kernels::DropoutArgs device_args{probability, 0, 0};
+    kernels::dropout_backward(context_, device_args, dy.data(), static_cast<const std::uint8_t*>(keep.data()),
+                              dy.dtype(), dy.numel(), dx.data());
+  }
+
+  void max_pool_forward(const Tensor& x, std::int64_t kernel, const Tensor& y) override {
+    kernels::max_pool_forward(context_, x.data(), x.dtype(), x.dim(0), x.dim(1), x.dim(2), x.dim(3), kernel, y.data());
+  }
+  void max_pool_backward(const Tensor& x, const Tensor& y, const Tensor& dy, std::int64_t kernel,
+                         const Tensor& dx) override {
+    if ((x.dim(1) % kernel) != 0 || (x.dim(2) % kernel) != 0) fill_zero(dx);  // rows/columns no window covers
+    kernels::max_pool_backward(context_, x.data(), y.data(), dy.data(), dy.dtype(), x.dim(0), x.dim(1), x.dim(2),
+                               x.dim(3), kernel, dx.data());
+  }
+
+  void batch_norm_forward(const Tensor& x, const BatchNormArgs& args, const BatchNormState& st,
+                          const Tensor& y) override {
+    const kernels::BatchNormShape s = norm_shape(x, args, st);
+    float* workspace = reduction_scratch(s.rows, s.channels);
+    if (args.training) {
+      kernels::batch_norm_forward_training(context_, s, x.data(), x.dtype(), f32(st.gamma), f32(st.beta),
+                                           f32(st.running_mean), f32(st.running_var), args.update_running,
+                                           f32(st.mean), f32(st.inv_std), workspace, y.data());
+    } else {
+      kernels::batch_norm_forward_inference(context_, s, x.data(), x.dtype(), f32(st.gamma), f32(st.beta),
+                                            f32(st.running_mean), f32(st.running_var), workspace, y.data());
+    }
+  }
+  void batch_norm_backward(const Tensor& x, const Tensor& dy, const BatchNormArgs& args, const BatchNormState& st,
+                           const Tensor& dx, const Tensor& dgamma, const Tensor& dbeta) override {
+    const kernels::BatchNormShape s = norm_shape(x, args, st);
+    kernels::batch_norm_backward(context_, s, x.data(), dy.data(), dy.dtype(), f32(st.gamma), f32(st.beta),
+                                 f32(st.mean), f32(st.inv_std), reduction_scratch(s.rows, s.channels), dx.data(),
+                                 f32(dgamma), f32(dbeta));
+  }
+  void layer_norm_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps, const Tensor& mean,
+                          const Tensor& inv_std, const Tensor& y) override {
+    const kernels::LayerNormShape s{x.numel() / gamma.numel(), gamma.numel(), eps};
+    kernels::layer_norm_forward(context_, s, x.data(), x.dtype(), f32(gamma), f32(beta), f32(mean), f32(inv_std),
+                                y.data());
+  }
+  void layer_norm_backward(const Tensor& x, const Tensor& dy, const Tensor& gamma, const Tensor& mean,
+                           const Tensor& inv_std, const Tensor& dx, const Tensor& dgamma,
+                           const Tensor& dbeta) override {
+    const kernels::LayerNormShape s{x.numel() / gamma.numel(), gamma.numel(), 0.0f};
+    kernels::layer_norm_backward(context_, s, x.data(), dy.data(), dy.dtype(), f32(gamma), f32(mean), f32(inv_std),
+                                 reduction_scratch(s.rows, s.features), dx.data(), f32(dgamma), f32(dbeta));
+  }
+
+  void embedding_forward(const Tensor&, const Tensor&, const Tensor&) override { refuse(Op::embedding); }
+  void embedding_backward(const Tensor&, const Tensor&, const Tensor&) override { refuse(Op::embedding); }
+
+  // The rows' losses come back to the host and are added in double, as the CPU backend adds them.
+  float cross_entropy_forward(const Tensor& logits, const Tensor& labels, const Tensor& probabilities) override {
+    const std::int64_t rows = logits.dim(0), classes = logits.dim(1);
+    auto* row_loss = static_cast<double*>(scratch(Slot::row_losses, static_cast<std::size_t>(rows) * sizeof(double)));
+    kernels::cross_entropy_forward(context_, logits.data(), logits.dtype(), labels.data_as<std::uint8_t>(), rows,
+                                   classes, f32(probabilities), row_loss);
+    std::vector<double> host(static_cast<std::size_t>(rows));
+    context_.download(host.data(), row_loss, host.size() * sizeof(double));
+    double total = 0.0;
+    for (std::size_t r = 0; r < host.size(); ++r) {
+      if (std::isnan(host[r])) {
+        std::vector<std::uint8_t> label(host.size());
+        context_.download(label.data(), labels.data(), label.size());
+        throw InvalidArgument("label " + std::to_string(label[r]) + " at row " + std::to_string(r) +
+                              " is out of range for " + std::to_string(classes) + " classes");
+      }
+      total += host[r];
+    }
+    return static_cast<float>(total / static_cast<double>(rows));
+  }
+  void cross_entropy_backward(const Tensor& probabilities, const Tensor& labels, float scale,
+                              const Tensor& grad) override {
+    const std::int64_t rows = grad.dim(0), classes = grad.dim(1);
+    kernels::cross_entropy_backward(context_, f32(probabilities), labels.data_as<std::uint8_t>(), rows, classes,
+                                    scale / static_cast<float>(rows), grad.data(), grad.dtype());
+  }
+
+  void column_sums(const Tensor& x, const Tensor& out) override {
+    const std::int64_t columns = out.numel(), rows = x.numel() / columns;
+    kernels::column_sums(context_, x.data(), x.dtype(), rows, columns, f32(out), reduction_scratch(rows, columns));
+  }
+
+ private:
+  enum class Slot { columns, column_gradients, reduction, row_losses };
+  struct Gemm {
+    std::int64_t rows, patch;
+  };
+  static Gemm gemm_of(const ConvShape& s) {
+    return {s.batch * s.out_height() * s.out_width(), s.in_channels * s.kernel * s.kernel};
+  }
+  static float* f32(const Tensor& t) { return static_cast<float*>(t.data()); }
+  static kernels::BatchNormShape norm_shape(const Tensor& x, const BatchNormArgs& args, const BatchNormState& st) {
+    const std::int64_t channels = st.gamma.numel();
+    return {x.numel() / channels, channels, args.eps, args.momentum, args.relu};
+  }
+  [[noreturn]] void refuse(Op op) const {
+    throw NotAvailable("the " + device_name() + " backend has no " + std::string(name(op)) + " kernel");
+  }
+
+  // A workspace of at least `bytes` for `slot`, grown (never shrunk) from the pool.
+  void* scratch(Slot slot, std::size_t bytes) {
+    Workspace& w = workspaces_[slot];
+    if (w.bytes < bytes) {
+      w.block.reset();
+      w.block = context_.pool().allocate(bytes, MemoryCategory::workspace);
+      w.bytes = bytes;
+    }
+    return w.block.get();
+  }
+  float* reduction_scratch(std::int64_t rows, std::int64_t columns) {
+    return static_cast<float*>(scratch(Slot::reduction, kernels::reduction_workspace_floats(rows, columns) * 4));
+  }
+
+  struct Workspace {
+    std::shared_ptr<void> block;
+    std::size_t bytes = 0;
+  };
+  cuda::DeviceContext context_;
+  cuda::Matmul matmul_;
+  bool allow_tf32_ = false;
+  std::map<Slot, Workspace> workspaces_;
+  std::shared_ptr<void> step_counter_;
+  std::uint64_t counter_value_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cuda_backend() {
+  cuda::require_device();
+  return std::make_unique<CudaBackend>();
+}
+
+}  // namespace mpx::backend
