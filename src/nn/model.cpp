@@ -2,12 +2,15 @@
 
 #include <chrono>
 
+#include "init.h"
 #include "mpx/core/error.h"
 
 namespace mpx::nn {
 
+Sequential::Sequential(std::string name) : Layer(std::move(name)) { set_input_gradient_needed(false); }
+
 TensorSpec Sequential::plan(const TensorSpec& input, Context& ctx) {
-  if (!layers_.empty()) layers_.front()->set_input_gradient_needed(false);
+  if (!layers_.empty()) layers_.front()->set_input_gradient_needed(input_gradient_needed());
   TensorSpec spec = input;
   for (auto& layer : layers_) spec = layer->plan(spec, ctx);
   return spec;
@@ -22,11 +25,13 @@ LayerTime& time_slot(Context& ctx, std::size_t index, const std::string& name) {
 }
 }  // namespace
 
+// Profiling (mpx bench train --profile) times the root's layers, a nested stack inside its parent's entry.
 Tensor Sequential::forward(const Tensor& x, Context& ctx, bool training) {
   Tensor h = x;
+  const bool profile = ctx.profile_layers && !input_gradient_needed();
   for (std::size_t i = 0; i < layers_.size(); ++i) {
     const Tensor in = h;
-    if (!ctx.profile_layers) {
+    if (!profile) {
       h = layers_[i]->forward(h, ctx, training);
     } else {
       const auto start = Clock::now();
@@ -40,12 +45,13 @@ Tensor Sequential::forward(const Tensor& x, Context& ctx, bool training) {
   return h;
 }
 
-void Sequential::backward(const Tensor& dy, Context& ctx) {
+Tensor Sequential::backward(const Tensor& dy, Context& ctx) {
   Tensor g = dy;
+  const bool profile = ctx.profile_layers && !input_gradient_needed();
   for (std::size_t i = layers_.size(); i-- > 0;) {
     if (i == 0 && !layers_[0]->input_gradient_needed() && layers_[0]->parameters().empty()) break;
     const Tensor in = g;
-    if (!ctx.profile_layers) {
+    if (!profile) {
       g = layers_[i]->backward(g, ctx);
     } else {
       const auto start = Clock::now();
@@ -55,6 +61,7 @@ void Sequential::backward(const Tensor& dy, Context& ctx) {
     }
     for (LayerObserver* o : ctx.observers) o->after_layer(*layers_[i], Pass::backward, in, g, ctx);
   }
+  return g;
 }
 
 std::vector<Parameter*> Sequential::parameters() {
@@ -63,6 +70,47 @@ std::vector<Parameter*> Sequential::parameters() {
     for (Parameter* p : layer->parameters()) out.push_back(p);
   }
   return out;
+}
+
+std::vector<std::pair<std::string, Tensor*>> Sequential::buffers() {
+  std::vector<std::pair<std::string, Tensor*>> out;
+  for (auto& layer : layers_) {
+    for (auto& b : layer->buffers()) out.push_back(b);
+  }
+  return out;
+}
+
+Residual::Residual(std::string name, std::unique_ptr<Sequential> body) : Layer(std::move(name)), body_(std::move(body)) {
+  if (!body_) throw InvalidArgument("residual block " + this->name() + " has no body");
+  body_->set_input_gradient_needed(true);
+}
+
+TensorSpec Residual::plan(const TensorSpec& in, Context& ctx) {
+  const TensorSpec out = body_->plan(in, ctx);
+  if (out.shape != in.shape || out.dtype != in.dtype) {
+    throw InvalidArgument("residual block " + name() + ": its body maps " + to_string(in.shape) + " " +
+                          std::string(mpx::name(in.dtype)) + " to " + to_string(out.shape) + " " +
+                          std::string(mpx::name(out.dtype)) + "; x + f(x) needs the same shape and dtype");
+  }
+  ctx.backend().require(backend::Op::add, in.dtype, name());
+  output_ = ctx.allocate(in.shape, in.dtype, MemoryCategory::activations);
+  grad_input_ = ctx.allocate(in.shape, in.dtype, MemoryCategory::activations);
+  return in;
+}
+
+Tensor Residual::forward(const Tensor& x, Context& ctx, bool training) {
+  const Tensor fx = body_->forward(x, ctx, training);
+  Tensor y = output_.first_rows(x.dim(0));
+  ctx.backend().add(x, fx, y);
+  return y;
+}
+
+// d/dx (x + f(x)) = dy + f'(x)^T dy.
+Tensor Residual::backward(const Tensor& dy, Context& ctx) {
+  const Tensor through_body = body_->backward(dy, ctx);
+  Tensor dx = grad_input_.first_rows(dy.dim(0));
+  ctx.backend().add(dy, through_body, dx);
+  return dx;
 }
 
 Sequential make_cnn(std::uint64_t seed) {

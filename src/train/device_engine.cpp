@@ -314,6 +314,16 @@ DeviceEngine::DeviceEngine(nn::Sequential& model, const amp::PrecisionPolicy& po
   if (m.act != DType::f32 && m.act != DType::f16 && m.act != DType::bf16) {
     throw NotAvailable("the CUDA engine computes in f32, f16 or bf16, not " + std::string(name(m.act)));
   }
+  // The device engine runs every layer in the policy's compute dtype: a per-layer override is refused here
+  // rather than ignored.
+  for (const auto& layer : model.layers()) {
+    const DType wanted = policy.compute_for(layer->name());
+    if (wanted != policy.compute) {
+      throw NotAvailable("layer " + layer->name() + " is set to compute in " + std::string(name(wanted)) +
+                         " but the CUDA engine runs every layer in " + std::string(name(policy.compute)) +
+                         "; drop the override or use --device cpu");
+    }
+  }
   m.normalise = normalise;
   m.batch = config.batch_size;
   m.pixels = data.train.height * data.train.width;

@@ -15,6 +15,7 @@
 
 #include "mpx/core/error.h"
 #include "mpx/nn/layers.h"
+#include "mpx/nn/model.h"
 
 namespace mpx::nn {
 namespace {
@@ -203,6 +204,30 @@ TEST(GradientCheck, GeluExact) {
 TEST(GradientCheck, GeluTanhApproximation) {
   GELU layer("gelu", true);
   check_layer(layer, {3, 8}, random_vector(24, 11, 1.5f));
+}
+
+// x + f(x) with a two-layer body: the input gradient is dy plus what flows back through the body.
+TEST(GradientCheck, ResidualBlock) {
+  auto body = std::make_unique<Sequential>("h.0.mlp");
+  body->add(std::make_unique<Linear>("h.0.mlp.c_fc", 6, 6, 13));
+  body->add(std::make_unique<GELU>("h.0.mlp.gelu"));
+  Residual block("h.0", std::move(body));
+  check_layer(block, {3, 6}, random_vector(18, 14));
+  const auto params = block.parameters();
+  ASSERT_EQ(params.size(), 2u);
+  EXPECT_EQ(params[0]->name, "h.0.mlp.c_fc.weight");  // PyTorch's name for the nested module's weight
+}
+
+TEST(Layers, ResidualRefusesABodyThatChangesTheShape) {
+  auto body = std::make_unique<Sequential>("b");
+  body->add(std::make_unique<Linear>("b.fc", 6, 4, 1));
+  Residual block("b", std::move(body));
+  try {
+    block.plan({{2, 6}, DType::f32}, shared_context());
+    FAIL() << "planned x + f(x) with f changing the shape";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("residual block b"), std::string::npos) << e.what();
+  }
 }
 
 TEST(GradientCheck, LayerNorm) {

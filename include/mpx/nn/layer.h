@@ -123,6 +123,10 @@ class Layer {
   void set_input_gradient_needed(bool needed) { input_gradient_needed_ = needed; }
   bool input_gradient_needed() const { return input_gradient_needed_; }
 
+ protected:
+  Layer(Layer&&) noexcept = default;  // containers (Sequential) are returned by value from builders
+  Layer& operator=(Layer&&) noexcept = default;
+
  private:
   std::string name_;
   bool input_gradient_needed_ = true;
