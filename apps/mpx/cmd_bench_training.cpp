@@ -97,7 +97,7 @@ void run_train_bench(const TrainBenchOptions& o) {
       config.precision = o.precisions[i];
       config.batch_size = o.batch_size;
       config.numerics_every = o.numerics_every;
-      config.device = o.device;
+      config.device = train::parse_device(o.device);
       config.tf32 = o.tf32;
       runs[i].push_back(bench::run_train_benchmark(config, o.steps, o.data, o.profile));
     }

@@ -8,7 +8,7 @@
 #include "commands.h"
 #include "mpx/artifacts/parity.h"
 #include "mpx/io/fashion_mnist.h"
-#include "mpx/train/run_files.h"
+#include "mpx/train/run/run_files.h"
 
 namespace mpx::cli {
 

@@ -11,7 +11,7 @@
 #include "mpx/artifacts/predict.h"
 #include "mpx/io/fashion_mnist.h"
 #include "mpx/io/safetensors.h"
-#include "mpx/train/model_file.h"
+#include "mpx/train/run/model_file.h"
 
 namespace mpx::cli {
 

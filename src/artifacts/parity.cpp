@@ -10,7 +10,7 @@
 #include "mpx/io/safetensors.h"
 #include "mpx/numeric/convert.h"
 #include "mpx/artifacts/predict.h"
-#include "mpx/train/model_file.h"
+#include "mpx/train/run/model_file.h"
 
 namespace mpx::artifacts {
 

@@ -4,7 +4,7 @@
 
 #include "mpx/amp/precision_policy.h"
 #include "mpx/numeric/convert.h"
-#include "mpx/train/model_file.h"
+#include "mpx/train/run/model_file.h"
 
 namespace mpx::artifacts {
 

@@ -12,7 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "mpx/core/error.h"
-#include "mpx/train/run_files.h"
+#include "mpx/train/run/run_files.h"
 #include "svg.h"
 
 namespace mpx::report {

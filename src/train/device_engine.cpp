@@ -97,7 +97,7 @@ struct DeviceEngine::Impl {
     s.master = allocate(s.count * 4, policy.master_weights ? MemoryCategory::master_weights : MemoryCategory::weights);
     s.grad = allocate(s.count * 4, MemoryCategory::gradients);
     s.m1 = allocate(s.count * 4, MemoryCategory::optimizer_state);
-    if (config.optimizer == "adamw") s.m2 = allocate(s.count * 4, MemoryCategory::optimizer_state);
+    if (config.optimizer == OptimizerKind::adamw) s.m2 = allocate(s.count * 4, MemoryCategory::optimizer_state);
     if (act != DType::f32) s.working = allocate(s.count * 2, MemoryCategory::weights);
     params.push_back(std::move(s));
     return static_cast<int>(params.size()) - 1;
@@ -348,7 +348,7 @@ DeviceEngine::DeviceEngine(nn::Sequential& model, const amp::PrecisionPolicy& po
   m.step_counter = m.allocate(8, MemoryCategory::workspace);
 
   cuda::FusedStepConfig step;
-  step.algorithm = config.optimizer == "adamw" ? cuda::FusedStepConfig::Algorithm::adamw : cuda::FusedStepConfig::Algorithm::sgd;
+  step.algorithm = config.optimizer == OptimizerKind::adamw ? cuda::FusedStepConfig::Algorithm::adamw : cuda::FusedStepConfig::Algorithm::sgd;
   step.adamw.weight_decay = config.weight_decay;
   step.sgd = {config.momentum, config.weight_decay, true};
   step.clip_norm = config.clip_norm;

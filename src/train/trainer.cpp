@@ -21,6 +21,34 @@ using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 }  // namespace
 
+const char* name(OptimizerKind kind) { return kind == OptimizerKind::adamw ? "adamw" : "sgd"; }
+const char* name(ScheduleKind kind) {
+  return kind == ScheduleKind::onecycle ? "onecycle" : kind == ScheduleKind::cosine ? "cosine" : "constant";
+}
+const char* name(DeviceChoice choice) {
+  return choice == DeviceChoice::cpu ? "cpu" : choice == DeviceChoice::cuda ? "cuda" : "auto";
+}
+
+OptimizerKind parse_optimizer(const std::string& text) {
+  if (text == "adamw") return OptimizerKind::adamw;
+  if (text == "sgd") return OptimizerKind::sgd;
+  throw InvalidArgument("--optimizer must be adamw or sgd, got '" + text + "'");
+}
+
+ScheduleKind parse_schedule(const std::string& text) {
+  if (text == "onecycle") return ScheduleKind::onecycle;
+  if (text == "cosine") return ScheduleKind::cosine;
+  if (text == "constant") return ScheduleKind::constant;
+  throw InvalidArgument("--schedule must be onecycle, cosine or constant, got '" + text + "'");
+}
+
+DeviceChoice parse_device(const std::string& text) {
+  if (text == "cpu") return DeviceChoice::cpu;
+  if (text == "cuda") return DeviceChoice::cuda;
+  if (text == "auto") return DeviceChoice::automatic;
+  throw InvalidArgument("--device must be cpu, cuda or auto, got '" + text + "'");
+}
+
 TrainConfig resolve(TrainConfig c) {
   if (c.precision.empty()) c.precision = cpu_features().avx512_bf16 ? "bf16-mixed" : "16-mixed";
   c.precision = amp::PrecisionPolicy::preset(c.precision).name;  // validates, canonical name
@@ -28,10 +56,6 @@ TrainConfig resolve(TrainConfig c) {
   if (c.epochs < 1) throw InvalidArgument("--epochs must be at least 1");
   if (c.batch_size < 1 || c.batch_size > 65536) throw InvalidArgument("--batch-size must be in 1..65536");
   if (!(c.lr > 0 && std::isfinite(c.lr))) throw InvalidArgument("--lr must be a positive number");
-  if (c.optimizer != "adamw" && c.optimizer != "sgd") throw InvalidArgument("--optimizer must be adamw or sgd");
-  if (c.schedule != "onecycle" && c.schedule != "cosine" && c.schedule != "constant") {
-    throw InvalidArgument("--schedule must be onecycle, cosine or constant");
-  }
   if (c.clip_norm < 0) throw InvalidArgument("--clip-norm must be >= 0");
   if (c.log_every < 1) c.log_every = 1;
   if (c.numerics_every < 0) throw InvalidArgument("--numerics-every must be >= 0 (0: off)");
@@ -49,14 +73,13 @@ TrainConfig resolve(TrainConfig c) {
                             "'; its layers: " + layers);
     }
   }
-  if (c.tf32 && c.device == "cpu") {
+  if (c.tf32 && c.device == DeviceChoice::cpu) {
     throw InvalidArgument("--tf32 applies to the CUDA engine (--device cuda or auto); the CPU engine computes FP32 "
                           "products in FP32");
   }
-  if (c.device == "auto") c.device = cuda::devices().empty() ? "cpu" : "cuda";
-  if (c.device == "cpu") c.tf32 = false;  // auto found no device: there is no TF32 to use
-  if (c.device != "cpu" && c.device != "cuda") throw InvalidArgument("--device must be cpu, cuda or auto, got " + c.device);
-  if (c.device == "cuda") {
+  if (c.device == DeviceChoice::automatic) c.device = cuda::devices().empty() ? DeviceChoice::cpu : DeviceChoice::cuda;
+  if (c.device == DeviceChoice::cpu) c.tf32 = false;  // auto found no device: there is no TF32 to use
+  if (c.device == DeviceChoice::cuda) {
     if (cuda::devices().empty()) {
       throw NotAvailable("--device cuda: " + cuda::no_device_reason() + "; use --device cpu (or auto)");
     }
@@ -83,7 +106,7 @@ Trainer::Trainer(const TrainConfig& config, const io::FashionMnist& data)
   params_ = model_.parameters();
   for (nn::Parameter* p : params_) {
     p->state1 = ctx_.zeros(p->value.shape(), DType::f32, MemoryCategory::optimizer_state);
-    if (config_.optimizer == "adamw") {
+    if (config_.optimizer == OptimizerKind::adamw) {
       p->state2 = ctx_.zeros(p->value.shape(), DType::f32, MemoryCategory::optimizer_state);
     }
     const auto n = static_cast<std::size_t>(p->value.numel());
@@ -103,7 +126,7 @@ Trainer::Trainer(const TrainConfig& config, const io::FashionMnist& data)
   // Normalise with the training set's mean and standard deviation (as the reference recipe does).
   normalise_ = io::pixel_normalisation(data_.train);
   labels_.resize(static_cast<std::size_t>(config_.batch_size));
-  if (config_.device == "cuda") {
+  if (config_.device == DeviceChoice::cuda) {
     device_ = std::make_unique<DeviceEngine>(model_, ctx_.policy, config_, data_, normalise_, scaling,
                                              injector_ ? &*injector_ : nullptr);
     // The initial weights, so that evaluate() is right before run() too (run() uploads again after a
@@ -132,7 +155,9 @@ std::vector<float> Trainer::lr_schedule(std::int64_t schedule_steps) const {
   std::vector<float> lr(static_cast<std::size_t>(std::max<std::int64_t>(1, schedule_steps)));
   for (std::size_t s = 0; s < lr.size(); ++s) {
     const auto step = static_cast<std::int64_t>(s);
-    lr[s] = config_.schedule == "onecycle" ? one_cycle.lr(step) : config_.schedule == "cosine" ? cosine.lr(step) : config_.lr;
+    lr[s] = config_.schedule == ScheduleKind::onecycle ? one_cycle.lr(step)
+            : config_.schedule == ScheduleKind::cosine ? cosine.lr(step)
+                                                        : config_.lr;
   }
   return lr;
 }
@@ -188,7 +213,7 @@ bool Trainer::step(const Tensor& batch, std::int64_t global_step, float lr, floa
   if (apply) {
     if (config_.clip_norm > 0) amp::clip_grad_norm(grads_, config_.clip_norm);
     ++optimizer_steps_;
-    if (config_.optimizer == "adamw") {
+    if (config_.optimizer == OptimizerKind::adamw) {
       amp::AdamWConfig adamw;
       adamw.weight_decay = config_.weight_decay;
       amp::adamw_step(adamw, lr, optimizer_steps_, slots_);

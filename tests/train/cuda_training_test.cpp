@@ -21,7 +21,7 @@ namespace {
 TrainConfig recipe(const std::string& precision, const std::string& device, std::int64_t steps = 0) {
   TrainConfig c;
   c.precision = precision;
-  c.device = device;
+  c.device = parse_device(device);
   c.epochs = steps > 0 ? 1 : 4;
   c.max_steps = steps;
   c.numerics_every = 0;

@@ -11,8 +11,8 @@
 
 #include "mpx/core/error.h"
 #include "mpx/io/safetensors.h"
-#include "mpx/train/model_file.h"
-#include "mpx/train/pytorch_layout.h"
+#include "mpx/train/run/model_file.h"
+#include "mpx/train/run/pytorch_layout.h"
 
 namespace mpx::train {
 namespace {

@@ -50,8 +50,8 @@ TEST(Training, DivergingTrueRunStopsWithStepAndHint) {
   TrainConfig c;
   c.model = "mlp";
   c.precision = "32-true";
-  c.optimizer = "sgd";
-  c.schedule = "constant";
+  c.optimizer = OptimizerKind::sgd;
+  c.schedule = ScheduleKind::constant;
   c.lr = 1e12f;
   c.train_subset = 2048;
   c.test_subset = 100;
@@ -101,9 +101,9 @@ TEST(Training, BadSettingsAndMissingDataAreClearErrors) {
   c = {};
   c.tf32 = true;  // TF32 is a tensor-core mode: asking for it on the CPU engine is a contradiction...
   EXPECT_THROW(resolve(c), InvalidArgument);
-  c.device = "auto";  // ... while auto without a device simply has none to use
+  c.device = DeviceChoice::automatic;  // ... while auto without a device simply has none to use
   const TrainConfig resolved = resolve(c);
-  EXPECT_EQ(resolved.tf32, resolved.device == "cuda");
+  EXPECT_EQ(resolved.tf32, resolved.device == DeviceChoice::cuda);
   try {
     io::load_fashion_mnist("/nonexistent/fashion");
     FAIL();

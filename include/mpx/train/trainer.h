@@ -21,16 +21,29 @@ namespace mpx::train {
 
 class DeviceEngine;
 
+// Settings that take one of a few values: parsed once where they come in (the CLI, a checkpoint), named
+// when they go out (config.json, summary.json, logs).
+enum class OptimizerKind : std::uint8_t { adamw, sgd };
+enum class ScheduleKind : std::uint8_t { onecycle, cosine, constant };
+enum class DeviceChoice : std::uint8_t { cpu, cuda, automatic };  // resolve() turns automatic into cpu or cuda
+const char* name(OptimizerKind kind);
+const char* name(ScheduleKind kind);
+const char* name(DeviceChoice choice);
+// Throw InvalidArgument naming the setting and the values it takes.
+OptimizerKind parse_optimizer(const std::string& text);
+ScheduleKind parse_schedule(const std::string& text);
+DeviceChoice parse_device(const std::string& text);  // cpu, cuda or auto
+
 struct TrainConfig {
-  std::string model = "cnn";
+  std::string model = "cnn";        // a builder of nn::make_model
   std::string precision;            // empty: bf16-mixed where the CPU has AVX512_BF16, else 16-mixed
   int epochs = 6;  // the main job: >= 92.5% in well under 3 minutes on 2 cores (bf16-mixed)
   int batch_size = 128;
   float lr = 3e-3f;                 // peak learning rate of the schedule
-  std::string optimizer = "adamw";  // adamw or sgd
+  OptimizerKind optimizer = OptimizerKind::adamw;
   float weight_decay = 1e-4f;
   float momentum = 0.9f;            // sgd
-  std::string schedule = "onecycle";  // onecycle, cosine or constant
+  ScheduleKind schedule = ScheduleKind::onecycle;
   float clip_norm = 0.0f;           // 0: no clipping
   std::optional<bool> loss_scaling;  // default: the policy's (FP16 presets)
   std::uint64_t seed = 0;
@@ -47,12 +60,12 @@ struct TrainConfig {
   // Checkpoints (train/checkpoint.cpp): written to checkpoint_path every N steps and at the end (0: never).
   std::int64_t checkpoint_every = 0;
   std::string checkpoint_path;
-  // "cpu", "cuda" (throws NotAvailable with the reason when there is no usable device) or "auto" (cuda when
-  // a device is there). On CUDA full batches replay one captured graph unless cuda_graph is off.
-  std::string device = "cpu";
+  // cuda throws NotAvailable with the reason when there is no usable device; automatic is cuda when a device
+  // is there. On CUDA full batches replay one captured graph unless cuda_graph is off.
+  DeviceChoice device = DeviceChoice::cpu;
   bool cuda_graph = true;
   // FP32 products (32-true, and FP32 layers) through TF32 tensor cores on CUDA (PrecisionPolicy::allow_tf32).
-  // InvalidArgument with device "cpu"; "auto" resolving to the CPU turns it off.
+  // InvalidArgument with device cpu; automatic resolving to the CPU turns it off.
   bool tf32 = false;
 };
 
@@ -64,6 +77,7 @@ struct StepReport {
   std::int64_t step = 0, steps_per_epoch = 0, total_steps = 0;
   float loss = 0, lr = 0, loss_scale = 1;
   bool skipped = false;
+  bool logged = false;  // run_training: this step went to metrics.jsonl
   double images_per_second = 0, elapsed_seconds = 0;
 };
 

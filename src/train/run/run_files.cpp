@@ -1,4 +1,4 @@
-#include "mpx/train/run_files.h"
+#include "mpx/train/run/run_files.h"
 
 #include <cerrno>
 #include <cmath>

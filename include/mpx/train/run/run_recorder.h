@@ -7,7 +7,7 @@
 
 #include "mpx/telemetry/prometheus_exporter.h"
 #include "mpx/telemetry/tensorboard_writer.h"
-#include "mpx/train/run_files.h"
+#include "mpx/train/run/run_files.h"
 #include "mpx/train/trainer.h"
 
 namespace mpx::train {

@@ -1,4 +1,4 @@
-#include "mpx/train/pytorch_layout.h"
+#include "mpx/train/run/pytorch_layout.h"
 
 #include <cstring>
 

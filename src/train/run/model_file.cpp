@@ -1,4 +1,4 @@
-#include "mpx/train/model_file.h"
+#include "mpx/train/run/model_file.h"
 
 #include <array>
 

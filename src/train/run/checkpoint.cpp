@@ -6,8 +6,8 @@
 
 #include "mpx/core/error.h"
 #include "mpx/io/safetensors.h"
-#include "mpx/train/model_file.h"
-#include "mpx/train/pytorch_layout.h"
+#include "mpx/train/run/model_file.h"
+#include "mpx/train/run/pytorch_layout.h"
 #include "mpx/train/trainer.h"
 
 namespace mpx::train {
@@ -19,8 +19,8 @@ constexpr const char* kStateKey = "mpx.checkpoint";
 // The settings a run's trajectory depends on: a resume must use the same.
 nlohmann::json trajectory_settings(const TrainConfig& c) {
   return {{"model", c.model},         {"precision", c.precision},   {"epochs", c.epochs},
-          {"batch_size", c.batch_size}, {"lr", c.lr},               {"optimizer", c.optimizer},
-          {"weight_decay", c.weight_decay}, {"momentum", c.momentum}, {"schedule", c.schedule},
+          {"batch_size", c.batch_size}, {"lr", c.lr},               {"optimizer", name(c.optimizer)},
+          {"weight_decay", c.weight_decay}, {"momentum", c.momentum}, {"schedule", name(c.schedule)},
           {"clip_norm", c.clip_norm}, {"seed", c.seed},             {"train_subset", c.train_subset},
           {"loss_scaling", c.loss_scaling ? nlohmann::json(*c.loss_scaling) : nlohmann::json("default")}};
 }
@@ -39,9 +39,7 @@ std::vector<CheckpointTensor> checkpoint_tensors(nn::Sequential& model, const st
     if (p->state1.defined()) out.push_back({"optimizer." + p->name + ".state1", &p->state1, p->name});
     if (p->state2.defined()) out.push_back({"optimizer." + p->name + ".state2", &p->state2, p->name});
   }
-  for (const auto& layer : model.layers()) {
-    for (const auto& [buffer_name, t] : layer->buffers()) out.push_back({buffer_name, t, {}});
-  }
+  for (const auto& [buffer_name, t] : model.buffers()) out.push_back({buffer_name, t, {}});
   return out;
 }
 

@@ -9,7 +9,7 @@
 
 #include "mpx/io/safetensors.h"
 #include "mpx/nn/model.h"
-#include "mpx/train/pytorch_layout.h"
+#include "mpx/train/run/pytorch_layout.h"
 
 namespace mpx::train {
 

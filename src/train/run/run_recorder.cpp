@@ -1,4 +1,4 @@
-#include "mpx/train/run_recorder.h"
+#include "mpx/train/run/run_recorder.h"
 
 #include "mpx/telemetry/json.h"
 
@@ -78,7 +78,7 @@ nlohmann::json summary_json(const TrainConfig& config, const TrainResult& result
       {"final_loss", json_number(result.final_loss)}, {"peak_bytes", peak},
       {"skipped_steps", result.skipped_steps}, {"loss_scaling", result.loss_scaling},
       {"final_loss_scale", result.loss_scaling ? result.loss_scaler.scale : 1.0f}, {"seed", config.seed},
-      {"threads", threads}, {"device", config.device}, {"tf32", config.tf32}};
+      {"threads", threads}, {"device", name(config.device)}, {"tf32", config.tf32}};
   if (result.loss_scaling) {
     summary["loss_scaler"] = {{"growths", result.loss_scaler.growths}, {"backoffs", result.loss_scaler.backoffs},
                               {"growth_tracker", result.loss_scaler.growth_tracker}};

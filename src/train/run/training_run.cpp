@@ -1,0 +1,137 @@
+#include "mpx/train/run/training_run.h"
+
+#include <omp.h>
+
+#include <chrono>
+#include <ctime>
+#include <filesystem>
+#include <thread>
+
+#include <fmt/format.h>
+
+#include "mpx/artifacts/convert.h"
+#include "mpx/build_info.h"
+#include "mpx/numeric/convert.h"
+#include "mpx/telemetry/prometheus_exporter.h"
+#include "mpx/telemetry/tensorboard_writer.h"
+#include "mpx/train/run/model_file.h"
+#include "mpx/train/run/run_files.h"
+#include "mpx/train/run/run_recorder.h"
+
+namespace mpx::train {
+
+std::string default_run_name(const TrainConfig& c) {
+  const std::time_t now = std::time(nullptr);
+  char stamp[32];
+  std::strftime(stamp, sizeof(stamp), "%Y%m%d-%H%M%S", std::localtime(&now));
+  return std::string("runs/") + stamp + "-" + c.model + "-" + c.precision;
+}
+
+namespace {
+
+nlohmann::json config_json(const RunOptions& o, const TrainConfig& c) {
+  return {{"model", c.model}, {"precision", c.precision}, {"epochs", c.epochs}, {"batch_size", c.batch_size},
+          {"lr", c.lr}, {"optimizer", name(c.optimizer)}, {"weight_decay", c.weight_decay}, {"momentum", c.momentum},
+          {"schedule", name(c.schedule)}, {"clip_norm", c.clip_norm}, {"seed", c.seed}, {"device", name(c.device)},
+          {"tf32", c.tf32}, {"threads", omp_get_max_threads()}, {"data", o.data}, {"train_subset", c.train_subset},
+          {"test_subset", c.test_subset}, {"mpx_version", build::kVersion},
+          {"cpu_conversion_path", std::string(numeric::name(numeric::best_cpu_path()))}};
+}
+
+// The serving copy: the FP32 model converted (normalisation kept in FP32), overflow clamped and counted.
+ServingCopy write_serving_copy(const RunDirectory& run, const std::string& dtype_name) {
+  const DType serving = artifacts::parse_target_dtype(dtype_name);
+  ServingCopy copy;
+  copy.path = run.file("model-" + std::string(name(serving)) + ".safetensors");
+  copy.dtype = name(serving);
+  const artifacts::ConvertReport r =
+      artifacts::convert_checkpoint(run.file("model.safetensors"), copy.path, {serving, {}, artifacts::OnOverflow::clamp});
+  copy.overflowed = r.total.overflowed;
+  copy.underflowed = r.total.underflowed;
+  copy.subnormal = r.total.subnormal;
+  copy.max_relative_error = r.total.max_relative_error;
+  return copy;
+}
+
+}  // namespace
+
+RunOutcome run_training(const RunOptions& o, const RunEvents& events) {
+  TrainConfig settings = o.config;
+  // --resume DIR continues that run in place (unless --out says otherwise), checkpointing as it goes.
+  const bool resume_dir = !o.resume.empty() && std::filesystem::is_directory(o.resume);
+  const std::string resume_file = resume_dir ? o.resume + "/checkpoint.safetensors" : o.resume;
+  const TrainConfig resolved = resolve(settings);
+  RunOutcome outcome;
+  outcome.out = !o.out.empty() ? o.out : resume_dir ? o.resume : default_run_name(resolved);
+  settings.checkpoint_path = (std::filesystem::path(outcome.out) / "checkpoint.safetensors").string();
+  const TrainConfig config = resolve(settings);
+  RunDirectory run(outcome.out);  // fails before loading data or training if it cannot be written
+  // Also before any training: a port in use is a clear error now, not after the data is loaded.
+  telemetry::PrometheusExporter metrics(o.metrics_bind, o.metrics_port);
+  telemetry::TensorBoardWriter tensorboard(run.file("tensorboard"));
+  const io::FashionMnist data = io::load_fashion_mnist(o.data);
+  Trainer trainer(config, data);
+  RunStart start;
+  if (!resume_file.empty() && is_checkpoint(resume_file)) {
+    trainer.load_checkpoint(resume_file);
+    start.resumed_from = resume_file;
+  } else if (!resume_file.empty()) {
+    start.notice = trainer.load_weights(resume_file);
+    start.warm_started_from = resume_file;
+  }
+  write_json_atomic(run.file("config.json"), config_json(o, config));
+  start.config = config;
+  start.out = outcome.out;
+  start.device_name = trainer.device_name();
+  start.metrics_url = metrics.url();
+  if (events.on_start) events.on_start(start);
+
+  RunRecorder recorder(run, metrics, tensorboard, config);
+  const Callbacks& user = events.training;
+  Callbacks callbacks;
+  callbacks.on_step = [&](const StepReport& r) {
+    StepReport reported = r;
+    reported.logged = recorder.step(r);
+    if (user.on_step) user.on_step(reported);
+  };
+  callbacks.on_epoch = [&](const EpochReport& e) {
+    if (user.on_epoch) user.on_epoch(e);
+    recorder.epoch(e, trainer.memory());
+  };
+  callbacks.on_numerics = [&](const telemetry::NumericsSample& sample) {
+    recorder.numerics(sample);
+    if (user.on_numerics) user.on_numerics(sample);
+  };
+  callbacks.on_nonfinite = [&](const telemetry::NonFiniteOrigin& origin) {
+    recorder.nonfinite(origin);
+    if (user.on_nonfinite) user.on_nonfinite(origin);
+  };
+
+  outcome.result = trainer.run(callbacks);
+  const TrainResult& result = outcome.result;
+  recorder.memory_peaks(trainer.memory());
+  outcome.summary = summary_json(config, result, trainer.memory(), omp_get_max_threads());
+  // How to feed the model (PyTorch users need it): pixels / 255, minus the mean, divided by the std.
+  const io::PixelNormalisation input = io::pixel_normalisation(data.train);
+  save_model(run.file("model.safetensors"), trainer.model(),
+             {{"mpx.model", config.model}, {"mpx.precision", config.precision},
+              {"mpx.input_mean", fmt::format("{:.9g}", input.mean)},
+              {"mpx.input_std", fmt::format("{:.9g}", 1.0f / input.inv_std)},
+              {"mpx.test_accuracy", fmt::format("{:.6f}", result.test_accuracy)}, {"mpx.version", build::kVersion}});
+  if (!o.serving_dtype.empty()) {
+    const ServingCopy copy = write_serving_copy(run, o.serving_dtype);
+    outcome.summary["serving_copy"] = {{"file", copy.path}, {"dtype", copy.dtype}, {"overflowed", copy.overflowed},
+                                       {"underflowed_to_zero", copy.underflowed}, {"subnormal", copy.subnormal},
+                                       {"max_relative_error", copy.max_relative_error}};
+    if (events.on_serving_copy) events.on_serving_copy(copy);
+  }
+  outcome.summary_path = run.file("summary.json");
+  write_json_atomic(outcome.summary_path, outcome.summary);
+  if (!metrics.url().empty() && o.metrics_linger_seconds > 0) {
+    if (events.on_linger) events.on_linger(o.metrics_linger_seconds);
+    std::this_thread::sleep_for(std::chrono::duration<double>(o.metrics_linger_seconds));
+  }
+  return outcome;
+}
+
+}  // namespace mpx::train
