@@ -13,6 +13,7 @@
 #include "mpx/backend/cuda.h"
 #include "mpx/numeric/convert.h"
 #include "device_engine.h"
+#include "divergence_rule.h"
 
 namespace mpx::train {
 
@@ -87,8 +88,23 @@ TrainConfig resolve(TrainConfig c) {
   return c;
 }
 
+namespace {
+// Normalised with the training set's mean and standard deviation (as the reference recipe does).
+std::unique_ptr<Dataset> images(const io::ImageSet& set, const io::ImageSet& train, std::int64_t limit) {
+  return std::make_unique<ImageDataset>(set, io::pixel_normalisation(train), limit);
+}
+}  // namespace
+
 Trainer::Trainer(const TrainConfig& config, const io::FashionMnist& data)
-    : config_(resolve(config)), data_(data), model_(nn::make_model(config_.model, config_.seed)) {
+    : Trainer(config, images(data.train, data.train, config.train_subset),
+              images(data.test, data.train, config.test_subset), &data) {}
+
+Trainer::Trainer(const TrainConfig& config, std::unique_ptr<Dataset> train_set, std::unique_ptr<Dataset> test_set,
+                 const io::FashionMnist* images_for_device)
+    : config_(resolve(config)),
+      train_set_(std::move(train_set)),
+      test_set_(std::move(test_set)),
+      model_(nn::make_model(config_.model, config_.seed)) {
   ctx_.policy = amp::PrecisionPolicy::preset(config_.precision);
   ctx_.policy.allow_tf32 = config_.tf32;
   ctx_.seed = config_.seed;
@@ -99,9 +115,13 @@ Trainer::Trainer(const TrainConfig& config, const io::FashionMnist& data)
   ctx_.observers.push_back(&monitor_);
   const bool scaling = config_.loss_scaling.value_or(ctx_.policy.loss_scaling);
   if (scaling) scaler_.emplace();
-  const Shape input_shape = {config_.batch_size, 28, 28, 1};
-  input_ = ctx_.allocate(input_shape, DType::f32, MemoryCategory::activations);
-  const nn::TensorSpec logits = model_.plan({input_shape, DType::f32}, ctx_);
+  divergence_ = std::make_unique<DivergenceRule>(
+      config_.device == DeviceChoice::cuda ? config_.precision + " on CUDA" : config_.precision,
+      scaling || ctx_.policy.master_weights, config_.detect_anomaly);
+  Shape input_shape = train_set_->sample_shape();
+  input_shape.insert(input_shape.begin(), config_.batch_size);
+  input_ = ctx_.allocate(input_shape, train_set_->sample_dtype(), MemoryCategory::activations);
+  const nn::TensorSpec logits = model_.plan({input_shape, train_set_->sample_dtype()}, ctx_);
   loss_.plan(logits, ctx_);
   params_ = model_.parameters();
   for (nn::Parameter* p : params_) {
@@ -123,11 +143,15 @@ Trainer::Trainer(const TrainConfig& config, const io::FashionMnist& data)
       needs_refresh_.push_back(p);
     }
   }
-  // Normalise with the training set's mean and standard deviation (as the reference recipe does).
-  normalise_ = io::pixel_normalisation(data_.train);
   labels_.resize(static_cast<std::size_t>(config_.batch_size));
+  batch_indices_.resize(static_cast<std::size_t>(config_.batch_size));
   if (config_.device == DeviceChoice::cuda) {
-    device_ = std::make_unique<DeviceEngine>(model_, ctx_.policy, config_, data_, normalise_, scaling,
+    if (!images_for_device) {
+      throw NotAvailable("the CUDA engine trains on Fashion-MNIST images kept on the device; a Trainer built from "
+                         "other datasets runs on --device cpu");
+    }
+    device_ = std::make_unique<DeviceEngine>(model_, ctx_.policy, config_, *images_for_device,
+                                             io::pixel_normalisation(images_for_device->train), scaling,
                                              injector_ ? &*injector_ : nullptr);
     // The initial weights, so that evaluate() is right before run() too (run() uploads again after a
     // load_checkpoint).
@@ -162,16 +186,12 @@ std::vector<float> Trainer::lr_schedule(std::int64_t schedule_steps) const {
   return lr;
 }
 
-void Trainer::load_batch(const io::ImageSet& set, const std::vector<std::int64_t>& order, std::int64_t first,
+void Trainer::load_batch(const Dataset& set, const std::vector<std::int64_t>& order, std::int64_t first,
                          std::int64_t rows) {
-  constexpr std::int64_t kPixels = 28 * 28;
-  float* x = input_.data_as<float>();
   for (std::int64_t r = 0; r < rows; ++r) {
-    const std::int64_t index = order.empty() ? first + r : order[static_cast<std::size_t>(first + r)];
-    const std::uint8_t* src = set.pixels.data() + index * kPixels;
-    for (std::int64_t i = 0; i < kPixels; ++i) x[r * kPixels + i] = normalise_(src[i]);
-    labels_[static_cast<std::size_t>(r)] = set.labels[static_cast<std::size_t>(index)];
+    batch_indices_[static_cast<std::size_t>(r)] = order.empty() ? first + r : order[static_cast<std::size_t>(first + r)];
   }
+  set.gather({batch_indices_.data(), static_cast<std::size_t>(rows)}, input_.data(), labels_.data());
 }
 
 bool Trainer::step(const Tensor& batch, std::int64_t global_step, float lr, float& loss) {
@@ -183,31 +203,20 @@ bool Trainer::step(const Tensor& batch, std::int64_t global_step, float lr, floa
   monitor_.begin(sample ? Mode::sample : Mode::off, step_number, scale);
   const Tensor logits = model_.forward(batch, ctx_, true);
   loss = loss_.forward(logits, labels_.data());
-  // Without master weights or a loss scaler there is nothing to recover with: stop, saying where it began.
-  // Mixed presets skip the step instead (as GradScaler does) and stop only if it keeps happening.
-  if (!std::isfinite(loss) && !scaler_ && !ctx_.policy.master_weights) {
-    const auto origin = locate_nonfinite(batch, step_number, scale, false);
-    throw TrainingDiverged("the loss became " + std::string(std::isnan(loss) ? "NaN" : "infinite") + " at step " +
-                           std::to_string(step_number) + " (" + config_.precision +
-                           "); try --precision bf16-mixed (FP32 master weights) or a lower --lr" +
-                           (origin ? "; it started at " + origin->describe() : std::string()));
+  // Without master weights or a loss scaler there is nothing to recover with (divergence_rule.h).
+  if (divergence_->loss_is_fatal(loss)) {
+    divergence_->stop_for_loss(loss, step_number, locate_nonfinite(batch, step_number, scale, false));
   }
   model_.backward(loss_.backward(scale), ctx_);
   if (sample) pending_sample_ = monitor_.take_sample();  // activations and their gradients
 
   const bool found_inf = amp::unscale_and_check(grads_, 1.0f / scale) || !std::isfinite(loss);
-  consecutive_nonfinite_ = found_inf ? consecutive_nonfinite_ + 1 : 0;
   if (found_inf) {
     pending_origin_ = locate_nonfinite(batch, step_number, scale, true);
     if (!pending_origin_) pending_origin_ = telemetry::NonFiniteOrigin{step_number, "loss", "forward", {}, {}};
-    if (config_.detect_anomaly) {
-      throw TrainingDiverged("anomaly detected (--detect-anomaly) at " + pending_origin_->describe());
-    }
-    if (consecutive_nonfinite_ >= kMaxConsecutiveNonfinite) {
-      throw TrainingDiverged(std::to_string(consecutive_nonfinite_) + " steps in a row went non-finite (" +
-                             config_.precision + "), the last at " + pending_origin_->describe() +
-                             "; try a lower --lr or --precision bf16-mixed");
-    }
+    divergence_->after_check(true, *pending_origin_);
+  } else {
+    divergence_->after_finite_step();
   }
   const bool apply = scaler_ ? scaler_->update(found_inf) : !found_inf;
   if (apply) {
@@ -245,9 +254,11 @@ void Trainer::sample_device_step(std::int64_t step_number, float scale) {
   pending_sample_ = monitor_.take_sample();
 }
 
-void Trainer::note_device_nonfinite(bool found_inf, bool loss_finite, std::int64_t step_number, float scale) {
-  consecutive_nonfinite_ = found_inf ? consecutive_nonfinite_ + 1 : 0;
-  if (!found_inf) return;
+void Trainer::note_device_nonfinite(bool found_inf, float loss, std::int64_t step_number, float scale) {
+  if (!found_inf) {
+    divergence_->after_finite_step();
+    return;
+  }
   // No replay needed: the step's activations and gradients are still in the device's buffers.
   monitor_.begin(telemetry::NumericsMonitor::Mode::locate, step_number, scale);
   device_->visit_last_step(
@@ -261,20 +272,8 @@ void Trainer::note_device_nonfinite(bool found_inf, bool loss_finite, std::int64
     pending_origin_ = first_nonfinite_weight_gradient(step_number);
   }
   if (!pending_origin_) pending_origin_ = telemetry::NonFiniteOrigin{step_number, "loss", "forward", {}, {}};
-  // As on the CPU: without master weights or a loss scaler a non-finite loss cannot be recovered from.
-  if (!loss_finite && !scaler_ && !ctx_.policy.master_weights) {
-    throw TrainingDiverged("the loss became non-finite at step " + std::to_string(step_number) + " (" +
-                           config_.precision + " on CUDA); try --precision bf16-mixed (FP32 master weights) or a lower --lr" +
-                           "; it started at " + pending_origin_->describe());
-  }
-  if (config_.detect_anomaly) {
-    throw TrainingDiverged("anomaly detected (--detect-anomaly) at " + pending_origin_->describe());
-  }
-  if (consecutive_nonfinite_ >= kMaxConsecutiveNonfinite) {
-    throw TrainingDiverged(std::to_string(consecutive_nonfinite_) + " steps in a row went non-finite (" + config_.precision +
-                           " on CUDA), the last at " + pending_origin_->describe() +
-                           "; try a lower --lr or --precision bf16-mixed");
-  }
+  if (divergence_->loss_is_fatal(loss)) divergence_->stop_for_loss(loss, step_number, pending_origin_);
+  divergence_->after_check(true, *pending_origin_);
 }
 
 std::optional<telemetry::NonFiniteOrigin> Trainer::first_nonfinite_weight_gradient(std::int64_t step) const {
@@ -306,8 +305,8 @@ std::optional<telemetry::NonFiniteOrigin> Trainer::locate_nonfinite(const Tensor
 }
 
 double Trainer::evaluate() {
-  const io::ImageSet& set = data_.test;
-  const std::int64_t total = config_.test_subset > 0 ? std::min(config_.test_subset, set.count) : set.count;
+  const Dataset& set = *test_set_;
+  const std::int64_t total = set.size();
   if (device_) return static_cast<double>(device_->count_correct(total)) / static_cast<double>(total);
   std::int64_t correct = 0;
   for (std::int64_t first = 0; first < total; first += config_.batch_size) {
@@ -331,8 +330,8 @@ double Trainer::evaluate() {
 }
 
 TrainResult Trainer::run(const Callbacks& callbacks) {
-  const io::ImageSet& set = data_.train;
-  const std::int64_t images = config_.train_subset > 0 ? std::min(config_.train_subset, set.count) : set.count;
+  const Dataset& set = *train_set_;
+  const std::int64_t images = set.size();
   const std::int64_t steps_per_epoch = (images + config_.batch_size - 1) / config_.batch_size;
   const std::int64_t schedule_steps = steps_per_epoch * config_.epochs;
   const std::int64_t total_steps =
@@ -376,7 +375,7 @@ TrainResult Trainer::run(const Callbacks& callbacks) {
         if (config_.numerics_every > 0 && (global_step + 1) % config_.numerics_every == 0) {
           sample_device_step(global_step + 1, scale_used);  // first, as on the CPU: totals count once
         }
-        note_device_nonfinite(outcome.found_inf, std::isfinite(outcome.loss), global_step + 1, scale_used);
+        note_device_nonfinite(outcome.found_inf, outcome.loss, global_step + 1, scale_used);
       } else {
         load_batch(set, order, first, rows);
         applied = step(input_.first_rows(rows), global_step, lr, loss);

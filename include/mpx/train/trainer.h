@@ -16,10 +16,12 @@
 #include "mpx/io/fashion_mnist.h"
 #include "mpx/nn/model.h"
 #include "mpx/telemetry/numerics_monitor.h"
+#include "mpx/train/dataset.h"
 
 namespace mpx::train {
 
 class DeviceEngine;
+class DivergenceRule;
 
 // Settings that take one of a few values: parsed once where they come in (the CLI, a checkpoint), named
 // when they go out (config.json, summary.json, logs).
@@ -107,7 +109,12 @@ struct Callbacks {
 
 class Trainer {
  public:
+  // Fashion-MNIST (the training set's first train_subset images; the test set's first test_subset).
   Trainer(const TrainConfig& config, const io::FashionMnist& data);
+  // Any datasets of samples the model takes (CPU only; images_for_device: the CUDA engine's data). The
+  // subsets are the datasets' business here.
+  Trainer(const TrainConfig& config, std::unique_ptr<Dataset> train_set, std::unique_ptr<Dataset> test_set,
+          const io::FashionMnist* images_for_device = nullptr);
   ~Trainer();
   TrainResult run(const Callbacks& callbacks = {});
   double evaluate();  // test accuracy, 0-1
@@ -130,7 +137,7 @@ class Trainer {
   nn::Sequential& model() { return model_; }
 
  private:
-  void load_batch(const io::ImageSet& set, const std::vector<std::int64_t>& order, std::int64_t first,
+  void load_batch(const Dataset& set, const std::vector<std::int64_t>& order, std::int64_t first,
                   std::int64_t rows);
   bool step(const Tensor& batch, std::int64_t global_step, float lr, float& loss);
   // Replays the current step's forward (and backward) pass to find where it first went non-finite.
@@ -144,13 +151,13 @@ class Trainer {
   void sync_from_device();
   // A CUDA step's inf/NaN: counts it, finds its origin in the step's device tensors and stops as the CPU
   // path does.
-  void note_device_nonfinite(bool found_inf, bool loss_finite, std::int64_t step_number, float scale);
+  void note_device_nonfinite(bool found_inf, float loss, std::int64_t step_number, float scale);
   // A numerics sample of the CUDA step just taken (host copies of its tensors through the monitor).
   void sample_device_step(std::int64_t step_number, float scale);
   std::vector<float> lr_schedule(std::int64_t schedule_steps) const;
 
   TrainConfig config_;
-  const io::FashionMnist& data_;
+  std::unique_ptr<Dataset> train_set_, test_set_;
   nn::Context ctx_;
   nn::Sequential model_;
   nn::SoftmaxCrossEntropy loss_;
@@ -162,13 +169,13 @@ class Trainer {
   std::optional<amp::LossScaler> scaler_;
   Tensor input_;
   std::vector<std::uint8_t> labels_;
-  io::PixelNormalisation normalise_;
+  std::vector<std::int64_t> batch_indices_;
   std::int64_t optimizer_steps_ = 0;
   telemetry::NumericsMonitor monitor_;
   std::optional<telemetry::NonFiniteInjector> injector_;
   std::optional<telemetry::NumericsSample> pending_sample_;   // handed to the callbacks after the step
   std::optional<telemetry::NonFiniteOrigin> pending_origin_;
-  std::int64_t consecutive_nonfinite_ = 0;
+  std::unique_ptr<DivergenceRule> divergence_;  // one rule for every device
   // Where run() starts (after load_checkpoint) and where it is (for save_checkpoint).
   struct Position {
     int epoch = 1;                     // 1-based
@@ -179,7 +186,6 @@ class Trainer {
   } position_;
   std::unique_ptr<DeviceEngine> device_;  // when config_.device is cuda
   float device_loss_scale_ = 1.0f;        // the scale the next CUDA step multiplies the loss by
-  static constexpr std::int64_t kMaxConsecutiveNonfinite = 100;  // then the run stops: it is not recovering
 };
 
 // Thrown when a run without loss scaling produces a non-finite loss: names the step and what to try.

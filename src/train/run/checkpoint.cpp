@@ -4,6 +4,7 @@
 // optimizer state are in PyTorch's layout, as in the model file (pytorch_layout.h).
 #include <nlohmann/json.hpp>
 
+#include "../divergence_rule.h"
 #include "mpx/core/error.h"
 #include "mpx/io/safetensors.h"
 #include "mpx/train/run/model_file.h"
@@ -61,7 +62,7 @@ void Trainer::save_checkpoint(const std::string& path) const {
                           {"nonfinite_steps", position_.nonfinite_steps},
                           {"images_seen", position_.images_seen},
                           {"train_seconds", position_.train_seconds},
-                          {"consecutive_nonfinite", consecutive_nonfinite_},
+                          {"consecutive_nonfinite", divergence_->in_a_row()},
                           {"settings", trajectory_settings(config_)}};
   if (scaler_) {
     const amp::LossScalerState& s = scaler_->state();
@@ -110,7 +111,7 @@ void Trainer::load_checkpoint(const std::string& path) {
                  state.at("nonfinite_steps").get<std::int64_t>(), state.at("images_seen").get<std::int64_t>(),
                  state.at("train_seconds").get<double>()};
     optimizer_steps_ = state.at("optimizer_steps").get<std::int64_t>();
-    consecutive_nonfinite_ = state.at("consecutive_nonfinite").get<std::int64_t>();
+    divergence_->restore(state.at("consecutive_nonfinite").get<std::int64_t>());
     if (scaler_.has_value() != state.contains("loss_scaler")) throw IoError(path + ": loss scaling differs from this run");
     if (scaler_) {
       const nlohmann::json& s = state["loss_scaler"];
