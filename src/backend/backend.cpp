@@ -31,6 +31,13 @@ void Backend::require(Op op, DType dtype, const std::string& layer) const {
                      std::string(mpx::name(dtype)) + " data (use another --device or --precision)");
 }
 
+Tensor host_view(Backend& backend, const Tensor& t) {
+  if (!t.defined() || t.device() == Device::cpu) return t;
+  Tensor host = Tensor::empty(t.shape(), t.dtype(), MemoryCategory::workspace, nullptr);
+  backend.download(t, host.data());
+  return host;
+}
+
 std::unique_ptr<Backend> make_backend(Device device) {
   if (device == Device::cpu) return std::make_unique<CpuBackend>();
   return make_cuda_backend();

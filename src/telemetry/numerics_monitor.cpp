@@ -24,7 +24,11 @@ const char* kind_name(TensorKind kind) {
 }
 
 namespace {
-TensorStats stats_of(const Tensor& t) { return compute_stats(t.data(), t.dtype(), static_cast<std::size_t>(t.numel())); }
+// Statistics of a tensor on any device (a device tensor is copied to the host first).
+TensorStats stats_of(const Tensor& tensor, backend::Backend& backend) {
+  const Tensor t = backend::host_view(backend, tensor);
+  return compute_stats(t.data(), t.dtype(), static_cast<std::size_t>(t.numel()));
+}
 
 std::string range_of(const TensorStats& s) {
   std::string text = s.elements > s.nonfinite() ? fmt::format("[{:.4g}, {:.4g}]", s.min, s.max) : "no finite values";
@@ -57,15 +61,16 @@ void NumericsMonitor::add(TensorRecord record) {
 }
 
 void NumericsMonitor::after_layer(const nn::Layer& layer, nn::Pass pass, const Tensor& input, const Tensor& output,
-                                  const nn::Context&) {
+                                  const nn::Context& ctx) {
+  backend::Backend& backend = ctx.backend();
   if (mode_ == Mode::off) return;
   if (mode_ == Mode::locate) {
     if (origin_ || !output.defined()) return;
-    const TensorStats out = stats_of(output);
+    const TensorStats out = stats_of(output, backend);
     if (out.nonfinite() == 0) return;
     origin_ = NonFiniteOrigin{locate_step_, layer.name(), nn::pass_name(pass),
                               input.defined() && input.dtype() != DType::i32 && input.dtype() != DType::u8
-                                  ? stats_of(input)
+                                  ? stats_of(input, backend)
                                   : TensorStats{},
                               out};
     if (sampled_step_ == locate_step_) return;  // the sample of this step counted them already
@@ -76,27 +81,28 @@ void NumericsMonitor::after_layer(const nn::Layer& layer, nn::Pass pass, const T
   }
   // Sample: each layer's output in forward, and the gradient it receives in backward.
   if (pass == nn::Pass::forward) {
-    add({layer.name() + ".output", layer.name(), TensorKind::activation, output.dtype(), stats_of(output)});
+    add({layer.name() + ".output", layer.name(), TensorKind::activation, output.dtype(), stats_of(output, backend)});
   } else {
-    add({layer.name() + ".output_grad", layer.name(), TensorKind::activation_grad, input.dtype(), stats_of(input)});
+    add({layer.name() + ".output_grad", layer.name(), TensorKind::activation_grad, input.dtype(), stats_of(input, backend)});
   }
 }
 
-void NumericsMonitor::record_parameters(const std::vector<nn::Parameter*>& params, bool master_weights) {
+void NumericsMonitor::record_parameters(const std::vector<nn::Parameter*>& params, bool master_weights,
+                                        backend::Backend& backend) {
   if (mode_ != Mode::sample) return;
   for (const nn::Parameter* p : params) {
     const std::string layer = p->name.substr(0, p->name.rfind('.'));
     const bool master = master_weights && p->working.defined();
-    add({p->name, layer, master ? TensorKind::master_weight : TensorKind::weight, p->value.dtype(), stats_of(p->value)});
+    add({p->name, layer, master ? TensorKind::master_weight : TensorKind::weight, p->value.dtype(), stats_of(p->value, backend)});
     if (p->working.defined()) {
-      add({p->name + ".working", layer, TensorKind::weight, p->working.dtype(), stats_of(p->working)});
+      add({p->name + ".working", layer, TensorKind::weight, p->working.dtype(), stats_of(p->working, backend)});
     }
-    add({p->name + ".grad", layer, TensorKind::weight_grad, p->grad.dtype(), stats_of(p->grad)});
+    add({p->name + ".grad", layer, TensorKind::weight_grad, p->grad.dtype(), stats_of(p->grad, backend)});
     if (p->state1.defined()) {
-      add({p->name + ".state1", layer, TensorKind::optimizer_state, p->state1.dtype(), stats_of(p->state1)});
+      add({p->name + ".state1", layer, TensorKind::optimizer_state, p->state1.dtype(), stats_of(p->state1, backend)});
     }
     if (p->state2.defined()) {
-      add({p->name + ".state2", layer, TensorKind::optimizer_state, p->state2.dtype(), stats_of(p->state2)});
+      add({p->name + ".state2", layer, TensorKind::optimizer_state, p->state2.dtype(), stats_of(p->state2, backend)});
     }
   }
 }
@@ -215,16 +221,19 @@ void NonFiniteInjector::after_layer(const nn::Layer& layer, nn::Pass pass, const
       !output.defined()) {
     return;
   }
-  const std::int64_t n = output.numel();
-  const std::uint32_t value = bits(output.dtype(), nan_);
+  // A device tensor is poisoned through a host copy written back (a drill: speed does not matter).
+  const Tensor host = backend::host_view(ctx.backend(), output);
+  const std::int64_t n = host.numel();
+  const std::uint32_t value = bits(host.dtype(), nan_);
   for (std::int64_t k = 0; k < std::min(count_, n); ++k) {
     const std::int64_t i = index(k, n, count_);
-    if (output.dtype() == DType::f32) {
-      static_cast<std::uint32_t*>(output.data())[i] = value;
+    if (host.dtype() == DType::f32) {
+      static_cast<std::uint32_t*>(host.data())[i] = value;
     } else {
-      static_cast<std::uint16_t*>(output.data())[i] = static_cast<std::uint16_t>(value);
+      static_cast<std::uint16_t*>(host.data())[i] = static_cast<std::uint16_t>(value);
     }
   }
+  if (host.data() != output.data()) ctx.backend().upload(output, host.data());
 }
 
 std::uint32_t NonFiniteInjector::bits(DType dtype, bool nan) {

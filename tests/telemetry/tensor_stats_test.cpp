@@ -177,7 +177,7 @@ TEST(NumericsMonitor, SampleRecordsEveryLayerAndCountsInjectedValues) {
   const std::vector<std::uint8_t> labels(8, 3);
   loss.forward(cnn.forward(x, ctx, true), labels.data());
   cnn.backward(loss.backward(1.0f), ctx);
-  monitor.record_parameters(cnn.parameters(), true);
+  monitor.record_parameters(cnn.parameters(), true, ctx.backend());
   const NumericsSample sample = monitor.take_sample();
   EXPECT_EQ(sample.step, 5);
   int activations = 0, gradients = 0;

@@ -10,6 +10,8 @@
 #include <memory>
 #include <string>
 
+#include "mpx/amp/loss_scaler.h"
+#include "mpx/amp/optimizer.h"
 #include "mpx/tensor/tensor.h"
 
 namespace mpx::backend {
@@ -58,6 +60,38 @@ struct BatchNormArgs {
 // statistics), read by backward.
 struct BatchNormState {
   Tensor gamma, beta, running_mean, running_var, mean, inv_std;
+};
+
+// The mixed-precision optimizer step over every parameter, on the backend's device: unscale the
+// gradients, find inf/NaN, take the loss scaler's decision (GradScaler's rule), clip the global norm, apply
+// AdamW or SGD to the FP32 values and state, refresh the working copies.
+struct OptimizerSettings {
+  enum class Algorithm : std::uint8_t { adamw, sgd };
+  Algorithm algorithm = Algorithm::adamw;
+  amp::AdamWConfig adamw;
+  amp::SgdConfig sgd;
+  double clip_norm = 0;       // 0: no clipping
+  bool loss_scaling = false;  // dynamic loss scaling (else scale 1; non-finite steps are still skipped)
+  bool master_weights = true; // false (*-true): the FP32 value is kept rounded to the compute dtype
+};
+// One parameter's tensors on the backend's device (value, grad, states FP32; working: the operand copy).
+struct ParameterTensors {
+  Tensor value, grad, state1, state2, working;
+  DType compute = DType::f32;
+  bool decay = true;
+};
+class OptimizerStep {
+ public:
+  virtual ~OptimizerStep() = default;
+  // Multiplies the gradients by 1 / loss_scale() and reports whether any of them (or `loss`) is not finite.
+  // A device may take the whole step here (the decision then lives on it); apply() then reports it.
+  virtual bool unscale_and_check(float loss, float lr) = 0;
+  // The scaler's decision for a step with `found_inf`; when it applies, the update. Returns whether applied.
+  virtual bool apply(bool found_inf, float lr) = 0;
+  virtual float loss_scale() const = 0;  // what the next backward pass multiplies the loss by
+  virtual amp::LossScalerState scaler_state() const = 0;
+  virtual std::int64_t optimizer_steps() const = 0;  // applied steps (AdamW's bias correction)
+  virtual void load(const amp::LossScalerState& scaler, std::int64_t optimizer_steps) = 0;  // resume
 };
 
 class Backend {
@@ -155,7 +189,14 @@ class Backend {
 
   // out[c] = sum over rows of x[r, c] (x [rows, columns]), FP32 out (bias gradients).
   virtual void column_sums(const Tensor& x, const Tensor& out) = 0;
+
+  // The optimizer for these parameters (their state tensors allocated and zeroed by the caller).
+  virtual std::unique_ptr<OptimizerStep> make_optimizer(const OptimizerSettings& settings,
+                                                        std::vector<ParameterTensors> parameters) = 0;
 };
+
+// `t` itself when it is in host memory, else a host copy of it (what telemetry and files read).
+Tensor host_view(Backend& backend, const Tensor& t);
 
 // A backend for `device`: the CPU one always; CUDA when built with it and a device is there (else
 // NotAvailable with the reason in one line).

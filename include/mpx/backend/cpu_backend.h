@@ -73,6 +73,8 @@ class CpuBackend final : public Backend {
   void cross_entropy_backward(const Tensor& probabilities, const Tensor& labels, float scale,
                               const Tensor& grad) override;
   void column_sums(const Tensor& x, const Tensor& out) override;
+  std::unique_ptr<OptimizerStep> make_optimizer(const OptimizerSettings& settings,
+                                                std::vector<ParameterTensors> parameters) override;
 
   // oneDNN's name for the implementation it chose for the most recent primitive (for benchmarks/docs).
   std::string last_implementation() const;

@@ -69,7 +69,8 @@ class NumericsMonitor : public nn::LayerObserver {
                    const nn::Context& ctx) override;
   // Sample mode, after the optimizer: weights (FP32 masters or weights, working copies), their gradients
   // and the optimizer state.
-  void record_parameters(const std::vector<nn::Parameter*>& params, bool master_weights);
+  // `backend`: where the parameters live (device tensors are read through host copies).
+  void record_parameters(const std::vector<nn::Parameter*>& params, bool master_weights, backend::Backend& backend);
   Mode mode() const { return mode_; }
 
   NumericsSample take_sample();                    // the sample of the last sampled step

@@ -13,6 +13,7 @@
 #include "mpx/backend/backend.h"
 #include "mpx/backend/cuda.h"
 #include "mpx/backend/cuda_context.h"
+#include "mpx/backend/cuda_fused_optimizer.h"
 #include "mpx/backend/cuda_kernels.h"
 #include "mpx/backend/cuda_matmul.h"
 #include "mpx/core/error.h"
@@ -24,6 +25,59 @@ namespace kernels = cuda::kernels;
 namespace {
 
 bool is_float(DType t) { return t == DType::f32 || t == DType::f16 || t == DType::bf16; }
+
+// The fused multi-tensor step (cuda_fused_optimizer.h): unscale, inf check, the scaler's decision,
+// clipping and the update in three launches, the decision on the device. unscale_and_check takes the whole
+// step and reads the record back; apply reports the device's decision.
+class CudaOptimizerStep final : public OptimizerStep {
+ public:
+  CudaOptimizerStep(cuda::DeviceContext& context, const OptimizerSettings& s, std::vector<ParameterTensors> parameters)
+      : context_(context), parameters_(std::move(parameters)) {
+    cuda::FusedStepConfig config;
+    config.algorithm = s.algorithm == OptimizerSettings::Algorithm::adamw ? cuda::FusedStepConfig::Algorithm::adamw
+                                                                          : cuda::FusedStepConfig::Algorithm::sgd;
+    config.adamw = s.adamw;
+    config.sgd = s.sgd;
+    config.clip_norm = s.clip_norm;
+    config.loss_scaling = s.loss_scaling;
+    std::vector<cuda::DeviceParameter> device;
+    for (const ParameterTensors& p : parameters_) {
+      const bool working = p.working.defined();
+      device.push_back({static_cast<float*>(p.value.data()), p.grad.data(), p.grad.dtype(),
+                        static_cast<float*>(p.state1.data()), static_cast<float*>(p.state2.data()),
+                        working ? p.working.data() : nullptr, working ? p.working.dtype() : DType::bf16,
+                        static_cast<std::size_t>(p.value.numel()), p.decay, !s.master_weights && working});
+    }
+    loss_ = context_.pool().allocate(sizeof(float), MemoryCategory::workspace);
+    fused_ = std::make_unique<cuda::FusedOptimizer>(context_, config, std::move(device));
+    record_ = fused_->record();
+  }
+
+  bool unscale_and_check(float loss, float lr) override {
+    context_.upload(loss_.get(), &loss, sizeof(loss));  // a non-finite loss skips the step on the device too
+    fused_->step(lr, static_cast<const float*>(loss_.get()));
+    record_ = fused_->record();
+    return record_.found_inf || !std::isfinite(loss);
+  }
+  bool apply(bool, float) override { return record_.applied; }
+  float loss_scale() const override { return record_.scaler.scale; }
+  amp::LossScalerState scaler_state() const override { return record_.scaler; }
+  std::int64_t optimizer_steps() const override { return record_.optimizer_steps; }
+  void load(const amp::LossScalerState& scaler, std::int64_t optimizer_steps) override {
+    cuda::FusedStepRecord r = record_;
+    r.scaler = scaler;
+    r.optimizer_steps = optimizer_steps;
+    fused_->load(r);
+    record_ = fused_->record();
+  }
+
+ private:
+  cuda::DeviceContext& context_;
+  std::vector<ParameterTensors> parameters_;  // keeps the tensors the device step writes alive
+  std::shared_ptr<void> loss_;
+  std::unique_ptr<cuda::FusedOptimizer> fused_;
+  cuda::FusedStepRecord record_;
+};
 
 class CudaBackend final : public Backend {
  public:
@@ -205,6 +259,11 @@ class CudaBackend final : public Backend {
     const std::int64_t rows = grad.dim(0), classes = grad.dim(1);
     kernels::cross_entropy_backward(context_, f32(probabilities), labels.data_as<std::uint8_t>(), rows, classes,
                                     scale / static_cast<float>(rows), grad.data(), grad.dtype());
+  }
+
+  std::unique_ptr<OptimizerStep> make_optimizer(const OptimizerSettings& settings,
+                                                std::vector<ParameterTensors> parameters) override {
+    return std::make_unique<CudaOptimizerStep>(context_, settings, std::move(parameters));
   }
 
   void column_sums(const Tensor& x, const Tensor& out) override {

@@ -46,26 +46,26 @@ std::vector<CheckpointTensor> checkpoint_tensors(nn::Sequential& model, const st
 
 }  // namespace
 
-void Trainer::save_checkpoint(const std::string& path) const {
+void Trainer::save_checkpoint(const std::string& path) {
   if (path.empty()) throw InvalidArgument("checkpointing needs a path (TrainConfig::checkpoint_path)");
   std::vector<io::TensorToWrite> tensors;
-  auto& model = const_cast<nn::Sequential&>(model_);  // layers() hands out non-const buffers; nothing changes
+  nn::Sequential& model = this->model();  // in host memory (a device run's copy, brought up to date)
   FileOrder order(model);  // holds the reordered copies until the file is written
-  for (const CheckpointTensor& c : checkpoint_tensors(model, params_)) {
+  for (const CheckpointTensor& c : checkpoint_tensors(model, model.parameters())) {
     tensors.push_back({c.name, c.tensor->dtype(), c.tensor->shape(), order.for_writing(c.parameter, *c.tensor)});
   }
   nlohmann::json state = {{"epoch", position_.epoch},
                           {"step_in_epoch", position_.step_in_epoch},
                           {"global_step", position_.global_step},
-                          {"optimizer_steps", optimizer_steps_},
+                          {"optimizer_steps", optimizer_->optimizer_steps()},
                           {"skipped_steps", position_.skipped_steps},
                           {"nonfinite_steps", position_.nonfinite_steps},
                           {"images_seen", position_.images_seen},
                           {"train_seconds", position_.train_seconds},
                           {"consecutive_nonfinite", divergence_->in_a_row()},
                           {"settings", trajectory_settings(config_)}};
-  if (scaler_) {
-    const amp::LossScalerState& s = scaler_->state();
+  if (loss_scaling_) {
+    const amp::LossScalerState s = optimizer_->scaler_state();
     state["loss_scaler"] = {{"scale", s.scale},         {"growth_tracker", s.growth_tracker}, {"steps", s.steps},
                             {"skipped_steps", s.skipped_steps}, {"growths", s.growths},       {"backoffs", s.backoffs}};
   }
@@ -92,8 +92,9 @@ void Trainer::load_checkpoint(const std::string& path) {
   }
   // Checkpoints written before the layout key hold every tensor in memory order: read them as they are.
   const FileLayout layout = file_layout(file.metadata(), path);
-  const FileOrder order(model_);
-  for (const CheckpointTensor& c : checkpoint_tensors(model_, params_)) {
+  nn::Sequential& model = host_model_ ? *host_model_ : model_;
+  const FileOrder order(model);
+  for (const CheckpointTensor& c : checkpoint_tensors(model, model.parameters())) {
     const Tensor* t = c.tensor;
     const io::SafetensorsEntry* e = file.find(c.name);
     if (!e) throw IoError(path + ": tensor '" + c.name + "' is missing from the checkpoint");
@@ -104,26 +105,26 @@ void Trainer::load_checkpoint(const std::string& path) {
     }
     order.read_into(c.parameter, reinterpret_cast<const float*>(file.data(*e).data()), layout, *c.tensor);
   }
-  for (nn::Parameter* p : params_) p->refresh(ctx_.backend(), ctx_.policy.master_weights);  // working copies from the masters
+  copy_state_to_device();  // and the working copies from the masters
   try {
     position_ = {state.at("epoch").get<int>(),          state.at("step_in_epoch").get<std::int64_t>(),
                  state.at("global_step").get<std::int64_t>(), state.at("skipped_steps").get<std::int64_t>(),
                  state.at("nonfinite_steps").get<std::int64_t>(), state.at("images_seen").get<std::int64_t>(),
                  state.at("train_seconds").get<double>()};
-    optimizer_steps_ = state.at("optimizer_steps").get<std::int64_t>();
+    const auto optimizer_steps = state.at("optimizer_steps").get<std::int64_t>();
     divergence_->restore(state.at("consecutive_nonfinite").get<std::int64_t>());
-    if (scaler_.has_value() != state.contains("loss_scaler")) throw IoError(path + ": loss scaling differs from this run");
-    if (scaler_) {
+    if (loss_scaling_ != state.contains("loss_scaler")) throw IoError(path + ": loss scaling differs from this run");
+    amp::LossScalerState ls;
+    if (loss_scaling_) {
       const nlohmann::json& s = state["loss_scaler"];
-      amp::LossScalerState ls;
       ls.scale = s.at("scale").get<float>();
       ls.growth_tracker = s.at("growth_tracker").get<int>();
       ls.steps = s.at("steps").get<std::uint64_t>();
       ls.skipped_steps = s.at("skipped_steps").get<std::uint64_t>();
       ls.growths = s.at("growths").get<std::uint64_t>();
       ls.backoffs = s.at("backoffs").get<std::uint64_t>();
-      scaler_->load_state(ls);
     }
+    optimizer_->load(ls, optimizer_steps);
   } catch (const nlohmann::json::exception& e) {
     throw IoError(path + ": damaged checkpoint state: " + e.what());
   }
@@ -132,7 +133,10 @@ void Trainer::load_checkpoint(const std::string& path) {
 bool is_checkpoint(const std::string& path) { return io::SafetensorsFile::read(path).metadata().count(kStateKey) > 0; }
 
 std::string Trainer::load_weights(const std::string& path) {
-  return load_model(path, model_, ctx_).notice;
+  if (!host_model_) return load_model(path, model_, ctx_).notice;
+  const std::string notice = load_model(path, *host_model_, *host_ctx_).notice;
+  copy_state_to_device();
+  return notice;
 }
 
 }  // namespace mpx::train

@@ -1,0 +1,63 @@
+// The settings of a training run: the model by name, the precision preset, optimizer, schedule and
+// device as enums (parsed once where they come in: the CLI, a checkpoint), and resolve(), which fills the
+// defaults and checks every setting before anything is allocated.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+namespace mpx::train {
+
+// Settings that take one of a few values: parsed once where they come in (the CLI, a checkpoint), named
+// when they go out (config.json, summary.json, logs).
+enum class OptimizerKind : std::uint8_t { adamw, sgd };
+enum class ScheduleKind : std::uint8_t { onecycle, cosine, constant };
+enum class DeviceChoice : std::uint8_t { cpu, cuda, automatic };  // resolve() turns automatic into cpu or cuda
+const char* name(OptimizerKind kind);
+const char* name(ScheduleKind kind);
+const char* name(DeviceChoice choice);
+// Throw InvalidArgument naming the setting and the values it takes.
+OptimizerKind parse_optimizer(const std::string& text);
+ScheduleKind parse_schedule(const std::string& text);
+DeviceChoice parse_device(const std::string& text);  // cpu, cuda or auto
+
+struct TrainConfig {
+  std::string model = "cnn";        // a builder of nn::make_model
+  std::string precision;            // empty: bf16-mixed where the CPU has AVX512_BF16, else 16-mixed
+  int epochs = 6;  // the main job: >= 92.5% in well under 3 minutes on 2 cores (bf16-mixed)
+  int batch_size = 128;
+  float lr = 3e-3f;                 // peak learning rate of the schedule
+  OptimizerKind optimizer = OptimizerKind::adamw;
+  float weight_decay = 1e-4f;
+  float momentum = 0.9f;            // sgd
+  ScheduleKind schedule = ScheduleKind::onecycle;
+  float clip_norm = 0.0f;           // 0: no clipping
+  std::optional<bool> loss_scaling;  // default: the policy's (FP16 presets)
+  std::uint64_t seed = 0;
+  std::int64_t train_subset = 0;    // use only the first N training images (0: all)
+  std::int64_t test_subset = 0;
+  std::int64_t max_steps = 0;       // stop after this many steps in total (0: no limit); the schedule still
+                                    // spans `epochs`, so a stopped run resumes onto the same curve
+  int log_every = 50;
+  // Numerics telemetry: statistics of every tensor every N steps (0: off; 1% of step time at the default,
+  // docs/PERFORMANCE.md); a step that goes non-finite is replayed to find the op where it started.
+  int numerics_every = 100;
+  bool detect_anomaly = false;  // stop at the first non-finite step (TrainingDiverged with the origin)
+  std::string inject_nonfinite;  // drill: LAYER:forward|backward:STEP[:COUNT[:nan]] (see NonFiniteInjector)
+  // Checkpoints (train/checkpoint.cpp): written to checkpoint_path every N steps and at the end (0: never).
+  std::int64_t checkpoint_every = 0;
+  std::string checkpoint_path;
+  // cuda throws NotAvailable with the reason when there is no usable device; automatic is cuda when a device
+  // is there. On CUDA full batches replay one captured graph unless cuda_graph is off.
+  DeviceChoice device = DeviceChoice::cpu;
+  bool cuda_graph = true;
+  // FP32 products (32-true, and FP32 layers) through TF32 tensor cores on CUDA (PrecisionPolicy::allow_tf32).
+  // InvalidArgument with device cpu; automatic resolving to the CPU turns it off.
+  bool tf32 = false;
+};
+
+// Resolves defaults (precision) and checks ranges; throws InvalidArgument naming the setting.
+TrainConfig resolve(TrainConfig config);
+
+}  // namespace mpx::train

@@ -1,0 +1,80 @@
+#include "mpx/train/train_config.h"
+
+#include <cmath>
+
+#include "mpx/amp/precision_policy.h"
+#include "mpx/backend/cuda.h"
+#include "mpx/core/cpu_features.h"
+#include "mpx/core/error.h"
+#include "mpx/nn/model.h"
+#include "mpx/telemetry/numerics_monitor.h"
+
+namespace mpx::train {
+
+const char* name(OptimizerKind kind) { return kind == OptimizerKind::adamw ? "adamw" : "sgd"; }
+const char* name(ScheduleKind kind) {
+  return kind == ScheduleKind::onecycle ? "onecycle" : kind == ScheduleKind::cosine ? "cosine" : "constant";
+}
+const char* name(DeviceChoice choice) {
+  return choice == DeviceChoice::cpu ? "cpu" : choice == DeviceChoice::cuda ? "cuda" : "auto";
+}
+
+OptimizerKind parse_optimizer(const std::string& text) {
+  if (text == "adamw") return OptimizerKind::adamw;
+  if (text == "sgd") return OptimizerKind::sgd;
+  throw InvalidArgument("--optimizer must be adamw or sgd, got '" + text + "'");
+}
+
+ScheduleKind parse_schedule(const std::string& text) {
+  if (text == "onecycle") return ScheduleKind::onecycle;
+  if (text == "cosine") return ScheduleKind::cosine;
+  if (text == "constant") return ScheduleKind::constant;
+  throw InvalidArgument("--schedule must be onecycle, cosine or constant, got '" + text + "'");
+}
+
+DeviceChoice parse_device(const std::string& text) {
+  if (text == "cpu") return DeviceChoice::cpu;
+  if (text == "cuda") return DeviceChoice::cuda;
+  if (text == "auto") return DeviceChoice::automatic;
+  throw InvalidArgument("--device must be cpu, cuda or auto, got '" + text + "'");
+}
+
+TrainConfig resolve(TrainConfig c) {
+  if (c.precision.empty()) c.precision = cpu_features().avx512_bf16 ? "bf16-mixed" : "16-mixed";
+  c.precision = amp::PrecisionPolicy::preset(c.precision).name;  // validates, canonical name
+  if (c.model != "cnn" && c.model != "mlp") throw InvalidArgument("--model must be cnn or mlp, got " + c.model);
+  if (c.epochs < 1) throw InvalidArgument("--epochs must be at least 1");
+  if (c.batch_size < 1 || c.batch_size > 65536) throw InvalidArgument("--batch-size must be in 1..65536");
+  if (!(c.lr > 0 && std::isfinite(c.lr))) throw InvalidArgument("--lr must be a positive number");
+  if (c.clip_norm < 0) throw InvalidArgument("--clip-norm must be >= 0");
+  if (c.log_every < 1) c.log_every = 1;
+  if (c.numerics_every < 0) throw InvalidArgument("--numerics-every must be >= 0 (0: off)");
+  if (!c.inject_nonfinite.empty()) {
+    const auto injector = telemetry::NonFiniteInjector::parse(c.inject_nonfinite);  // validates the spec
+    std::string layers;  // ... and that it names a layer of the model (else the drill silently never fires)
+    bool known = false;
+    const nn::Sequential model = nn::make_model(c.model, c.seed);
+    for (const auto& layer : model.layers()) {
+      known = known || layer->name() == injector.layer();
+      layers += (layers.empty() ? "" : ", ") + layer->name();
+    }
+    if (!known) {
+      throw InvalidArgument("--inject-nonfinite: the " + c.model + " model has no layer '" + injector.layer() +
+                            "'; its layers: " + layers);
+    }
+  }
+  if (c.tf32 && c.device == DeviceChoice::cpu) {
+    throw InvalidArgument("--tf32 applies to the CUDA engine (--device cuda or auto); the CPU engine computes FP32 "
+                          "products in FP32");
+  }
+  if (c.device == DeviceChoice::automatic) c.device = cuda::devices().empty() ? DeviceChoice::cpu : DeviceChoice::cuda;
+  if (c.device == DeviceChoice::cpu) c.tf32 = false;  // auto found no device: there is no TF32 to use
+  if (c.device == DeviceChoice::cuda) {
+    if (cuda::devices().empty()) {
+      throw NotAvailable("--device cuda: " + cuda::no_device_reason() + "; use --device cpu (or auto)");
+    }
+  }
+  return c;
+}
+
+}  // namespace mpx::train
