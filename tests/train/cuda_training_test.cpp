@@ -1,5 +1,6 @@
 // Training on the GPU: reaches the CPU engine's accuracy (within 0.3 points, same recipe and seed) in
-// 32-true, bf16-mixed and 16-mixed; the captured CUDA graph computes exactly what eager launches compute;
+// 32-true, bf16-mixed and 16-mixed; the same seed gives the same losses bit for bit (with or without the
+// graph flag: a captured graph must compute what eager launches compute, and today both launch eagerly);
 // the trained state comes back to the host for checkpoints; injected faults are traced as on the CPU. Label `gpu`: skips without a device or data.
 #include <gtest/gtest.h>
 
@@ -45,7 +46,7 @@ TEST(CudaTraining, ReachesTheCpuAccuracyInEveryMixedPrecisionPreset) {
   }
 }
 
-TEST(CudaTraining, TheCapturedGraphComputesWhatEagerLaunchesCompute) {
+TEST(CudaTraining, RunsAreBitIdenticalWithOrWithoutTheGraphFlag) {
   MPX_SKIP_WITHOUT_GPU();
   MPX_NEED_DATA();
   std::vector<float> losses[2];

@@ -15,11 +15,7 @@
 
 namespace mpx::backend {
 
-using cpu::elements;
-using cpu::load;
-using cpu::mutable_elements;
-using cpu::store;
-using cpu::with_storage;
+using namespace cpu;  // storage.h: load/store of FP32 and BF16 elements
 
 // Rows are processed a group at a time as one flat loop over group * channels elements, with the
 // per-channel parameters repeated `group` times: a long inner loop vectorises well where a 32-channel row

@@ -16,12 +16,7 @@
 
 namespace mpx::backend {
 
-using cpu::elements;
-using cpu::load;
-using cpu::mutable_elements;
-using cpu::store;
-using cpu::store_exact;
-using cpu::with_storage;
+using namespace cpu;  // storage.h: load/store of FP32 and BF16 elements
 
 namespace {
 
