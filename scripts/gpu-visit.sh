@@ -9,9 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-}" in
   pack)
-    cmake --build build --target mpx mpx_gpu_tests -j "$(nproc)"
+    cmake --build build --target mpx mpx_gpu_tests mpx_backend_ops_tests -j "$(nproc)"
     rm -rf .gpu && mkdir -p .gpu/stage
-    ../shared/tools/device-bundle .gpu/stage build/bin/mpx build/tests/mpx_gpu_tests
+    ../shared/tools/device-bundle .gpu/stage build/bin/mpx build/tests/mpx_gpu_tests build/tests/mpx_backend_ops_tests
     strip --strip-debug .gpu/stage/bin/* .gpu/stage/lib/*
     tar -C .gpu -cJf .gpu/bundle.tar.xz stage && rm -rf .gpu/stage
     cp ../shared/tools/torch_reference.py .gpu/
@@ -31,6 +31,8 @@ case "${1:-}" in
     "$run" mpx info | tee "$OUT/info.txt"
     part=${1:-all}
     if [ "$part" = all ] || [ "$part" = tests ]; then
+      # Every layer on the GPU against the CPU backend first: an op that is wrong shows up here by name.
+      "$run" mpx_backend_ops_tests --gtest_output="xml:$OUT/backend_ops.xml" 2>&1 | tail -40 | tee "$OUT/backend_ops.txt" || true
       "$run" mpx_gpu_tests --gtest_output="xml:$OUT/gpu_tests.xml" 2>&1 | tail -60 | tee "$OUT/gpu_tests.txt" || true
     fi
     if [ "$part" = all ] || [ "$part" = bench ]; then
