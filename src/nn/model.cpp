@@ -47,7 +47,13 @@ Tensor Sequential::forward(const Tensor& x, Context& ctx, bool training) {
 
 Tensor Sequential::backward(const Tensor& dy, Context& ctx) {
   Tensor g = dy;
-  const bool profile = ctx.profile_layers && !input_gradient_needed();
+  const bool root = !input_gradient_needed();
+  if (root) {  // tied weights: each use adds its part of the gradient
+    for (Parameter* p : parameters()) {
+      if (p->uses > 1) ctx.backend().fill_zero(p->grad);
+    }
+  }
+  const bool profile = ctx.profile_layers && root;
   for (std::size_t i = layers_.size(); i-- > 0;) {
     if (i == 0 && !layers_[0]->input_gradient_needed() && layers_[0]->parameters().empty()) break;
     const Tensor in = g;

@@ -110,7 +110,7 @@ Tensor Embedding::forward(const Tensor& ids, Context& ctx, bool) {
 
 Tensor Embedding::backward(const Tensor& dy, Context& ctx) {
   detail::require_dtype(dy, output_.dtype(), name(), "gradient");
-  ctx.backend().embedding_backward(ids_, dy, table_.grad);
+  ctx.backend().embedding_backward(ids_, dy, table_.grad, /*accumulate=*/table_.uses > 1);
   return Tensor();
 }
 

@@ -59,6 +59,14 @@ std::vector<LayerCase> layer_cases() {
          return std::unique_ptr<Layer>(std::make_unique<nn::Residual>("block", std::move(body)));
        }, {5, 16}},
       {"embedding", [] { return make_unique<nn::Embedding>("wte", 50, 16, 7); }, {3, 5}, true},
+      {"tied_embedding_and_lm_head", [] {
+         auto model = std::make_unique<nn::Sequential>();
+         auto wte = std::make_unique<nn::Embedding>("wte", 50, 16, 7);
+         nn::Parameter& table = wte->table();
+         model->add(std::move(wte));
+         model->add(nn::Linear::tied("lm_head", table, 16, 50));
+         return std::unique_ptr<Layer>(std::move(model));
+       }, {3, 5}, true},
   };
 }
 

@@ -218,6 +218,46 @@ TEST(GradientCheck, ResidualBlock) {
   EXPECT_EQ(params[0]->name, "h.0.mlp.c_fc.weight");  // PyTorch's name for the nested module's weight
 }
 
+// GPT-2's weight tying: the output projection reads the embedding's table; the table's gradient is the sum
+// of both uses (the model zeroes it before backward, each layer adds), and the file holds it once.
+TEST(GradientCheck, TiedEmbeddingAndOutputProjectionSumBothGradients) {
+  Context& ctx = shared_context();
+  Sequential model;
+  auto wte = std::make_unique<Embedding>("wte", 11, 6, 21);
+  Parameter& table = wte->table();
+  model.add(std::move(wte));
+  model.add(Linear::tied("lm_head", table, 6, 11));
+  const Shape ids_shape = {2, 3};
+  model.plan({ids_shape, DType::i32}, ctx);
+  ASSERT_EQ(model.parameters().size(), 1u);
+  EXPECT_EQ(table.uses, 2);
+  Tensor ids = Tensor::empty(ids_shape, DType::i32, MemoryCategory::activations, nullptr);
+  const std::int32_t id_values[] = {1, 4, 4, 7, 10, 0};
+  std::copy(std::begin(id_values), std::end(id_values), ids.data_as<std::int32_t>());
+  const auto r = random_vector(2 * 3 * 11, 5);
+  auto loss = [&]() { return weighted_sum(model.forward(ids, ctx, true), r); };
+  Tensor dy = Tensor::empty({2, 3, 11}, DType::f32, MemoryCategory::activations, nullptr);
+  std::copy(r.begin(), r.end(), dy.data_as<float>());
+  loss();
+  model.backward(dy, ctx);
+  const std::vector<float> analytic(table.grad.data_as<float>(), table.grad.data_as<float>() + table.grad.numel());
+  loss();
+  model.backward(dy, ctx);  // a second pass starts from zero again
+  EXPECT_EQ(std::memcmp(analytic.data(), table.grad.data(), table.grad.bytes()), 0);
+  double scale = 1e-3;
+  for (float g : analytic) scale = std::max(scale, static_cast<double>(std::fabs(g)));
+  float* value = table.value.data_as<float>();
+  for (std::int64_t i : {0, 7, 25, 26, 44, 60, 65}) {  // rows used once, twice, never (only by lm_head)
+    const float saved = value[i];
+    value[i] = saved + 1e-2f;
+    const double up = loss();
+    value[i] = saved - 1e-2f;
+    const double down = loss();
+    value[i] = saved;
+    EXPECT_NEAR(analytic[static_cast<std::size_t>(i)], (up - down) / 2e-2, 2e-2 * scale) << "table[" << i << "]";
+  }
+}
+
 TEST(Layers, ResidualRefusesABodyThatChangesTheShape) {
   auto body = std::make_unique<Sequential>("b");
   body->add(std::make_unique<Linear>("b.fc", 6, 4, 1));

@@ -176,9 +176,10 @@ class Backend {
                                    const Tensor& dbeta) = 0;
 
   // Rows of an FP32 table gathered by i32 ids into y (y's dtype); throws InvalidArgument for an id outside
-  // the table. backward: dtable overwritten with the sums of dy's rows per id.
+  // the table. backward: dtable overwritten with the sums of dy's rows per id (added to it when
+  // `accumulate`: a table tied to an output projection).
   virtual void embedding_forward(const Tensor& ids, const Tensor& table, const Tensor& y) = 0;
-  virtual void embedding_backward(const Tensor& ids, const Tensor& dy, const Tensor& dtable) = 0;
+  virtual void embedding_backward(const Tensor& ids, const Tensor& dy, const Tensor& dtable, bool accumulate) = 0;
 
   // Softmax + cross-entropy over [N, classes] logits in FP32 (double-accumulated mean); labels u8 [N].
   // Returns the mean loss; keeps the probabilities (FP32, logits' shape) for backward.

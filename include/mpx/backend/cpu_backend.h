@@ -68,7 +68,7 @@ class CpuBackend final : public Backend {
                            const Tensor& inv_std, const Tensor& dx, const Tensor& dgamma,
                            const Tensor& dbeta) override;
   void embedding_forward(const Tensor& ids, const Tensor& table, const Tensor& y) override;
-  void embedding_backward(const Tensor& ids, const Tensor& dy, const Tensor& dtable) override;
+  void embedding_backward(const Tensor& ids, const Tensor& dy, const Tensor& dtable, bool accumulate) override;
   float cross_entropy_forward(const Tensor& logits, const Tensor& labels, const Tensor& probabilities) override;
   void cross_entropy_backward(const Tensor& probabilities, const Tensor& labels, float scale,
                               const Tensor& grad) override;

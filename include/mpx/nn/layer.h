@@ -84,6 +84,9 @@ struct Parameter {
   Tensor state1, state2;  // optimizer state, FP32, allocated by the optimizer
   bool decay = true;      // weight decay applies
   DType compute = DType::f32;
+  // Layers that read it (2 for a tied weight): its gradient is then the sum over the uses, zeroed by the
+  // model before each backward pass and added into by each layer.
+  int uses = 1;
 
   const void* backend_data() const { return working.defined() ? working.data() : value.data(); }
   DType backend_dtype() const;

@@ -5,24 +5,31 @@
 
 namespace mpx::nn {
 
-// y = x W^T + b, W [out, in] as PyTorch's nn.Linear. Input [N, in].
+// y = x W^T + b, W [out, in] as PyTorch's nn.Linear. Input [N, in] or [N, ..., in] (every row alike).
 class Linear : public Layer {
  public:
   Linear(std::string name, std::int64_t in_features, std::int64_t out_features, std::uint64_t init_seed);
+  // Weight tying (GPT-2's lm_head): a projection without bias whose weight is `shared` ([out, in], e.g. a
+  // token embedding's table). The layer that owns it lists it among its parameters and plans it first; the
+  // gradient is the sum over both uses.
+  static std::unique_ptr<Linear> tied(std::string name, Parameter& shared, std::int64_t in_features,
+                                      std::int64_t out_features);
   std::string kind() const override { return "linear"; }
   TensorSpec plan(const TensorSpec& input, Context& ctx) override;
   Tensor forward(const Tensor& x, Context& ctx, bool training) override;
   Tensor backward(const Tensor& dy, Context& ctx) override;
-  std::vector<Parameter*> parameters() override { return {&weight_, &bias_}; }
-  Parameter& weight() { return weight_; }
+  std::vector<Parameter*> parameters() override;
+  Parameter& weight() { return shared_ ? *shared_ : own_weight_; }
   Parameter& bias() { return bias_; }
+  bool has_bias() const { return shared_ == nullptr; }
   std::int64_t in_features() const { return in_; }
   std::int64_t out_features() const { return out_; }
 
  private:
   std::int64_t in_, out_;
   std::uint64_t seed_;
-  Parameter weight_, bias_;
+  Parameter own_weight_, bias_;
+  Parameter* shared_ = nullptr;  // the tied weight, owned by another layer
   Tensor input_, output_, grad_input_, grad_output_;  // input_/grad_output_: backend-dtype copies when needed
   Tensor grad_input_wide_;  // FP32 input gradient before rounding, when the backend cannot write it directly
   Tensor saved_input_;  // what the backend read in forward, for the weight gradient
@@ -186,6 +193,7 @@ class Embedding : public Layer {
   std::string kind() const override { return "embedding"; }
   TensorSpec plan(const TensorSpec& input, Context& ctx) override;
   Tensor forward(const Tensor& ids, Context& ctx, bool training) override;
+  // Adds into the table's gradient when the table is tied to another layer (Parameter::uses > 1).
   Tensor backward(const Tensor& dy, Context& ctx) override;
   std::vector<Parameter*> parameters() override { return {&table_}; }
   Parameter& table() { return table_; }

@@ -124,8 +124,8 @@ void CpuBackend::embedding_forward(const Tensor& ids, const Tensor& table_tensor
   });
 }
 
-void CpuBackend::embedding_backward(const Tensor& ids, const Tensor& dy, const Tensor& dtable) {
-  dtable.fill_zero();
+void CpuBackend::embedding_backward(const Tensor& ids, const Tensor& dy, const Tensor& dtable, bool accumulate) {
+  if (!accumulate) dtable.fill_zero();
   const std::int64_t dim = dtable.dim(1);
   const std::int32_t* id = ids.data_as<std::int32_t>();
   float* grad = dtable.data_as<float>();

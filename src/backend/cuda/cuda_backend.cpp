@@ -232,7 +232,7 @@ class CudaBackend final : public Backend {
   }
 
   void embedding_forward(const Tensor&, const Tensor&, const Tensor&) override { refuse(Op::embedding); }
-  void embedding_backward(const Tensor&, const Tensor&, const Tensor&) override { refuse(Op::embedding); }
+  void embedding_backward(const Tensor&, const Tensor&, const Tensor&, bool) override { refuse(Op::embedding); }
 
   // The rows' losses come back to the host and are added in double, as the CPU backend adds them.
   float cross_entropy_forward(const Tensor& logits, const Tensor& labels, const Tensor& probabilities) override {
