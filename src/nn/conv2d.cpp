@@ -40,13 +40,9 @@ TensorSpec Conv2d::plan(const TensorSpec& in, Context& ctx) {
                          compute, bound, seed_, true);
   detail::init_parameter(bias_, {shape_.out_channels}, ctx, DType::f32, bound, seed_ + 1, true);
   const Shape out = {shape_.batch, shape_.out_height(), shape_.out_width(), shape_.out_channels};
-  const DType out_dtype = detail::output_storage(compute, ctx);
   ctx.backend().require(backend::Op::conv2d, compute, name());
-  output_ = ctx.allocate(out, out_dtype, MemoryCategory::activations);
-  grad_input_ = ctx.allocate(input, in.dtype, MemoryCategory::activations);
-  grad_input_wide_ = detail::wide_gradient_scratch(input, in.dtype, compute, ctx);
-  input_ = detail::operand_scratch(input, in.dtype, compute, ctx);
-  grad_output_ = detail::operand_scratch(out, out_dtype, compute, ctx);
+  const DType out_dtype = detail::plan_product_buffers(
+      in, out, compute, ctx, {output_, grad_input_, grad_input_wide_, input_, grad_output_});
   return {out, out_dtype};
 }
 

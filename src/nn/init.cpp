@@ -65,6 +65,16 @@ Tensor wide_gradient_scratch(const Shape& shape, DType stored, DType compute, Co
   return ctx.allocate(shape, DType::f32, MemoryCategory::workspace);
 }
 
+DType plan_product_buffers(const TensorSpec& in, const Shape& out, DType compute, Context& ctx, ProductBuffers b) {
+  const DType out_dtype = output_storage(compute, ctx);
+  b.output = ctx.allocate(out, out_dtype, MemoryCategory::activations);
+  b.grad_input = ctx.allocate(in.shape, in.dtype, MemoryCategory::activations);
+  b.grad_input_wide = wide_gradient_scratch(in.shape, in.dtype, compute, ctx);
+  b.input_copy = operand_scratch(in.shape, in.dtype, compute, ctx);
+  b.grad_output_copy = operand_scratch(out, out_dtype, compute, ctx);
+  return out_dtype;
+}
+
 void require_dtype(const Tensor& t, DType expected, const std::string& layer, const char* what) {
   if (t.dtype() != expected) {
     throw InvalidArgument("layer " + layer + " got a " + std::string(name(t.dtype())) + " " + what +

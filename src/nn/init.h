@@ -30,6 +30,17 @@ DType output_storage(DType compute, const Context& ctx);
 // An FP32 workspace for an input gradient the backend cannot write in `stored` directly, else undefined.
 Tensor wide_gradient_scratch(const Shape& shape, DType stored, DType compute, Context& ctx);
 
+// A product layer's (linear, convolution) buffers for `in` -> `out` computing in `compute`: the output (its
+// dtype returned), the input gradient, and the scratch copies the backend needs (undefined when none).
+struct ProductBuffers {
+  Tensor& output;
+  Tensor& grad_input;
+  Tensor& grad_input_wide;  // FP32 input gradient when the backend cannot write the input's dtype
+  Tensor& input_copy;       // the input as the backend reads it
+  Tensor& grad_output_copy;
+};
+DType plan_product_buffers(const TensorSpec& in, const Shape& out, DType compute, Context& ctx, ProductBuffers b);
+
 // Throws InvalidArgument naming the layer when a tensor's dtype is not the one planned.
 void require_dtype(const Tensor& t, DType expected, const std::string& layer, const char* what);
 

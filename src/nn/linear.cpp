@@ -63,14 +63,10 @@ TensorSpec Linear::plan(const TensorSpec& in, Context& ctx) {
   }
   Shape out = input;
   out.back() = out_;
-  const DType out_dtype = detail::output_storage(compute, ctx);
   ctx.backend().require(backend::Op::matmul, compute, name());
-  ctx.backend().require(backend::Op::column_sums, out_dtype, name());
-  output_ = ctx.allocate(out, out_dtype, MemoryCategory::activations);
-  grad_input_ = ctx.allocate(input, in.dtype, MemoryCategory::activations);
-  grad_input_wide_ = detail::wide_gradient_scratch(input, in.dtype, compute, ctx);
-  input_ = detail::operand_scratch(input, in.dtype, compute, ctx);
-  grad_output_ = detail::operand_scratch(out, out_dtype, compute, ctx);
+  ctx.backend().require(backend::Op::column_sums, detail::output_storage(compute, ctx), name());
+  const DType out_dtype = detail::plan_product_buffers(
+      in, out, compute, ctx, {output_, grad_input_, grad_input_wide_, input_, grad_output_});
   return {out, out_dtype};
 }
 
