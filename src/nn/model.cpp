@@ -13,6 +13,12 @@ TensorSpec Sequential::plan(const TensorSpec& input, Context& ctx) {
   if (!layers_.empty()) layers_.front()->set_input_gradient_needed(input_gradient_needed());
   TensorSpec spec = input;
   for (auto& layer : layers_) spec = layer->plan(spec, ctx);
+  shared_parameters_.clear();  // tied weights, found once: backward zeroes their gradients every step
+  if (!input_gradient_needed()) {
+    for (Parameter* p : parameters()) {
+      if (p->uses > 1) shared_parameters_.push_back(p);
+    }
+  }
   return spec;
 }
 
@@ -48,11 +54,7 @@ Tensor Sequential::forward(const Tensor& x, Context& ctx, bool training) {
 Tensor Sequential::backward(const Tensor& dy, Context& ctx) {
   Tensor g = dy;
   const bool root = !input_gradient_needed();
-  if (root) {  // tied weights: each use adds its part of the gradient
-    for (Parameter* p : parameters()) {
-      if (p->uses > 1) ctx.backend().fill_zero(p->grad);
-    }
-  }
+  for (Parameter* p : shared_parameters_) ctx.backend().fill_zero(p->grad);  // each use adds its part
   const bool profile = ctx.profile_layers && root;
   for (std::size_t i = layers_.size(); i-- > 0;) {
     if (i == 0 && !layers_[0]->input_gradient_needed() && layers_[0]->parameters().empty()) break;

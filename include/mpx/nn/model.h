@@ -32,6 +32,7 @@ class Sequential : public Layer {
 
  private:
   std::vector<std::unique_ptr<Layer>> layers_;
+  std::vector<Parameter*> shared_parameters_;  // root only: parameters used by more than one layer
 };
 
 // y = x + body(x), the body's output of x's shape and dtype (a transformer block's attention and MLP).
