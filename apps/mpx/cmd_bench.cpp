@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
+#include "validators.h"
 #include "mpx/bench/conversion.h"
 #include "mpx/core/error.h"
 
@@ -73,9 +74,9 @@ void add_bench_command(CLI::App& app) {
   CLI::App* convert = bench->add_subcommand(
       "convert", "GB/s (bytes read + written) of each conversion beside a plain copy of the same bytes");
   convert->add_option("--device", o->device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
-  convert->add_option("--elements", o->elements, "Elements per array")->check(CLI::PositiveNumber)->capture_default_str();
-  convert->add_option("--threads", o->threads, "CPU threads (0 = all)")->check(CLI::NonNegativeNumber)->capture_default_str();
-  convert->add_option("--repeats", o->repeats, "Timed runs; the median is reported")->check(CLI::PositiveNumber)->capture_default_str();
+  convert->add_option("--elements", o->elements, "Elements per array")->check(positive())->capture_default_str();
+  convert->add_option("--threads", o->threads, "CPU threads (0 = all)")->check(non_negative())->capture_default_str();
+  convert->add_option("--repeats", o->repeats, "Timed runs; the median is reported")->check(positive())->capture_default_str();
   convert->add_option("--path", o->path, "CPU path: auto, scalar, avx2, avx512, avx512_bf16")
       ->check(CLI::IsMember({"auto", "scalar", "avx2", "avx512", "avx512_bf16"}))
       ->capture_default_str();

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
+#include "validators.h"
 #include "mpx/bench/gpu.h"
 #include "mpx/bench/training.h"
 #include "mpx/core/error.h"
@@ -155,7 +156,7 @@ void add_bench_training_commands(CLI::App& bench) {
       ->check(CLI::IsMember({"f32", "bf16", "f16"}))
       ->capture_default_str();
   matmul->add_option("--size", m->size, "n")->check(CLI::Range(1, 16384))->capture_default_str();
-  matmul->add_option("--repeats", m->repeats, "Timed runs; the median is reported")->check(CLI::PositiveNumber)->capture_default_str();
+  matmul->add_option("--repeats", m->repeats, "Timed runs; the median is reported")->check(positive())->capture_default_str();
   matmul->add_flag("--json", m->json, "Print JSON");
   matmul->callback([m] { run_matmul(*m); });
 
@@ -183,7 +184,7 @@ void add_bench_training_commands(CLI::App& bench) {
   train->add_flag("--tf32", t->tf32, "As mpx train --tf32: FP32 products through TF32 tensor cores (CUDA)");
   train->add_flag("--profile", t->profile, "Also time every layer's forward and backward (mean per step)");
   train->add_option("--numerics-every", t->numerics_every, "Steps between numerics samples, as mpx train (0: off)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(non_negative())
       ->capture_default_str();
   train->callback([t] { run_train_bench(*t); });
 }

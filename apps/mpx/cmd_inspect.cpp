@@ -1,6 +1,7 @@
 // `mpx inspect FILE [--json]`: a safetensors file's tensors (dtype, shape, bytes, min, max, mean,
-// non-finite count), its metadata and whether its checksum verifies. Exit 1 when the recorded checksum does
-// not match the data, 2 when the file is missing or not a valid safetensors file.
+// non-finite count), its metadata and whether its checksums verify (the data's; a checkpoint's training
+// state's). Exit 1 when a recorded checksum does not match, 2 when the file is missing or not a valid
+// safetensors file.
 #include <fmt/format.h>
 
 #include <nlohmann/json.hpp>
@@ -9,6 +10,7 @@
 #include "mpx/io/safetensors.h"
 #include "mpx/io/tensor_values.h"
 #include "mpx/telemetry/json.h"
+#include "mpx/train/trainer.h"
 
 namespace mpx::cli {
 
@@ -27,6 +29,7 @@ int run_inspect(const InspectOptions& o) {
   for (const io::SafetensorsEntry& e : f.tensors()) {
     const auto values = io::widen_to_double(f.data(e), e.dtype);
     const io::ValueSummary s = io::summarize(values);
+    f.release(e);
     total_bytes += e.end - e.begin;
     tensors.push_back({{"name", e.name}, {"dtype", std::string(name(e.dtype))}, {"shape", e.shape},
                        {"bytes", e.end - e.begin}, {"min", telemetry::json_number(s.min)},
@@ -37,24 +40,32 @@ int run_inspect(const InspectOptions& o) {
                  name(e.dtype), to_string(e.shape), e.end - e.begin, s.min, s.max, s.mean, s.nonfinite);
     }
   }
+  const bool checkpoint = f.metadata().count("mpx.checkpoint") > 0;
+  const std::string state = train::checkpoint_state_status(f);
   if (o.json) {
-    fmt::print("{}\n", nlohmann::json{{"file", o.file},
-                                      {"tensors", tensors},
-                                      {"metadata", f.metadata()},
-                                      {"data_bytes", total_bytes},
-                                      {"checksum", f.checksum_status()}}
-                           .dump(2));
+    nlohmann::json out = {{"file", o.file},           {"tensors", tensors},
+                          {"metadata", f.metadata()}, {"data_bytes", total_bytes},
+                          {"checksum", f.checksum_status()}};
+    if (checkpoint) out["state_checksum"] = state;
+    fmt::print("{}\n", out.dump(2));
   } else {
     fmt::print("  {} tensors, {} bytes of data\n", f.tensors().size(), total_bytes);
     for (const auto& [key, value] : f.metadata()) fmt::print("  metadata {} = {}\n", key, value);
     fmt::print("  checksum: {}\n", f.checksum_status());
+    if (checkpoint) fmt::print("  checkpoint state checksum: {}\n", state);
   }
+  int code = 0;
   if (f.checksum_status() == "mismatch") {
     fmt::print(stderr, "mpx: {}: checksum mismatch: the data differs from what was written (the file is damaged)\n",
                o.file);
-    return 1;
+    code = 1;
   }
-  return 0;
+  if (state == "mismatch") {
+    fmt::print(stderr, "mpx: {}: checksum mismatch: the checkpoint's training state differs from what was written "
+               "(the file is damaged or was edited)\n", o.file);
+    code = 1;
+  }
+  return code;
 }
 
 }  // namespace

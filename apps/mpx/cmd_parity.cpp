@@ -1,11 +1,12 @@
 // `mpx parity CHECKPOINT [--precision P | --against OTHER] [--data DIR] [--max-accuracy-drop PTS]
-// [--max-class-drop PTS] [--json FILE]`: the FP32 baseline against a candidate on the test set. Exit 0
+// [--max-class-drop PTS] [--max-logit-error X] [--json FILE]`: the FP32 baseline against a candidate on the test set. Exit 0
 // within the thresholds, 1 over them (a gate for CI), 2 on error.
 #include <fmt/format.h>
 
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
+#include "validators.h"
 #include "mpx/artifacts/parity.h"
 #include "mpx/io/fashion_mnist.h"
 #include "mpx/train/run/run_files.h"
@@ -29,12 +30,14 @@ void run_parity(ParityCliOptions& o) {
   const io::FashionMnist data = io::load_fashion_mnist(o.data);
   const artifacts::ParityReport r = artifacts::run_parity(o.parity, data);
   for (const std::string& notice : r.notices) fmt::print(stderr, "note: {}\n", notice);
+  for (const std::string& warning : r.warnings) fmt::print(stderr, "warning: {}\n", warning);
   fmt::print("baseline : {}\ncandidate: {}\n", r.baseline, r.candidate);
   fmt::print("accuracy {:.2f}% -> {:.2f}% ({:+.2f} points; gate {:.2f}), top-1 agreement {:.2f}%\n",
              100 * r.baseline_accuracy, 100 * r.candidate_accuracy, 0.0 - r.accuracy_drop + 0.0, o.parity.max_accuracy_drop,
              100 * r.top1_agreement);
-  fmt::print("logits: max abs error {:.3g}, mean {:.3g}; max relative {:.3g}, mean {:.3g}; NaN {}, inf {}\n",
-             r.max_abs_error, r.mean_abs_error, r.max_rel_error, r.mean_rel_error, r.candidate_nan, r.candidate_inf);
+  fmt::print("logits: max abs error {:.3g}{}, mean {:.3g}; max relative {:.3g}, mean {:.3g}; NaN {}, inf {}\n",
+             r.max_abs_error, o.parity.max_logit_error >= 0 ? fmt::format(" (gate {:.3g})", o.parity.max_logit_error) : "",
+             r.mean_abs_error, r.max_rel_error, r.mean_rel_error, r.candidate_nan, r.candidate_inf);
   fmt::print("per class (gate {:.2f} points):\n", o.parity.max_class_drop);
   nlohmann::json classes = nlohmann::json::array();
   for (std::size_t k = 0; k < 10; ++k) {
@@ -54,7 +57,9 @@ void run_parity(ParityCliOptions& o) {
                  {"mean_abs_error", r.mean_abs_error}, {"max_rel_error", r.max_rel_error},
                  {"mean_rel_error", r.mean_rel_error}, {"candidate_nan", r.candidate_nan},
                  {"candidate_inf", r.candidate_inf}, {"max_accuracy_drop", o.parity.max_accuracy_drop},
-                 {"max_class_drop", o.parity.max_class_drop}, {"passed", r.passed}});
+                 {"max_class_drop", o.parity.max_class_drop},
+                 {"max_logit_error", o.parity.max_logit_error >= 0 ? nlohmann::json(o.parity.max_logit_error) : nlohmann::json()},
+                 {"warnings", r.warnings}, {"passed", r.passed}});
   }
   if (!r.passed) throw CheckFailed{1};
 }
@@ -73,9 +78,14 @@ void add_parity_command(CLI::App& app) {
   cmd->add_option("--model", o->parity.model, "cnn or mlp (default: from the file's metadata, or its tensor names)");
   cmd->add_option("--data", o->data, "Fashion-MNIST directory")->capture_default_str();
   cmd->add_option("--max-accuracy-drop", o->parity.max_accuracy_drop, "Gate: overall accuracy drop, points")
+      ->check(non_negative())
       ->capture_default_str();
   cmd->add_option("--max-class-drop", o->parity.max_class_drop, "Gate: any one class's accuracy drop, points")
+      ->check(non_negative())
       ->capture_default_str();
+  cmd->add_option("--max-logit-error", o->parity.max_logit_error,
+                  "Gate: the largest |candidate - baseline| logit (default: no gate)")
+      ->check(non_negative());
   cmd->add_option("--json", o->json, "Also write the report to this JSON file");
   cmd->callback([o, precision] {
     o->precision_given = precision->count() > 0;

@@ -3,9 +3,12 @@
 #include <omp.h>
 #include <unistd.h>
 
+#include <thread>
+
 #include <fmt/format.h>
 
 #include "commands.h"
+#include "validators.h"
 #include "mpx/core/error.h"
 #include "mpx/train/run/training_run.h"
 
@@ -28,6 +31,11 @@ std::string format_duration(double seconds) {
 // The run is the library's (train::run_training); this prints what it reports.
 void run_train(TrainOptions& o) {
   if (o.threads > 0) omp_set_num_threads(o.threads);
+  const unsigned cores = std::thread::hardware_concurrency();
+  if (cores > 0 && o.threads > static_cast<int>(cores)) {
+    fmt::print(stderr, "warning: --threads {} is more than this machine's {} cores: the threads take turns and "
+               "training runs slower (often many times slower); use --threads {} or 0 (all)\n", o.threads, cores, cores);
+  }
   o.run.config.optimizer = train::parse_optimizer(o.optimizer);
   o.run.config.schedule = train::parse_schedule(o.schedule);
   o.run.config.device = train::parse_device(o.device);
@@ -36,6 +44,7 @@ void run_train(TrainOptions& o) {
   train::RunEvents events;
   events.on_start = [&](const train::RunStart& s) {
     config = s.config;
+    for (const std::string& warning : s.warnings) fmt::print(stderr, "warning: {}\n", warning);
     if (!s.resumed_from.empty()) fmt::print("resuming from {}\n", s.resumed_from);
     if (!s.notice.empty()) fmt::print(stderr, "note: {}\n", s.notice);
     if (!s.warm_started_from.empty()) {
@@ -98,52 +107,58 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--model", c.model, "cnn or mlp")->check(CLI::IsMember({"cnn", "mlp"}))->capture_default_str();
   cmd->add_option("--precision", c.precision,
                   "32-true, 16-mixed, bf16-mixed, 16-true, bf16-true (fp32, fp16, bf16); default bf16-mixed where the "
-                  "CPU has AVX512_BF16, else 16-mixed");
-  cmd->add_option("--epochs", c.epochs, "Passes over the training set")->check(CLI::PositiveNumber)->capture_default_str();
+                  "CPU has AVX512_BF16, else 16-mixed")
+      ->check(non_empty());
+  cmd->add_option("--epochs", c.epochs, "Passes over the training set")->check(positive())->capture_default_str();
   cmd->add_option("--batch-size", c.batch_size, "Images per step")->check(CLI::Range(1, 65536))->capture_default_str();
-  cmd->add_option("--lr", c.lr, "Peak learning rate")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--lr", c.lr, "Peak learning rate")->check(positive())->capture_default_str();
   cmd->add_option("--optimizer", o->optimizer, "adamw or sgd")->check(CLI::IsMember({"adamw", "sgd"}))->capture_default_str();
   cmd->add_option("--schedule", o->schedule, "onecycle, cosine or constant")
       ->check(CLI::IsMember({"onecycle", "cosine", "constant"}))
       ->capture_default_str();
-  cmd->add_option("--weight-decay", c.weight_decay, "Weight decay")->check(CLI::NonNegativeNumber)->capture_default_str();
-  cmd->add_option("--clip-norm", c.clip_norm, "Clip the global gradient norm (0: off)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--weight-decay", c.weight_decay, "Weight decay")->check(non_negative())->capture_default_str();
+  cmd->add_option("--clip-norm", c.clip_norm, "Clip the global gradient norm (0: off)")->check(non_negative());
   cmd->add_option("--device", o->device, "cpu, cuda or auto (cuda when a device is there)")
       ->check(CLI::IsMember({"cpu", "cuda", "auto"}))
       ->capture_default_str();
   cmd->add_flag("!--no-cuda-graph", c.cuda_graph, "On CUDA, launch every kernel of a step instead of replaying a graph");
   cmd->add_flag("--tf32", c.tf32,
                 "On CUDA, FP32 products (32-true) through TF32 tensor cores, as torch's allow_tf32 (off: exact FP32)");
-  cmd->add_option("--threads", o->threads, "CPU threads (0: all)")->check(CLI::NonNegativeNumber);
-  cmd->add_option("--seed", c.seed, "Random seed (initialisation, shuffling, dropout)")->capture_default_str();
+  cmd->add_option("--threads", o->threads, "CPU threads (0: all)")->check(non_negative());
+  cmd->add_option("--seed", c.seed, "Random seed (initialisation, shuffling, dropout)")
+      ->check(unsigned_64())
+      ->capture_default_str();
   cmd->add_option("--out", o->run.out, "Run directory (default runs/<time>-<model>-<precision>)");
   cmd->add_option("--data", o->run.data, "Fashion-MNIST directory")->capture_default_str();
-  cmd->add_option("--train-subset", c.train_subset, "Train on the first N images only (0: all)")->check(CLI::NonNegativeNumber);
-  cmd->add_option("--test-subset", c.test_subset, "Evaluate on the first N test images only (0: all)")->check(CLI::NonNegativeNumber);
-  cmd->add_option("--log-every", c.log_every, "Steps between metrics.jsonl records")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--train-subset", c.train_subset, "Train on the first N images only (0: all)")->check(non_negative());
+  cmd->add_option("--test-subset", c.test_subset, "Evaluate on the first N test images only (0: all)")->check(non_negative());
+  cmd->add_option("--log-every", c.log_every, "Steps between metrics.jsonl records")->check(positive())->capture_default_str();
   cmd->add_flag("--no-progress", o->no_progress, "No progress line");
   cmd->add_option("--numerics-every", c.numerics_every,
                   "Steps between numerics samples (statistics of every tensor; 0: off)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(non_negative())
       ->capture_default_str();
   cmd->add_option("--checkpoint-every", c.checkpoint_every,
                   "Write RUN/checkpoint.safetensors every N steps and at the end (0: never)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative());
   cmd->add_option("--serving-dtype", o->run.serving_dtype,
                   "Also write RUN/model-<dtype>.safetensors: fp16, bf16 or fp8 (see mpx convert)");
   cmd->add_option("--resume", o->run.resume, "Continue from a run directory's checkpoint (or a checkpoint file); given a model file (mpx's or PyTorch's "
                   "state dict), start from its weights");
   cmd->add_option("--max-steps", c.max_steps, "Stop after N steps in total (the schedule still spans --epochs)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative());
   cmd->add_option("--metrics-port", o->run.metrics_port, "Serve Prometheus metrics on this port while training (0: off)")
       ->check(CLI::Range(0, 65535));
-  cmd->add_option("--metrics-bind", o->run.metrics_bind, "Address the metrics endpoint listens on")->capture_default_str();
+  cmd->add_option("--metrics-bind", o->run.metrics_bind, "Address the metrics endpoint listens on")
+      ->check(ip_address())
+      ->capture_default_str();
   cmd->add_option("--metrics-linger", o->run.metrics_linger_seconds, "Keep serving metrics this many seconds after training")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative());
   cmd->add_flag("--detect-anomaly", c.detect_anomaly,
                 "Stop at the first step that goes non-finite, naming the layer and pass where it began");
   cmd->add_option("--inject-nonfinite", c.inject_nonfinite,
-                  "Drill: make one layer's output non-finite, LAYER:forward|backward:STEP[:COUNT[:nan]]");
+                  "Drill: make one layer's output non-finite, LAYER:forward|backward:STEP[:COUNT[:nan]]")
+      ->check(non_empty());
   cmd->callback([o] { run_train(*o); });
 }
 

@@ -20,11 +20,15 @@ std::vector<std::string> default_keep_patterns() {
   return {R"((^|.*\.)([Bb]atch[Nn]orm|[Ll]ayer[Nn]orm|norm|bn|ln)[^.]*\.(weight|bias|running_mean|running_var)$)"};
 }
 
-DType parse_target_dtype(const std::string& text) {
-  const DType d = parse_dtype(text);
-  if (d != DType::f16 && d != DType::bf16 && d != DType::f8_e4m3 && d != DType::f8_e5m2) {
-    throw InvalidArgument("--to must be fp16, bf16, fp8-e4m3 or fp8-e5m2, got " + text);
+DType parse_target_dtype(const std::string& text, const std::string& flag) {
+  const std::string expected = flag + " must be fp16, bf16, fp8-e4m3 or fp8-e5m2, got '" + text + "'";
+  DType d;
+  try {
+    d = parse_dtype(text);
+  } catch (const InvalidArgument&) {
+    throw InvalidArgument(expected);
   }
+  if (d != DType::f16 && d != DType::bf16 && d != DType::f8_e4m3 && d != DType::f8_e5m2) throw InvalidArgument(expected);
   return d;
 }
 
@@ -87,10 +91,14 @@ ConvertReport convert_checkpoint(const std::string& in, const std::string& out, 
     r.elements = static_cast<std::uint64_t>(numel(e.shape));
     const bool kept = std::any_of(keep.begin(), keep.end(), [&](const std::regex& re) { return std::regex_match(e.name, re); });
     const auto bytes = source.data(e);
+    std::vector<double> values;
+    if (traits(e.dtype).is_floating) {
+      values = io::widen_to_double(bytes, e.dtype);
+      r.nonfinite = static_cast<std::uint64_t>(std::count_if(values.begin(), values.end(), [](double x) { return !std::isfinite(x); }));
+    }
     if (traits(e.dtype).is_floating && !kept && e.dtype != spec.to) {
       r.converted = true;
       r.to = spec.to;
-      const std::vector<double> values = io::widen_to_double(bytes, e.dtype);
       buffers.emplace_back();
       switch (spec.to) {
         case DType::f16: convert_values<numeric::Half>(values, buffers.back(), spec.on_overflow, r); break;
@@ -108,10 +116,12 @@ ConvertReport convert_checkpoint(const std::string& in, const std::string& out, 
     report.total.overflowed += r.overflowed;
     report.total.underflowed += r.underflowed;
     report.total.subnormal += r.subnormal;
+    report.total.nonfinite += r.nonfinite;
     report.total.max_relative_error = std::max(report.total.max_relative_error, r.max_relative_error);
     report.tensors.push_back(std::move(r));
   }
   if (report.total.overflowed > 0 && spec.on_overflow == OnOverflow::error) return report;  // nothing written
+  if (report.total.nonfinite > 0 && !spec.allow_nonfinite) return report;                   // nor here
   metadata["mpx.converted_to"] = std::string(name(spec.to));
   metadata["mpx.source_file"] = in;
   metadata["mpx.source_sha256"] = source.file_sha256();

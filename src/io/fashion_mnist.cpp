@@ -47,6 +47,11 @@ ImageSet load_split(const std::string& dir, const std::string& images_stem, cons
 }  // namespace
 
 FashionMnist load_fashion_mnist(const std::string& dir) {
+  std::error_code ec;
+  if (std::filesystem::exists(dir, ec) && !std::filesystem::is_directory(dir, ec)) {
+    throw IoError("--data " + dir + " is a file, not a directory: pass the directory that holds the Fashion-MNIST "
+                  "IDX files (train-images-idx3-ubyte[.gz], ...), by default " + std::string(kFashionMnistDefaultDir));
+  }
   if (!std::filesystem::is_directory(dir)) {
     throw IoError("Fashion-MNIST directory " + dir +
                   " does not exist; install the data set with `sudo apt-get install dataset-fashion-mnist` or pass "

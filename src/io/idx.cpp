@@ -3,10 +3,12 @@
 #include <zlib.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <limits>
 #include <memory>
 
 #include "mpx/core/error.h"
+#include "mpx/io/regular_file.h"
 
 namespace mpx::io {
 
@@ -45,6 +47,7 @@ void read_exactly(gzFile file, const std::string& path, void* out, std::size_t s
 }  // namespace
 
 IdxArray read_idx(const std::string& path) {
+  require_regular_file(path, "IDX file");
   std::unique_ptr<gzFile_s, GzCloser> file(gzopen(path.c_str(), "rb"));
   if (!file) fail(path, "cannot open (does it exist and is it readable?)");
 
@@ -52,7 +55,9 @@ IdxArray read_idx(const std::string& path) {
   read_exactly(file.get(), path, magic, 4, "the header");
   if (magic[0] != 0 || magic[1] != 0) fail(path, "not an IDX file (the first two bytes must be zero)");
   if (magic[2] != 0x08) {
-    fail(path, "element type code 0x" + std::to_string(magic[2]) + " is not supported; mpx reads unsigned bytes (0x08)");
+    char code[8];
+    std::snprintf(code, sizeof(code), "0x%02X", magic[2]);
+    fail(path, "element type code " + std::string(code) + " is not supported; mpx reads unsigned bytes (0x08)");
   }
   const unsigned rank = magic[3];
   if (rank < 1 || rank > 4) fail(path, "has " + std::to_string(rank) + " dimensions; expected 1 to 4");

@@ -1,6 +1,12 @@
 #include "mpx/io/safetensors.h"
 
+#include <fcntl.h>
 #include <openssl/evp.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
 
 #include <algorithm>
 #include <cstring>
@@ -9,11 +15,13 @@
 #include <memory>
 #include <set>
 #include <string_view>
+#include <unordered_set>
 
 #include <nlohmann/json.hpp>
 
 #include "mpx/core/error.h"
 #include "mpx/io/atomic_file.h"
+#include "mpx/io/regular_file.h"
 
 namespace mpx::io {
 
@@ -48,6 +56,36 @@ std::string sha256_hex(std::span<const std::byte> bytes) {
 }
 
 namespace {
+// SHA-256 of bytes, 64 MB at a time. For a file mapping (`release_pages`), each piece's pages are handed
+// back once hashed, so that verifying a 2 GB file does not keep 2 GB resident (they are read from the file
+// again if a tensor is used). Never for heap memory: MADV_DONTNEED would zero it.
+std::string sha256_hex_in_pieces(std::span<const std::byte> bytes, bool release_pages) {
+  constexpr std::size_t kPiece = std::size_t{64} << 20;
+  const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), &EVP_MD_CTX_free);
+  bool ok = ctx != nullptr && EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) == 1;
+  for (std::size_t at = 0; ok && at < bytes.size(); at += kPiece) {
+    const std::span<const std::byte> piece = bytes.subspan(at, std::min(kPiece, bytes.size() - at));
+    ok = EVP_DigestUpdate(ctx.get(), piece.data(), piece.size()) == 1;
+    if (!release_pages) continue;
+    const auto begin = (reinterpret_cast<std::uintptr_t>(piece.data()) + page - 1) / page * page;
+    const auto end = (reinterpret_cast<std::uintptr_t>(piece.data()) + piece.size()) / page * page;
+    if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+  }
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  if (!ok || EVP_DigestFinal_ex(ctx.get(), digest, &length) != 1) throw Error("SHA-256 failed (OpenSSL)");
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (unsigned int i = 0; i < length; ++i) {
+    out += kHex[digest[i] >> 4];
+    out += kHex[digest[i] & 15];
+  }
+  return out;
+}
+}  // namespace
+
+namespace {
 
 DType dtype_from_safetensors(const std::string& name, const std::string& fail_prefix) {
   for (const DTypeTraits& t : kDTypeTraits) {
@@ -61,8 +99,12 @@ DType dtype_from_safetensors(const std::string& name, const std::string& fail_pr
 // arrays are short. Checked on the raw text before parsing, so that a hostile header cannot make the parsed
 // JSON much larger than its text (deep nesting, or millions of numbers in one "shape").
 constexpr std::size_t kMaxRank = 64;
+// Far beyond any model (GPT-2 has 150 tensors, a 70B-parameter model under 1000); a header that lists more
+// is refused before it is parsed, so that reading it stays well under a second.
+constexpr std::size_t kMaxTensors = 100'000;
 void check_header_shape(std::string_view text, const std::string& fail_prefix) {
   std::vector<std::pair<bool, std::size_t>> open;  // (is array, elements so far)
+  std::size_t entries = 0;  // objects directly inside the header object
   bool in_string = false, escaped = false;
   for (char c : text) {
     if (in_string) {
@@ -79,6 +121,10 @@ void check_header_shape(std::string_view text, const std::string& fail_prefix) {
       in_string = true;
     } else if (c == '{' || c == '[') {
       if (open.size() == 3) throw IoError(fail_prefix + "the header nests deeper than a safetensors header can");
+      if (c == '{' && open.size() == 1 && ++entries > kMaxTensors + 1) {  // + 1: __metadata__
+        throw IoError(fail_prefix + "the header lists more than " + std::to_string(kMaxTensors) +
+                      " tensors (mpx reads at most that many)");
+      }
       open.emplace_back(c == '[', 1);
     } else if (c == '}' || c == ']') {
       if (!open.empty()) open.pop_back();
@@ -89,23 +135,50 @@ void check_header_shape(std::string_view text, const std::string& fail_prefix) {
   }
 }
 
-// JSON with duplicate keys at any depth rejected (nlohmann keeps the last one silently).
-json parse_header(std::string_view text, const std::string& fail_prefix) {
-  std::vector<std::set<std::string>> keys;  // one set per object being parsed, innermost last
-  const json::parser_callback_t check = [&](int, json::parse_event_t event, json& parsed) {
-    if (event == json::parse_event_t::object_start) {
-      keys.emplace_back();
-    } else if (event == json::parse_event_t::object_end) {
-      if (!keys.empty()) keys.pop_back();
-    } else if (event == json::parse_event_t::key && !keys.empty()) {
-      if (!keys.back().insert(parsed.get<std::string>()).second) {
-        throw IoError(fail_prefix + "duplicate key '" + parsed.get<std::string>() + "' in the header");
-      }
-    }
+// Finds a duplicate key at any depth (nlohmann keeps the last one silently). A SAX pass: nlohmann's
+// callback parser re-scans the enclosing object at the end of every nested one (quadratic in the tensors).
+class DuplicateKeyFinder : public json::json_sax_t {
+ public:
+  std::string duplicate;
+  bool null() override { return true; }
+  bool boolean(bool) override { return true; }
+  bool number_integer(number_integer_t) override { return true; }
+  bool number_unsigned(number_unsigned_t) override { return true; }
+  bool number_float(number_float_t, const string_t&) override { return true; }
+  bool string(string_t&) override { return true; }
+  bool binary(binary_t&) override { return true; }
+  bool start_object(std::size_t) override {
+    keys_.emplace_back();
     return true;
-  };
+  }
+  bool key(string_t& k) override {
+    if (keys_.back().insert(k).second) return true;
+    duplicate = k;
+    return false;  // stops the parse
+  }
+  bool end_object() override {
+    keys_.pop_back();
+    return true;
+  }
+  bool start_array(std::size_t) override { return true; }
+  bool end_array() override { return true; }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& e) override {
+    error = e.what();
+    return false;
+  }
+  std::string error;
+
+ private:
+  std::vector<std::unordered_set<std::string>> keys_;  // one per object being parsed, innermost last
+};
+
+json parse_header(std::string_view text, const std::string& fail_prefix) {
+  DuplicateKeyFinder finder;
+  json::sax_parse(text, &finder);
+  if (!finder.duplicate.empty()) throw IoError(fail_prefix + "duplicate key '" + finder.duplicate + "' in the header");
+  if (!finder.error.empty()) throw IoError(fail_prefix + "the header is not valid JSON (" + finder.error + ")");
   try {
-    return json::parse(text, check);
+    return json::parse(text);
   } catch (const json::exception& e) {
     throw IoError(fail_prefix + "the header is not valid JSON (" + e.what() + ")");
   }
@@ -126,20 +199,42 @@ std::uint64_t checked_product(const Shape& shape, std::size_t element_bytes, con
 }  // namespace
 
 SafetensorsFile SafetensorsFile::read(const std::string& path, bool verify_checksum) {
-  std::ifstream in(path, std::ios::binary | std::ios::ate);
-  if (!in) throw IoError("cannot open " + path + ": missing or unreadable");
-  const std::streamoff size = in.tellg();
-  if (size < 0) throw IoError("cannot read " + path);
-  std::vector<std::byte> bytes(static_cast<std::size_t>(size));
-  in.seekg(0);
-  if (!in.read(reinterpret_cast<char*>(bytes.data()), size)) throw IoError("cannot read " + path);
-  return parse(std::move(bytes), path, verify_checksum);
+  require_regular_file(path, "safetensors file");
+  // O_NONBLOCK: should the path have become a FIFO since the check, open() does not wait for a writer.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) throw IoError("cannot open " + path + ": " + std::strerror(errno));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    throw IoError(path + ": is not a regular file; mpx reads regular files only");
+  }
+  const auto size = static_cast<std::size_t>(st.st_size);
+  if (size == 0) {
+    ::close(fd);
+    return parse(std::vector<std::byte>{}, path, verify_checksum);
+  }
+  void* mapped = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+  const int map_error = errno;
+  ::close(fd);
+  if (mapped == MAP_FAILED) throw IoError("cannot read " + path + ": " + std::strerror(map_error));
+  std::shared_ptr<const void> owner(mapped, [size](const void* p) { ::munmap(const_cast<void*>(p), size); });
+  ::madvise(mapped, size, MADV_SEQUENTIAL);
+  return parse_view(std::move(owner), {static_cast<const std::byte*>(mapped), size}, path, verify_checksum, true);
 }
 
 SafetensorsFile SafetensorsFile::parse(std::vector<std::byte> bytes, const std::string& origin, bool verify_checksum) {
+  auto owner = std::make_shared<const std::vector<std::byte>>(std::move(bytes));
+  const std::span<const std::byte> view(*owner);
+  return parse_view(std::move(owner), view, origin, verify_checksum, false);
+}
+
+SafetensorsFile SafetensorsFile::parse_view(std::shared_ptr<const void> owner, std::span<const std::byte> bytes,
+                                            const std::string& origin, bool verify_checksum, bool mapped) {
   const std::string fail = origin + ": not a valid safetensors file: ";
   SafetensorsFile f;
-  f.bytes_ = std::move(bytes);
+  f.owner_ = std::move(owner);
+  f.bytes_ = bytes;
+  f.mapped_ = mapped;
   const std::uint64_t size = f.bytes_.size();
   if (size < 8) throw IoError(fail + "shorter than the 8-byte header length (" + std::to_string(size) + " bytes)");
   std::uint64_t header = 0;
@@ -155,6 +250,11 @@ SafetensorsFile SafetensorsFile::parse(std::vector<std::byte> bytes, const std::
   if (text.empty() || text.front() != '{') throw IoError(fail + "the header does not start with '{'");
   check_header_shape(text, fail);
   const json j = parse_header(text, fail);
+  // The format pads the JSON with spaces only (to align the data): NUL or other bytes there are damage.
+  if (const std::size_t last = text.find_last_not_of(' '); last != std::string_view::npos && text[last] != '}') {
+    throw IoError(fail + "the header ends with byte " + std::to_string(static_cast<unsigned char>(text[last])) +
+                  " after its JSON; only spaces may pad it");
+  }
   if (!j.is_object()) throw IoError(fail + "the header is not a JSON object");
   f.data_start_ = 8 + header;
   const std::uint64_t data_size = size - f.data_start_;
@@ -219,8 +319,9 @@ SafetensorsFile SafetensorsFile::parse(std::vector<std::byte> bytes, const std::
     throw IoError(fail + "the tensors cover " + std::to_string(next) + " bytes of data but the file holds " +
                   std::to_string(data_size) + (next > data_size ? " (truncated?)" : " (trailing bytes)"));
   }
+  for (std::size_t i = 0; i < f.entries_.size(); ++i) f.index_.emplace(f.entries_[i].name, i);
   if (const auto it = f.metadata_.find(kDataSha256Key); it != f.metadata_.end()) {
-    f.checksum_status_ = sha256_hex(f.data_section()) == it->second ? "verified" : "mismatch";
+    f.checksum_status_ = sha256_hex_in_pieces(f.data_section(), f.mapped_) == it->second ? "verified" : "mismatch";
     if (f.checksum_status_ == "mismatch" && verify_checksum) {
       throw IoError(origin + ": checksum mismatch: the data's SHA-256 differs from the one recorded when it was "
                     "written (the file is damaged)");
@@ -230,17 +331,24 @@ SafetensorsFile SafetensorsFile::parse(std::vector<std::byte> bytes, const std::
 }
 
 const SafetensorsEntry* SafetensorsFile::find(const std::string& tensor_name) const {
-  for (const SafetensorsEntry& e : entries_) {
-    if (e.name == tensor_name) return &e;
-  }
-  return nullptr;
+  const auto it = index_.find(tensor_name);
+  return it == index_.end() ? nullptr : &entries_[it->second];
+}
+
+void SafetensorsFile::release(const SafetensorsEntry& e) const {
+  if (!mapped_) return;
+  const std::span<const std::byte> bytes = data(e);
+  const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto begin = (reinterpret_cast<std::uintptr_t>(bytes.data()) + page - 1) / page * page;
+  const auto end = (reinterpret_cast<std::uintptr_t>(bytes.data()) + bytes.size()) / page * page;
+  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
 }
 
 std::span<const std::byte> SafetensorsFile::data_section() const {
   return std::span<const std::byte>(bytes_).subspan(static_cast<std::size_t>(data_start_));
 }
 
-std::string SafetensorsFile::file_sha256() const { return sha256_hex(bytes_); }
+std::string SafetensorsFile::file_sha256() const { return sha256_hex_in_pieces(bytes_, mapped_); }
 
 std::span<const std::byte> SafetensorsFile::data(const SafetensorsEntry& e) const {
   return data_section().subspan(static_cast<std::size_t>(e.begin), static_cast<std::size_t>(e.end - e.begin));

@@ -29,6 +29,9 @@ TensorSpec BatchNorm2d::plan(const TensorSpec& in, Context& ctx) {
     running_mean_ = detail::filled({channels_}, 0.0f, MemoryCategory::weights, ctx);
     running_var_ = detail::filled({channels_}, 1.0f, MemoryCategory::weights, ctx);
   }
+  pending_mean_ = ctx.allocate({channels_}, DType::f32, MemoryCategory::weights);
+  pending_var_ = ctx.allocate({channels_}, DType::f32, MemoryCategory::weights);
+  pending_ = false;
   mean_ = ctx.allocate({channels_}, DType::f32, MemoryCategory::activations);
   inv_std_ = ctx.allocate({channels_}, DType::f32, MemoryCategory::activations);
   output_ = ctx.allocate(input, in.dtype, MemoryCategory::activations);
@@ -42,11 +45,29 @@ backend::BatchNormState BatchNorm2d::state() const {
 
 Tensor BatchNorm2d::forward(const Tensor& x, Context& ctx, bool training) {
   detail::require_dtype(x, output_.dtype(), name(), "input");
-  last_ = {eps_, momentum_, fused_relu_, training, ctx.update_running_statistics};
+  using Running = Context::RunningStatistics;
+  last_ = {eps_, momentum_, fused_relu_, training, ctx.running_statistics != Running::keep};
   input_ = x;
   Tensor y = output_.first_rows(x.dim(0));
-  ctx.backend().batch_norm_forward(x, last_, state(), y);
+  backend::BatchNormState s = state();
+  if (training && ctx.running_statistics == Running::defer) {
+    // Blend into copies of the running statistics: the same arithmetic, committed or dropped by end_step.
+    ctx.backend().convert(running_mean_, pending_mean_);
+    ctx.backend().convert(running_var_, pending_var_);
+    s.running_mean = pending_mean_;
+    s.running_var = pending_var_;
+    pending_ = true;
+  }
+  ctx.backend().batch_norm_forward(x, last_, s, y);
   return y;
+}
+
+void BatchNorm2d::end_step(Context& ctx, bool applied) {
+  if (pending_ && applied) {
+    ctx.backend().convert(pending_mean_, running_mean_);
+    ctx.backend().convert(pending_var_, running_var_);
+  }
+  pending_ = false;
 }
 
 Tensor BatchNorm2d::backward(const Tensor& dy, Context& ctx) {

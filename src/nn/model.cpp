@@ -88,6 +88,10 @@ std::vector<std::pair<std::string, Tensor*>> Sequential::buffers() {
   return out;
 }
 
+void Sequential::end_step(Context& ctx, bool applied) {
+  for (auto& layer : layers_) layer->end_step(ctx, applied);
+}
+
 Residual::Residual(std::string name, std::unique_ptr<Sequential> body) : Layer(std::move(name)), body_(std::move(body)) {
   if (!body_) throw InvalidArgument("residual block " + this->name() + " has no body");
   body_->set_input_gradient_needed(true);

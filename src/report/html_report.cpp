@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "mpx/core/error.h"
+#include "mpx/io/regular_file.h"
 #include "mpx/train/run/run_files.h"
 #include "svg.h"
 
@@ -23,6 +24,7 @@ using nlohmann::json;
 namespace {
 
 json read_json_file(const fs::path& path) {
+  if (fs::exists(path)) io::require_regular_file(path.string(), "JSON file");
   std::ifstream in(path);
   if (!in) throw IoError("cannot read " + path.string() + ": missing or unreadable (is this a run directory?)");
   try {
@@ -33,6 +35,7 @@ json read_json_file(const fs::path& path) {
 }
 
 std::vector<json> read_jsonl(const fs::path& path) {
+  if (fs::exists(path)) io::require_regular_file(path.string(), "JSON-lines file");
   std::ifstream in(path);
   if (!in) throw IoError("cannot read " + path.string() + ": missing or unreadable (is this a run directory?)");
   std::vector<json> records;
@@ -130,6 +133,9 @@ td:first-child,th:first-child{text-align:left}.advice{background:#fff8e0;padding
                       cell(number(summary.value("train_seconds", json(NAN))), "{:.1f}"),
                       cell(number(summary.value("images_per_second", json(NAN))), "{:.0f}"), cell(peak / 1048576.0, "{:.1f}"),
                       field(summary, "skipped_steps"), field(summary, "final_loss_scale"));
+  if (summary.value("status", "") == "diverged") {
+    html += "<p class=advice>The run stopped: " + svg::escape(summary.value("error", std::string("diverged"))) + "</p>";
+  }
   html += fmt::format("<p class=muted>config: {}</p>", svg::escape(config.dump()));
   const json numerics = summary.value("numerics", json::object());
   if (numerics.contains("recommendation")) {

@@ -78,7 +78,12 @@ PrometheusExporter::PrometheusExporter(const std::string& bind_address, int port
   if (port == 0) return;
   const std::string address = bind_address + ":" + std::to_string(port);
   try {
-    impl_->exposer = std::make_unique<prometheus::Exposer>(address, 1);
+    // A scrape must get through however many clients hold connections open without sending (slowloris):
+    // enough workers that idle connections do not queue a scrape for long, each dropped after a second
+    // without a complete request (a scrape's request is one short line), and a deep accept queue.
+    impl_->exposer = std::make_unique<prometheus::Exposer>(std::vector<std::string>{
+        "listening_ports", address, "num_threads", "64", "request_timeout_ms", "1000", "listen_backlog", "1024",
+        "connection_queue", "1024", "keep_alive_timeout_ms", "1000"});
   } catch (const std::exception& e) {
     throw IoError("cannot serve metrics on " + address + " (port in use or not permitted; pick another --metrics-port): " +
                   e.what());

@@ -45,8 +45,13 @@ TrainConfig resolve(TrainConfig c) {
   if (c.model != "cnn" && c.model != "mlp") throw InvalidArgument("--model must be cnn or mlp, got " + c.model);
   if (c.epochs < 1) throw InvalidArgument("--epochs must be at least 1");
   if (c.batch_size < 1 || c.batch_size > 65536) throw InvalidArgument("--batch-size must be in 1..65536");
-  if (!(c.lr > 0 && std::isfinite(c.lr))) throw InvalidArgument("--lr must be a positive number");
-  if (c.clip_norm < 0) throw InvalidArgument("--clip-norm must be >= 0");
+  if (std::isinf(c.lr)) throw InvalidArgument("--lr is beyond FP32's range (the largest is 3.4e38)");
+  if (!(c.lr > 0)) throw InvalidArgument("--lr must be a finite number > 0");
+  if (!(c.clip_norm >= 0 && std::isfinite(c.clip_norm))) throw InvalidArgument("--clip-norm must be a finite number >= 0");
+  if (!(c.weight_decay >= 0 && std::isfinite(c.weight_decay))) {
+    throw InvalidArgument("--weight-decay must be a finite number >= 0");
+  }
+  if (!(c.momentum >= 0 && c.momentum < 1)) throw InvalidArgument("momentum must be in [0, 1)");
   if (c.log_every < 1) c.log_every = 1;
   if (c.numerics_every < 0) throw InvalidArgument("--numerics-every must be >= 0 (0: off)");
   if (!c.inject_nonfinite.empty()) {

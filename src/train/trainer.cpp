@@ -62,9 +62,12 @@ Trainer::Trainer(const TrainConfig& config, std::unique_ptr<Dataset> train_set, 
   ctx_.policy.allow_tf32 = config_.tf32;
   ctx_.backend().set_allow_tf32(config_.tf32);
   ctx_.seed = config_.seed;
+  // A skipped step (inf/NaN gradients) must leave every piece of state as it was, running statistics too.
+  ctx_.running_statistics = nn::Context::RunningStatistics::defer;
   if (!config_.inject_nonfinite.empty()) {
     injector_.emplace(telemetry::NonFiniteInjector::parse(config_.inject_nonfinite));
     ctx_.observers.push_back(&*injector_);
+    warn_about_a_drill_without_effect();
   }
   ctx_.observers.push_back(&monitor_);
   loss_scaling_ = config_.loss_scaling.value_or(ctx_.policy.loss_scaling);
@@ -109,6 +112,22 @@ Trainer::Trainer(const TrainConfig& config, std::unique_ptr<Dataset> train_set, 
 
 Trainer::~Trainer() = default;
 
+void Trainer::warn_about_a_drill_without_effect() {
+  const std::int64_t steps_per_epoch = (train_set_->size() + config_.batch_size - 1) / config_.batch_size;
+  const std::int64_t schedule_steps = steps_per_epoch * config_.epochs;
+  const std::int64_t total = config_.max_steps > 0 ? std::min(schedule_steps, config_.max_steps) : schedule_steps;
+  const std::string drill = "--inject-nonfinite " + config_.inject_nonfinite;
+  if (injector_->step() > total) {
+    warnings_.push_back(drill + " can have no effect: the run has " + std::to_string(total) + " steps");
+  }
+  // The first layer computes no gradient for its input (the images): a backward drill there poisons nothing.
+  const auto& layers = model_.layers();
+  if (injector_->pass() == nn::Pass::backward && !layers.empty() && layers.front()->name() == injector_->layer()) {
+    warnings_.push_back(drill + " can have no effect: " + injector_->layer() +
+                        " is the first layer, and no gradient is computed for the model's input");
+  }
+}
+
 std::string Trainer::device_name() const { return ctx_.backend().device_name(); }
 std::size_t Trainer::peak_bytes() const { return memory().peak_total(); }
 const MemoryTracker& Trainer::memory() const { return ctx_.memory(); }
@@ -133,17 +152,15 @@ nn::Sequential& Trainer::model() {
   return *host_model_;
 }
 
-std::vector<float> Trainer::lr_schedule(std::int64_t schedule_steps) const {
-  const amp::OneCycleSchedule one_cycle{config_.lr, schedule_steps};
-  const amp::CosineSchedule cosine{config_.lr, 0.0f, 0, schedule_steps};
-  std::vector<float> lr(static_cast<std::size_t>(std::max<std::int64_t>(1, schedule_steps)));
-  for (std::size_t s = 0; s < lr.size(); ++s) {
-    const auto step = static_cast<std::int64_t>(s);
-    lr[s] = config_.schedule == ScheduleKind::onecycle ? one_cycle.lr(step)
-            : config_.schedule == ScheduleKind::cosine ? cosine.lr(step)
-                                                        : config_.lr;
+float Trainer::lr_at(std::int64_t step, std::int64_t schedule_steps) const {
+  // Computed per step, never tabulated: --epochs 10^8 must not allocate a table of 10^10 steps.
+  step = std::min<std::int64_t>(step, std::max<std::int64_t>(1, schedule_steps) - 1);
+  switch (config_.schedule) {
+    case ScheduleKind::onecycle: return amp::OneCycleSchedule{config_.lr, schedule_steps}.lr(step);
+    case ScheduleKind::cosine: return amp::CosineSchedule{config_.lr, 0.0f, 0, schedule_steps}.lr(step);
+    case ScheduleKind::constant: break;
   }
-  return lr;
+  return config_.lr;
 }
 
 void Trainer::load_batch(const Dataset& set, const std::vector<std::int64_t>& order, std::int64_t first,
@@ -180,6 +197,7 @@ bool Trainer::step(const Tensor& batch, std::int64_t global_step, float lr, floa
     divergence_->after_finite_step();
   }
   const bool apply = optimizer_->apply(found_inf, lr);
+  model_.end_step(ctx_, apply);  // BatchNorm's running statistics: only a step that applied moves them
   if (sample) {  // weights, gradients and optimizer state after the update
     monitor_.begin(Mode::sample, step_number, scale);
     monitor_.record_parameters(params_, ctx_.policy.master_weights, ctx_.backend());
@@ -203,8 +221,11 @@ std::optional<telemetry::NonFiniteOrigin> Trainer::locate_nonfinite(const Tensor
   // values, this time checking each layer's output. BatchNorm keeps its running statistics as they are.
   struct FrozenStatistics {  // restored however the replay ends
     nn::Context& ctx;
-    explicit FrozenStatistics(nn::Context& c) : ctx(c) { ctx.update_running_statistics = false; }
-    ~FrozenStatistics() { ctx.update_running_statistics = true; }
+    nn::Context::RunningStatistics before;
+    explicit FrozenStatistics(nn::Context& c) : ctx(c), before(c.running_statistics) {
+      ctx.running_statistics = nn::Context::RunningStatistics::keep;
+    }
+    ~FrozenStatistics() { ctx.running_statistics = before; }
   } frozen(ctx_);
   monitor_.begin(telemetry::NumericsMonitor::Mode::locate, step, scale);
   const Tensor logits = model_.forward(batch, ctx_, true);
@@ -247,7 +268,6 @@ TrainResult Trainer::run(const Callbacks& callbacks) {
   const std::int64_t schedule_steps = steps_per_epoch * config_.epochs;
   const std::int64_t total_steps =
       config_.max_steps > 0 ? std::min(schedule_steps, config_.max_steps) : schedule_steps;
-  const std::vector<float> lr_per_step = lr_schedule(schedule_steps);
 
   TrainResult result;
   result.loss_scaling = loss_scaling_;
@@ -255,6 +275,11 @@ TrainResult Trainer::run(const Callbacks& callbacks) {
   result.nonfinite_steps = position_.nonfinite_steps;
   double training_seconds = position_.train_seconds;
   std::int64_t global_step = position_.global_step, images_seen = position_.images_seen;
+  if (global_step >= total_steps) {
+    // Resumed from a checkpoint at the run's last step: nothing to train; report the model as it is.
+    result.final_loss = position_.last_loss;
+    result.test_accuracy = evaluate();
+  }
   for (int epoch = position_.epoch; epoch <= config_.epochs && global_step < total_steps; ++epoch) {
     const auto epoch_start = Clock::now();
     std::vector<std::int64_t> order(static_cast<std::size_t>(images));
@@ -267,7 +292,7 @@ TrainResult Trainer::run(const Callbacks& callbacks) {
     for (std::int64_t s = first_step; s < steps_per_epoch && global_step < total_steps; ++s, ++global_step) {
       const std::int64_t first = s * config_.batch_size;
       const std::int64_t rows = std::min<std::int64_t>(config_.batch_size, images - first);
-      const float lr = lr_per_step[static_cast<std::size_t>(std::min<std::int64_t>(global_step, schedule_steps - 1))];
+      const float lr = lr_at(global_step, schedule_steps);
       float loss = 0;
       load_batch(set, order, first, rows);
       const bool applied = step(input_.first_rows(rows), global_step, lr, loss);
@@ -310,7 +335,7 @@ TrainResult Trainer::run(const Callbacks& callbacks) {
       if (config_.checkpoint_every > 0 && ((global_step + 1) % config_.checkpoint_every == 0 || last)) {
         position_ = {s + 1 == steps_per_epoch ? epoch + 1 : epoch, s + 1 == steps_per_epoch ? 0 : s + 1,
                      global_step + 1, result.skipped_steps, result.nonfinite_steps, images_seen,
-                     training_seconds + seconds_since(epoch_start)};
+                     training_seconds + seconds_since(epoch_start), loss};
         save_checkpoint(config_.checkpoint_path);
       }
     }

@@ -1,5 +1,6 @@
 // The IDX reader on files it writes itself: plain and gzip, and every kind of damage a clear error.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <zlib.h>
 
 #include <cstdio>
@@ -67,7 +68,7 @@ TEST_F(IdxFiles, ReadsPlainAndGzipFiles) {
 
 TEST_F(IdxFiles, DamagedFilesAreClearErrors) {
   auto bytes = idx_bytes({10, 2});
-  expect_error((dir / "missing.idx").string(), "cannot open");
+  expect_error((dir / "missing.idx").string(), "no such IDX file");
   expect_error(write_plain("empty.idx", {}), "truncated");
   auto truncated = bytes;
   truncated.resize(truncated.size() - 3);
@@ -75,7 +76,7 @@ TEST_F(IdxFiles, DamagedFilesAreClearErrors) {
   auto trailing = bytes;
   trailing.push_back(1);
   expect_error(write_plain("trailing.idx", trailing), "bytes after");
-  expect_error(write_plain("type.idx", idx_bytes({2}, 0x0D)), "type code");
+  expect_error(write_plain("type.idx", idx_bytes({2}, 0x0D)), "type code 0x0D is not supported");
   auto magic = bytes;
   magic[0] = 1;
   expect_error(write_plain("magic.idx", magic), "not an IDX file");
@@ -92,6 +93,14 @@ TEST_F(IdxFiles, DamagedFilesAreClearErrors) {
     f.write("garbage!", 8);
   }
   EXPECT_THROW(read_idx(gz), IoError);
+}
+
+// A FIFO would block the open forever, a directory reads as nonsense: both are refused by name at once.
+TEST_F(IdxFiles, AFifoOrADirectoryIsRefusedNamingIt) {
+  const std::string fifo = (dir / "pipe.idx").string();
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  expect_error(fifo, "is a FIFO (named pipe), not a regular file (IDX file expected)");
+  expect_error(dir.string(), "is a directory");
 }
 
 }  // namespace

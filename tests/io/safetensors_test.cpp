@@ -1,6 +1,7 @@
 // safetensors: every dtype round-trips bit for bit; each class of malformed file is rejected with its own
 // message (never a crash, never an allocation beyond the file); writes replace files atomically.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <cstring>
 #include <filesystem>
@@ -137,6 +138,58 @@ TEST(Safetensors, AFailedWriteLeavesThePreviousFileIntact) {
   for (const auto& entry : std::filesystem::directory_iterator(testing::TempDir())) {
     EXPECT_EQ(entry.path().string().find("keep.safetensors.tmp"), std::string::npos) << "temporary left behind";
   }
+}
+
+// The format pads its JSON with spaces only.
+TEST(Safetensors, AHeaderPaddedWithNulBytesIsRefused) {
+  expect_rejected(file_of(std::string(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})") + std::string(3, '\0'), 4),
+                  "only spaces may pad it");
+  const std::string spaced = std::string(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})") + "   ";
+  EXPECT_NO_THROW(SafetensorsFile::parse(file_of(spaced, 4), "ok"));
+}
+
+TEST(Safetensors, AFifoOrADirectoryIsRefusedNamingItWithoutWaiting) {
+  const std::filesystem::path dir = std::filesystem::path(testing::TempDir()) / "mpx-fifo-test";
+  std::filesystem::create_directories(dir);
+  const std::string fifo = (dir / "pipe.safetensors").string();
+  std::filesystem::remove(fifo);
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  for (const std::string& path : {fifo, dir.string()}) {
+    try {
+      SafetensorsFile::read(path);
+      FAIL() << "read " << path;
+    } catch (const IoError& e) {
+      EXPECT_NE(std::string(e.what()).find(path + ": is a "), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("not a regular file"), std::string::npos) << e.what();
+    }
+  }
+  std::filesystem::remove_all(dir);
+}
+
+// Finding tensors by name is a hash lookup and the header is parsed in linear time: the most tensors a
+// file may hold (100k) read and are all found (quadratic code took minutes here); one more is refused.
+TEST(Safetensors, AHeaderWithManyTensorsIsReadAndSearchedInLinearTime) {
+  const std::string path = testing::TempDir() + "/many.safetensors";
+  constexpr int kTensors = 100000;
+  std::vector<TensorToWrite> tensors;
+  std::vector<std::string> names;
+  for (int i = 0; i < kTensors; ++i) names.push_back("t" + std::to_string(i));
+  const float one = 1.0f;
+  for (int i = 0; i < kTensors; ++i) tensors.push_back({names[static_cast<std::size_t>(i)], DType::f32, i % 2 ? Shape{0} : Shape{1}, &one});
+  write_safetensors(path, tensors);
+  const SafetensorsFile f = SafetensorsFile::read(path);
+  ASSERT_EQ(f.tensors().size(), static_cast<std::size_t>(kTensors));
+  for (const std::string& n : names) ASSERT_NE(f.find(n), nullptr) << n;
+  EXPECT_EQ(f.checksum_status(), "verified");
+  tensors.push_back({"one_too_many", DType::f32, Shape{0}, &one});
+  write_safetensors(path, tensors);
+  try {
+    SafetensorsFile::read(path);
+    FAIL() << "read a header of " << tensors.size() << " tensors";
+  } catch (const IoError& e) {
+    EXPECT_NE(std::string(e.what()).find("more than 100000 tensors"), std::string::npos) << e.what();
+  }
+  std::filesystem::remove(path);
 }
 
 }  // namespace

@@ -413,13 +413,40 @@ TEST(Layers, BatchNormLeavesRunningStatisticsAloneDuringAReplay) {
   Tensor x = Tensor::empty({4, 2, 2, 2}, DType::f32, MemoryCategory::activations, nullptr);
   const auto v = random_vector(32, 21, 3.0f);
   std::copy(v.begin(), v.end(), x.data_as<float>());
-  ctx.update_running_statistics = false;
+  ctx.running_statistics = Context::RunningStatistics::keep;
   bn.forward(x, ctx, true);
   EXPECT_EQ(bn.running_mean().data_as<float>()[0], 0.0f);
   EXPECT_EQ(bn.running_var().data_as<float>()[1], 1.0f);
-  ctx.update_running_statistics = true;
+  ctx.running_statistics = Context::RunningStatistics::update;
   bn.forward(x, ctx, true);
   EXPECT_NE(bn.running_mean().data_as<float>()[0], 0.0f);
+}
+
+// The trainer's mode: a skipped step drops the batch's statistics, an applied one commits exactly what an
+// immediate update would have written.
+TEST(Layers, BatchNormCommitsDeferredRunningStatisticsOnlyForAnAppliedStep) {
+  Context ctx;
+  BatchNorm2d deferred("bn", 2), immediate("bn", 2);
+  deferred.plan({{4, 2, 2, 2}}, ctx);
+  immediate.plan({{4, 2, 2, 2}}, ctx);
+  Tensor x = Tensor::empty({4, 2, 2, 2}, DType::f32, MemoryCategory::activations, nullptr);
+  const auto v = random_vector(32, 22, 3.0f);
+  std::copy(v.begin(), v.end(), x.data_as<float>());
+  auto bits = [](const Tensor& t) {
+    return std::vector<float>(t.data_as<float>(), t.data_as<float>() + t.numel());
+  };
+  ctx.running_statistics = Context::RunningStatistics::defer;
+  deferred.forward(x, ctx, true);
+  deferred.end_step(ctx, false);
+  EXPECT_EQ(bits(deferred.running_mean()), std::vector<float>(2, 0.0f));
+  EXPECT_EQ(bits(deferred.running_var()), std::vector<float>(2, 1.0f));
+  deferred.forward(x, ctx, true);
+  deferred.end_step(ctx, true);
+  ctx.running_statistics = Context::RunningStatistics::update;
+  immediate.forward(x, ctx, true);
+  EXPECT_EQ(std::memcmp(deferred.running_mean().data(), immediate.running_mean().data(), 8), 0);
+  EXPECT_EQ(std::memcmp(deferred.running_var().data(), immediate.running_var().data(), 8), 0);
+  EXPECT_NE(bits(deferred.running_mean()), std::vector<float>(2, 0.0f));
 }
 
 }  // namespace

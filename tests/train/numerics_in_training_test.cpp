@@ -2,10 +2,14 @@
 // gradient are traced to exactly that layer and pass, counted, and skipped; --detect-anomaly stops there.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
+
+#include <nlohmann/json.hpp>
 
 #include "../support/fashion_mnist.h"
 #include "mpx/io/fashion_mnist.h"
+#include "mpx/io/safetensors.h"
 #include "mpx/train/trainer.h"
 
 namespace mpx::train {
@@ -127,6 +131,42 @@ TEST(NumericsInTraining, CleanRunHasNoNonFiniteStepsAndARecommendation) {
   EXPECT_EQ(r.nonfinite_steps, 0);
   EXPECT_FALSE(r.headroom.empty());
   EXPECT_FALSE(r.recommendation.empty());
+}
+
+// A skipped step changes nothing but the loss scaler and the position: the checkpoint after a clean 4-step
+// run and after the same run with a fifth, poisoned step hold the same bytes for every tensor (weights,
+// AdamW moments, BatchNorm running statistics) and the same optimizer step count.
+TEST(NumericsInTraining, ASkippedStepLeavesEveryTensorAndTheOptimizerStepAsTheyWere) {
+  MPX_NEED_DATA();
+  const std::filesystem::path dir = std::filesystem::temp_directory_path() / "mpx-skipped-step-test";
+  std::filesystem::create_directories(dir);
+  for (const char* precision : {"16-mixed", "bf16-mixed"}) {
+    for (const char* drill : {"conv1:forward:5", "conv2:forward:5:1:nan"}) {
+      TrainConfig clean = short_run(precision, ""), poisoned = short_run(precision, drill);
+      clean.max_steps = 4;
+      poisoned.max_steps = 5;
+      clean.numerics_every = poisoned.numerics_every = 0;
+      clean.checkpoint_every = poisoned.checkpoint_every = 100;  // the last step writes one
+      clean.checkpoint_path = (dir / "clean.safetensors").string();
+      poisoned.checkpoint_path = (dir / "poisoned.safetensors").string();
+      EXPECT_EQ(Trainer(clean, *dataset()).run().skipped_steps, 0);
+      EXPECT_EQ(Trainer(poisoned, *dataset()).run().skipped_steps, 1) << precision << " " << drill;
+      const io::SafetensorsFile a = io::SafetensorsFile::read(clean.checkpoint_path);
+      const io::SafetensorsFile b = io::SafetensorsFile::read(poisoned.checkpoint_path);
+      ASSERT_EQ(a.tensors().size(), b.tensors().size());
+      for (const io::SafetensorsEntry& e : a.tensors()) {
+        const io::SafetensorsEntry* other = b.find(e.name);
+        ASSERT_NE(other, nullptr) << e.name;
+        const auto x = a.data(e), y = b.data(*other);
+        EXPECT_TRUE(std::equal(x.begin(), x.end(), y.begin(), y.end())) << precision << " " << drill << ": " << e.name;
+      }
+      const auto state_a = nlohmann::json::parse(a.metadata().at("mpx.checkpoint"));
+      const auto state_b = nlohmann::json::parse(b.metadata().at("mpx.checkpoint"));
+      EXPECT_EQ(state_a.at("optimizer_steps"), state_b.at("optimizer_steps")) << precision << " " << drill;
+      EXPECT_EQ(state_b.at("global_step"), 5);
+    }
+  }
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

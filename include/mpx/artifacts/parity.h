@@ -20,6 +20,7 @@ struct ParityOptions {
   std::string model;               // cnn or mlp; empty: from the file's metadata or tensor names
   double max_accuracy_drop = 0.5;  // points
   double max_class_drop = 2.0;     // points, for any one class
+  double max_logit_error = -1;     // gate on the largest |candidate - baseline| logit; < 0: no gate
   int batch_size = 500;
 };
 
@@ -34,6 +35,7 @@ struct ParityReport {
   std::uint64_t candidate_nan = 0, candidate_inf = 0;
   bool passed = false;
   std::vector<std::string> notices;  // e.g. a file read in an older layout
+  std::vector<std::string> warnings;  // e.g. a baseline that is not FP32
 };
 
 ParityReport run_parity(const ParityOptions& options, const io::FashionMnist& data);

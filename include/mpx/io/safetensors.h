@@ -11,6 +11,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <memory>
+#include <unordered_map>
 #include <span>
 #include <string>
 #include <vector>
@@ -33,7 +35,8 @@ struct SafetensorsEntry {
 class SafetensorsFile {
  public:
   // Reads and validates `path`; throws IoError naming the file and what is wrong. Verifies the data's
-  // SHA-256 against the metadata when the file records one.
+  // SHA-256 against the metadata when the file records one. The file is mapped, not loaded: its header is
+  // checked before any data is read, and the data's pages are read as they are used.
   // With verify_checksum false a recorded checksum is compared but a mismatch only sets checksum_status().
   static SafetensorsFile read(const std::string& path, bool verify_checksum = true);
   // The same checks on bytes already in memory (`origin` names them in errors).
@@ -43,16 +46,24 @@ class SafetensorsFile {
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   const SafetensorsEntry* find(const std::string& name) const;  // nullptr when absent
   std::span<const std::byte> data(const SafetensorsEntry& entry) const;
+  // Hands a read tensor's pages back (a mapped file reads them again if the tensor is used once more), so
+  // that going through a large file keeps about one tensor resident.
+  void release(const SafetensorsEntry& entry) const;
   std::span<const std::byte> data_section() const;
   std::string file_sha256() const;  // of the whole file as read
   // "verified", "mismatch" or "not recorded"
   const std::string& checksum_status() const { return checksum_status_; }
 
  private:
-  std::vector<std::byte> bytes_;
+  static SafetensorsFile parse_view(std::shared_ptr<const void> owner, std::span<const std::byte> bytes,
+                                    const std::string& origin, bool verify_checksum, bool mapped);
+  std::shared_ptr<const void> owner_;  // keeps bytes_ alive: a file mapping or a buffer
+  std::span<const std::byte> bytes_;
+  bool mapped_ = false;  // bytes_ is a read-only file mapping
   std::uint64_t data_start_ = 0;
   std::vector<SafetensorsEntry> entries_;
   std::map<std::string, std::string> metadata_;
+  std::unordered_map<std::string, std::size_t> index_;  // name -> entries_ position
   std::string checksum_status_ = "not recorded";
 };
 

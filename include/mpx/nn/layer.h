@@ -64,9 +64,12 @@ struct Context {
   amp::PrecisionPolicy policy = amp::PrecisionPolicy::preset("32-true");
   std::uint64_t seed = 0;
   std::uint64_t step = 0;  // training step: with the seed, it keys dropout's counter-based randomness
-  // Off while a step is replayed to find where it went non-finite: BatchNorm then leaves its running
-  // statistics as they were.
-  bool update_running_statistics = true;
+  // What a training forward pass does with BatchNorm's running statistics: blend the batch's in at once
+  // (update); blend them into a pending copy that end_step() commits only for an applied step (defer: the
+  // trainer, so that a skipped step changes nothing); or leave them as they are (keep: the replay that
+  // finds where a step went non-finite).
+  enum class RunningStatistics : std::uint8_t { update, defer, keep };
+  RunningStatistics running_statistics = RunningStatistics::update;
   std::vector<LayerObserver*> observers;  // called in order after each layer, when any
 
  private:
@@ -120,6 +123,12 @@ class Layer {
   virtual std::vector<Parameter*> parameters() { return {}; }
   // State that is not trained but belongs to the model (BatchNorm's running statistics), by full name.
   virtual std::vector<std::pair<std::string, Tensor*>> buffers() { return {}; }
+  // After the optimizer's decision on a step: state a deferred forward pass left pending (BatchNorm's
+  // running statistics) is committed when the step was `applied`, dropped when it was skipped.
+  virtual void end_step(Context& ctx, bool applied) {
+    (void)ctx;
+    (void)applied;
+  }
 
   // The first layer of a model needs no gradient for its input (the images): Sequential turns it off, and
   // layers that can skip that work (convolution, linear) then return an undefined tensor from backward().

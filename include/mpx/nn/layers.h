@@ -73,6 +73,7 @@ class BatchNorm2d : public Layer {
   std::vector<std::pair<std::string, Tensor*>> buffers() override {
     return {{name() + ".running_mean", &running_mean_}, {name() + ".running_var", &running_var_}};
   }
+  void end_step(Context& ctx, bool applied) override;
   const Tensor& running_mean() const { return running_mean_; }
   const Tensor& running_var() const { return running_var_; }
   std::int64_t channels() const { return channels_; }
@@ -86,6 +87,9 @@ class BatchNorm2d : public Layer {
   bool fused_relu_;
   Parameter gamma_, beta_;
   Tensor running_mean_, running_var_, mean_, inv_std_, output_, grad_input_;
+  // A deferred forward pass blends into these copies; end_step() commits them for an applied step.
+  Tensor pending_mean_, pending_var_;
+  bool pending_ = false;
   Tensor input_;  // the forward input (the previous layer's output buffer): x-hat is recomputed from it
   backend::BatchNormArgs last_;  // how the last forward ran (backward follows it)
 

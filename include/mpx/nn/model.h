@@ -28,6 +28,7 @@ class Sequential : public Layer {
   Tensor backward(const Tensor& dy, Context& ctx) override;
   std::vector<Parameter*> parameters() override;
   std::vector<std::pair<std::string, Tensor*>> buffers() override;
+  void end_step(Context& ctx, bool applied) override;
   const std::vector<std::unique_ptr<Layer>>& layers() const { return layers_; }
 
  private:
@@ -45,6 +46,7 @@ class Residual : public Layer {
   Tensor backward(const Tensor& dy, Context& ctx) override;
   std::vector<Parameter*> parameters() override { return body_->parameters(); }
   std::vector<std::pair<std::string, Tensor*>> buffers() override { return body_->buffers(); }
+  void end_step(Context& ctx, bool applied) override { body_->end_step(ctx, applied); }
   Sequential& body() { return *body_; }
 
  private:

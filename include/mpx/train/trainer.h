@@ -17,6 +17,7 @@
 #include "mpx/backend/backend.h"
 #include "mpx/core/error.h"
 #include "mpx/io/fashion_mnist.h"
+#include "mpx/io/safetensors.h"
 #include "mpx/nn/model.h"
 #include "mpx/telemetry/numerics_monitor.h"
 #include "mpx/train/dataset.h"
@@ -84,6 +85,11 @@ class Trainer {
   std::string device_name() const;
   std::size_t peak_bytes() const;  // the most memory the engine held (device memory on CUDA)
   const MemoryTracker& memory() const;  // the engine's memory by category (device memory on CUDA)
+  // What the settings make pointless, said before training (e.g. a drill past the last step).
+  const std::vector<std::string>& warnings() const { return warnings_; }
+  // Where the run stands (after load_checkpoint: where it resumes): steps done, and the epoch it is in.
+  std::int64_t steps_done() const { return position_.global_step; }
+  int epoch() const { return position_.epoch; }
   // The trained model in host memory (on a device run, a copy brought up to date by this call).
   nn::Sequential& model();
 
@@ -97,7 +103,8 @@ class Trainer {
   // The first weight gradient, in backward order, holding a non-finite value (when every layer output was
   // finite).
   std::optional<telemetry::NonFiniteOrigin> first_nonfinite_weight_gradient(std::int64_t step) const;
-  std::vector<float> lr_schedule(std::int64_t schedule_steps) const;
+  float lr_at(std::int64_t step, std::int64_t schedule_steps) const;
+  void warn_about_a_drill_without_effect();
   // A device run keeps a host copy of the model for files: these bring one side up to date with the other
   // (no-ops on the CPU, where both are the same model).
   void copy_state_to_host();
@@ -122,6 +129,7 @@ class Trainer {
   std::optional<telemetry::NumericsSample> pending_sample_;   // handed to the callbacks after the step
   std::optional<telemetry::NonFiniteOrigin> pending_origin_;
   std::unique_ptr<DivergenceRule> divergence_;  // one rule for every device
+  std::vector<std::string> warnings_;
   // Where run() starts (after load_checkpoint) and where it is (for save_checkpoint).
   struct Position {
     int epoch = 1;                     // 1-based
@@ -129,17 +137,28 @@ class Trainer {
     std::int64_t global_step = 0;      // steps done
     std::int64_t skipped_steps = 0, nonfinite_steps = 0, images_seen = 0;
     double train_seconds = 0;
+    float last_loss = 0;  // of the last step done (what a run resumed at its end reports)
   } position_;
 };
 
-// Thrown when a run without loss scaling produces a non-finite loss: names the step and what to try.
+// Thrown when training cannot go on (a non-finite loss without loss scaling or master weights, too many
+// non-finite steps in a row, --detect-anomaly): names the step and what to try, and carries where the
+// values went non-finite (for the run's records).
 class TrainingDiverged : public Error {
  public:
-  using Error::Error;
+  TrainingDiverged(const std::string& message, telemetry::NonFiniteOrigin origin)
+      : Error(message), origin_(std::move(origin)) {}
+  const telemetry::NonFiniteOrigin& origin() const { return origin_; }  // origin().step: the step it stopped at
+
+ private:
+  telemetry::NonFiniteOrigin origin_;
 };
 
 // Whether `path` is a Trainer checkpoint (else, for --resume, a model file to start from). Throws IoError
 // when it is no readable safetensors file.
 bool is_checkpoint(const std::string& path);
+// "verified", "mismatch" or "not recorded" (not a checkpoint, or one written before the state had its own
+// SHA-256): whether a checkpoint's training state is the one it was written with.
+std::string checkpoint_state_status(const io::SafetensorsFile& file);
 
 }  // namespace mpx::train

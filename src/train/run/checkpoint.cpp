@@ -2,11 +2,16 @@
 // as tensors, and the rest (position, optimizer step, loss scaler, counters, configuration) as JSON in the
 // metadata under "mpx.checkpoint". Written atomically; the data's SHA-256 is verified on load. Weights and their
 // optimizer state are in PyTorch's layout, as in the model file (pytorch_layout.h).
+#include <cmath>
+#include <cstdint>
+#include <span>
+
 #include <nlohmann/json.hpp>
 
 #include "../divergence_rule.h"
 #include "mpx/core/error.h"
 #include "mpx/io/safetensors.h"
+#include "mpx/telemetry/json.h"
 #include "mpx/train/run/model_file.h"
 #include "mpx/train/run/pytorch_layout.h"
 #include "mpx/train/trainer.h"
@@ -16,6 +21,51 @@ namespace mpx::train {
 namespace {
 
 constexpr const char* kStateKey = "mpx.checkpoint";
+// SHA-256 of the state's JSON text: the data checksum covers the tensors only, this covers the rest.
+constexpr const char* kStateSha256Key = "mpx.checkpoint_sha256";
+
+std::string state_sha256(const std::string& text) {
+  return io::sha256_hex(std::as_bytes(std::span<const char>(text.data(), text.size())));
+}
+
+// A field of the state, range-checked: an IoError names the field, its value and the allowed range.
+class StateReader {
+ public:
+  StateReader(const nlohmann::json& state, std::string path) : state_(state), path_(std::move(path)) {}
+  std::int64_t integer(const char* key, std::int64_t low, std::int64_t high, const nlohmann::json* in = nullptr) const {
+    const nlohmann::json& v = field(key, in);
+    if (!v.is_number_integer()) fail(key, v, "is not an integer");
+    const bool is_unsigned = v.is_number_unsigned();
+    const std::int64_t x = is_unsigned ? static_cast<std::int64_t>(std::min<std::uint64_t>(v.get<std::uint64_t>(), INT64_MAX))
+                                       : v.get<std::int64_t>();
+    if (x < low || x > high) {
+      fail(key, v, "is outside " + std::to_string(low) + " .. " + std::to_string(high));
+    }
+    return x;
+  }
+  double real(const char* key, double low, double high, const nlohmann::json* in = nullptr) const {
+    const nlohmann::json& v = field(key, in);
+    if (!v.is_number()) fail(key, v, "is not a number");
+    const double x = v.get<double>();
+    if (!(x >= low && x <= high)) fail(key, v, "is outside " + nlohmann::json(low).dump() + " .. " + nlohmann::json(high).dump());
+    return x;
+  }
+  [[noreturn]] void fail(const char* key, const nlohmann::json& v, const std::string& why) const {
+    throw IoError(path_ + ": damaged checkpoint state: " + key + " = " + v.dump() + " " + why +
+                  " for this run; the checkpoint cannot be resumed");
+  }
+
+ private:
+  const nlohmann::json& field(const char* key, const nlohmann::json* in) const {
+    const nlohmann::json& object = in ? *in : state_;
+    if (!object.is_object() || !object.contains(key)) {
+      throw IoError(path_ + ": damaged checkpoint state: " + key + " is missing; the checkpoint cannot be resumed");
+    }
+    return object[key];
+  }
+  const nlohmann::json& state_;
+  std::string path_;
+};
 
 // The settings a run's trajectory depends on: a resume must use the same.
 nlohmann::json trajectory_settings(const TrainConfig& c) {
@@ -62,6 +112,7 @@ void Trainer::save_checkpoint(const std::string& path) {
                           {"nonfinite_steps", position_.nonfinite_steps},
                           {"images_seen", position_.images_seen},
                           {"train_seconds", position_.train_seconds},
+                          {"last_loss", telemetry::json_number(position_.last_loss)},
                           {"consecutive_nonfinite", divergence_->in_a_row()},
                           {"settings", trajectory_settings(config_)}};
   if (loss_scaling_) {
@@ -69,18 +120,27 @@ void Trainer::save_checkpoint(const std::string& path) {
     state["loss_scaler"] = {{"scale", s.scale},         {"growth_tracker", s.growth_tracker}, {"steps", s.steps},
                             {"skipped_steps", s.skipped_steps}, {"growths", s.growths},       {"backoffs", s.backoffs}};
   }
-  io::write_safetensors(path, tensors, {{kStateKey, state.dump()}, {"format", "pt"}, {kLayoutKey, kPytorchLayout}});
+  const std::string text = state.dump();
+  io::write_safetensors(path, tensors, {{kStateKey, text}, {kStateSha256Key, state_sha256(text)}, {"format", "pt"},
+                                        {kLayoutKey, kPytorchLayout}});
 }
 
 void Trainer::load_checkpoint(const std::string& path) {
   const io::SafetensorsFile file = io::SafetensorsFile::read(path);
   const auto it = file.metadata().find(kStateKey);
   if (it == file.metadata().end()) throw IoError(path + ": not an mpx checkpoint (no " + std::string(kStateKey) + ")");
+  if (checkpoint_state_status(file) == "mismatch") {
+    throw IoError(path + ": checksum mismatch: the checkpoint's training state differs from the one recorded when "
+                  "it was written (the file is damaged or was edited)");
+  }
   nlohmann::json state;
   try {
     state = nlohmann::json::parse(it->second);
   } catch (const nlohmann::json::exception& e) {
     throw IoError(path + ": damaged checkpoint state: " + e.what());
+  }
+  if (!state.is_object() || !state.contains("settings") || !state["settings"].is_object()) {
+    throw IoError(path + ": damaged checkpoint state: no settings object");
   }
   const nlohmann::json expected = trajectory_settings(config_);
   for (const auto& [key, value] : expected.items()) {
@@ -105,29 +165,60 @@ void Trainer::load_checkpoint(const std::string& path) {
     }
     order.read_into(c.parameter, reinterpret_cast<const float*>(file.data(*e).data()), layout, *c.tensor);
   }
-  copy_state_to_device();  // and the working copies from the masters
-  try {
-    position_ = {state.at("epoch").get<int>(),          state.at("step_in_epoch").get<std::int64_t>(),
-                 state.at("global_step").get<std::int64_t>(), state.at("skipped_steps").get<std::int64_t>(),
-                 state.at("nonfinite_steps").get<std::int64_t>(), state.at("images_seen").get<std::int64_t>(),
-                 state.at("train_seconds").get<double>()};
-    const auto optimizer_steps = state.at("optimizer_steps").get<std::int64_t>();
-    divergence_->restore(state.at("consecutive_nonfinite").get<std::int64_t>());
-    if (loss_scaling_ != state.contains("loss_scaler")) throw IoError(path + ": loss scaling differs from this run");
-    amp::LossScalerState ls;
-    if (loss_scaling_) {
-      const nlohmann::json& s = state["loss_scaler"];
-      ls.scale = s.at("scale").get<float>();
-      ls.growth_tracker = s.at("growth_tracker").get<int>();
-      ls.steps = s.at("steps").get<std::uint64_t>();
-      ls.skipped_steps = s.at("skipped_steps").get<std::uint64_t>();
-      ls.growths = s.at("growths").get<std::uint64_t>();
-      ls.backoffs = s.at("backoffs").get<std::uint64_t>();
-    }
-    optimizer_->load(ls, optimizer_steps);
-  } catch (const nlohmann::json::exception& e) {
-    throw IoError(path + ": damaged checkpoint state: " + e.what());
+  // Every field against what this run can have reached: the position is one of its steps, the counters
+  // add up, the loss scale is a positive finite number.
+  const StateReader in(state, path);
+  const std::int64_t images = train_set_->size();
+  const std::int64_t steps_per_epoch = (images + config_.batch_size - 1) / config_.batch_size;
+  const std::int64_t schedule_steps = steps_per_epoch * config_.epochs;
+  Position p;
+  p.epoch = static_cast<int>(in.integer("epoch", 1, static_cast<std::int64_t>(config_.epochs) + 1));
+  p.step_in_epoch = in.integer("step_in_epoch", 0, p.epoch > config_.epochs ? 0 : steps_per_epoch - 1);
+  const std::int64_t reached = (p.epoch - 1) * steps_per_epoch + p.step_in_epoch;
+  p.global_step = in.integer("global_step", reached, reached);
+  if (p.global_step > schedule_steps) in.fail("global_step", state["global_step"], "is past the run's last step");
+  p.skipped_steps = in.integer("skipped_steps", 0, p.global_step);
+  p.nonfinite_steps = in.integer("nonfinite_steps", 0, p.global_step);
+  const std::int64_t seen = (p.epoch - 1) * images + p.step_in_epoch * config_.batch_size;
+  p.images_seen = in.integer("images_seen", seen, seen);
+  p.train_seconds = in.real("train_seconds", 0, 1e12);
+  if (state.contains("last_loss") && state["last_loss"].is_number()) p.last_loss = state["last_loss"].get<float>();
+  const std::int64_t applied = p.global_step - p.skipped_steps;
+  const std::int64_t optimizer_steps = in.integer("optimizer_steps", applied, applied);
+  const std::int64_t in_a_row = in.integer("consecutive_nonfinite", 0, p.nonfinite_steps);
+  if (loss_scaling_ != state.contains("loss_scaler")) throw IoError(path + ": loss scaling differs from this run");
+  amp::LossScalerState ls;
+  if (loss_scaling_) {
+    const nlohmann::json* s = &state["loss_scaler"];
+    ls.scale = static_cast<float>(in.real("scale", 1.17549435e-38, 3.4028234663852886e38, s));
+    ls.growth_tracker = static_cast<int>(in.integer("growth_tracker", 0, INT32_MAX, s));
+    ls.steps = static_cast<std::uint64_t>(in.integer("steps", p.global_step, p.global_step, s));
+    const auto steps = static_cast<std::int64_t>(ls.steps);
+    ls.skipped_steps = static_cast<std::uint64_t>(in.integer("skipped_steps", p.skipped_steps, p.skipped_steps, s));
+    ls.growths = static_cast<std::uint64_t>(in.integer("growths", 0, steps, s));
+    ls.backoffs = static_cast<std::uint64_t>(in.integer("backoffs", 0, steps, s));
   }
+  // Non-finite weights, moments or statistics never come out of a run that carried on: refuse them.
+  for (const CheckpointTensor& c : checkpoint_tensors(model, model.parameters())) {
+    const float* v = c.tensor->data_as<float>();
+    for (std::int64_t i = 0; i < c.tensor->numel(); ++i) {
+      if (!std::isfinite(v[i])) {
+        throw IoError(path + ": tensor '" + c.name + "' holds a non-finite value (" + std::to_string(v[i]) +
+                      " at element " + std::to_string(i) + "); the checkpoint cannot be resumed");
+      }
+    }
+  }
+  position_ = p;
+  divergence_->restore(in_a_row);
+  optimizer_->load(ls, optimizer_steps);
+  copy_state_to_device();  // and the working copies from the masters
+}
+
+std::string checkpoint_state_status(const io::SafetensorsFile& file) {
+  const auto state = file.metadata().find(kStateKey);
+  const auto sum = file.metadata().find(kStateSha256Key);
+  if (state == file.metadata().end() || sum == file.metadata().end()) return "not recorded";
+  return state_sha256(state->second) == sum->second ? "verified" : "mismatch";
 }
 
 bool is_checkpoint(const std::string& path) { return io::SafetensorsFile::read(path).metadata().count(kStateKey) > 0; }

@@ -3,14 +3,17 @@
 #include <omp.h>
 
 #include <chrono>
+#include <cmath>
 #include <ctime>
 #include <filesystem>
+#include <optional>
 #include <thread>
 
 #include <fmt/format.h>
 
 #include "mpx/artifacts/convert.h"
 #include "mpx/build_info.h"
+#include "mpx/core/error.h"
 #include "mpx/numeric/convert.h"
 #include "mpx/telemetry/prometheus_exporter.h"
 #include "mpx/telemetry/tensorboard_writer.h"
@@ -39,8 +42,7 @@ nlohmann::json config_json(const RunOptions& o, const TrainConfig& c) {
 }
 
 // The serving copy: the FP32 model converted (normalisation kept in FP32), overflow clamped and counted.
-ServingCopy write_serving_copy(const RunDirectory& run, const std::string& dtype_name) {
-  const DType serving = artifacts::parse_target_dtype(dtype_name);
+ServingCopy write_serving_copy(const RunDirectory& run, DType serving) {
   ServingCopy copy;
   copy.path = run.file("model-" + std::string(name(serving)) + ".safetensors");
   copy.dtype = name(serving);
@@ -50,6 +52,10 @@ ServingCopy write_serving_copy(const RunDirectory& run, const std::string& dtype
   copy.underflowed = r.total.underflowed;
   copy.subnormal = r.total.subnormal;
   copy.max_relative_error = r.total.max_relative_error;
+  if (!r.written) {
+    throw IoError("no serving copy written: " + run.file("model.safetensors") + " holds " +
+                  std::to_string(r.total.nonfinite) + " non-finite values");
+  }
   return copy;
 }
 
@@ -65,24 +71,35 @@ RunOutcome run_training(const RunOptions& o, const RunEvents& events) {
   outcome.out = !o.out.empty() ? o.out : resume_dir ? o.resume : default_run_name(resolved);
   settings.checkpoint_path = (std::filesystem::path(outcome.out) / "checkpoint.safetensors").string();
   const TrainConfig config = resolve(settings);
+  // Every setting is checked before anything slow or anything written.
+  const bool serving = !o.serving_dtype.empty();
+  const DType serving_dtype = serving ? artifacts::parse_target_dtype(o.serving_dtype, "--serving-dtype") : DType::f16;
   RunDirectory run(outcome.out);  // fails before loading data or training if it cannot be written
   // Also before any training: a port in use is a clear error now, not after the data is loaded.
   telemetry::PrometheusExporter metrics(o.metrics_bind, o.metrics_port);
-  telemetry::TensorBoardWriter tensorboard(run.file("tensorboard"));
   const io::FashionMnist data = io::load_fashion_mnist(o.data);
   Trainer trainer(config, data);
   RunStart start;
+  std::optional<RunDirectory::Resume> continued;  // resumed from this directory's own checkpoint
   if (!resume_file.empty() && is_checkpoint(resume_file)) {
     trainer.load_checkpoint(resume_file);
     start.resumed_from = resume_file;
+    std::error_code ec;
+    if (std::filesystem::equivalent(std::filesystem::path(resume_file).parent_path(), outcome.out, ec)) {
+      continued = RunDirectory::Resume{trainer.steps_done(), trainer.epoch()};
+    }
   } else if (!resume_file.empty()) {
     start.notice = trainer.load_weights(resume_file);
     start.warm_started_from = resume_file;
   }
+  // Everything checked: the first writes into the run directory.
+  run.begin(continued);
+  telemetry::TensorBoardWriter tensorboard(run.file("tensorboard"));
   write_json_atomic(run.file("config.json"), config_json(o, config));
   start.config = config;
   start.out = outcome.out;
   start.device_name = trainer.device_name();
+  start.warnings = trainer.warnings();
   start.metrics_url = metrics.url();
   if (events.on_start) events.on_start(start);
 
@@ -107,10 +124,27 @@ RunOutcome run_training(const RunOptions& o, const RunEvents& events) {
     if (user.on_nonfinite) user.on_nonfinite(origin);
   };
 
-  outcome.result = trainer.run(callbacks);
+  try {
+    outcome.result = trainer.run(callbacks);
+  } catch (const TrainingDiverged& e) {
+    // The run's records say where and why it stopped, so that `mpx report` shows a diverged run too.
+    recorder.nonfinite(e.origin());
+    TrainResult stopped;
+    stopped.steps = e.origin().step;
+    stopped.final_loss = NAN;
+    stopped.test_accuracy = NAN;
+    stopped.nonfinite_steps = 1;
+    stopped.nonfinite_origins.push_back(e.origin());
+    nlohmann::json summary = summary_json(config, stopped, trainer.memory(), omp_get_max_threads());
+    summary["status"] = "diverged";
+    summary["error"] = e.what();
+    write_json_atomic(run.file("summary.json"), summary);
+    throw;
+  }
   const TrainResult& result = outcome.result;
   recorder.memory_peaks(trainer.memory());
   outcome.summary = summary_json(config, result, trainer.memory(), omp_get_max_threads());
+  outcome.summary["status"] = "completed";
   // How to feed the model (PyTorch users need it): pixels / 255, minus the mean, divided by the std.
   const io::PixelNormalisation input = io::pixel_normalisation(data.train);
   save_model(run.file("model.safetensors"), trainer.model(),
@@ -118,8 +152,8 @@ RunOutcome run_training(const RunOptions& o, const RunEvents& events) {
               {"mpx.input_mean", fmt::format("{:.9g}", input.mean)},
               {"mpx.input_std", fmt::format("{:.9g}", 1.0f / input.inv_std)},
               {"mpx.test_accuracy", fmt::format("{:.6f}", result.test_accuracy)}, {"mpx.version", build::kVersion}});
-  if (!o.serving_dtype.empty()) {
-    const ServingCopy copy = write_serving_copy(run, o.serving_dtype);
+  if (serving) {
+    const ServingCopy copy = write_serving_copy(run, serving_dtype);
     outcome.summary["serving_copy"] = {{"file", copy.path}, {"dtype", copy.dtype}, {"overflowed", copy.overflowed},
                                        {"underflowed_to_zero", copy.underflowed}, {"subnormal", copy.subnormal},
                                        {"max_relative_error", copy.max_relative_error}};

@@ -3,7 +3,9 @@
 // the directory), so a crash never leaves a half-written summary over a good one.
 #pragma once
 
+#include <cstdint>
 #include <cstdio>
+#include <optional>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -20,13 +22,27 @@ using telemetry::json_number;
 void write_json_atomic(const std::string& path, const nlohmann::json& value);
 void write_text_atomic(const std::string& path, const std::string& text);
 
+// A run directory is touched only once everything a run needs has been checked: the constructor only
+// checks (creating the directory when it is new, and removing it again unless the run starts), and
+// begin() is the first write.
 class RunDirectory {
  public:
-  // Creates the directory if needed and checks that it is writable: throws IoError before any training.
+  // Creates the directory if needed and checks that it is writable (without touching what is in it):
+  // throws IoError before any training.
   explicit RunDirectory(std::string path);
+  // A directory this object created is removed again when the run never began (it failed before step 1).
   ~RunDirectory();
   RunDirectory(const RunDirectory&) = delete;
   RunDirectory& operator=(const RunDirectory&) = delete;
+
+  // Opens metrics.jsonl. A fresh run starts it empty; a run resumed from its own checkpoint keeps the
+  // history up to that point (step records up to `resumed_step`, epoch records before `resumed_epoch`,
+  // rewritten atomically; a torn last line from a killed run is dropped) and appends after it.
+  struct Resume {
+    std::int64_t step = 0;  // steps done at the checkpoint
+    int epoch = 1;          // the epoch it continues
+  };
+  void begin(const std::optional<Resume>& resumed = std::nullopt);
 
   const std::string& path() const { return path_; }
   std::string file(const std::string& name) const;
@@ -34,6 +50,7 @@ class RunDirectory {
 
  private:
   std::string path_;
+  bool created_ = false;  // by this object (and so removed if the run never began)
   std::FILE* metrics_ = nullptr;
 };
 

@@ -6,6 +6,7 @@
 
 #include <functional>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -32,6 +33,7 @@ struct RunStart {
   std::string device_name;  // "cpu" or "cuda:0 (...)"
   std::string metrics_url;  // empty when off
   std::string resumed_from, warm_started_from, notice;  // what --resume did ("" when nothing)
+  std::vector<std::string> warnings;                   // settings that cannot do what they say
 };
 
 struct ServingCopy {
