@@ -9,10 +9,10 @@ out=${2:-build-fuzz}
 command -v clang++ >/dev/null || { echo "clang++ not installed (apt-get install clang)"; exit 77; }
 mkdir -p "$out/crashes"
 flags=(-std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Iinclude)
-common=(src/io/atomic_file.cpp src/tensor/tensor.cpp)
+common=(src/io/atomic_file.cpp src/io/regular_file.cpp src/tensor/tensor.cpp)
 echo "fuzz: building targets in $out"
 clang++ "${flags[@]}" fuzz/safetensors_fuzzer.cpp src/io/safetensors.cpp "${common[@]}" -lcrypto -o "$out/safetensors_fuzzer"
-clang++ "${flags[@]}" fuzz/idx_fuzzer.cpp src/io/idx.cpp -lz -o "$out/idx_fuzzer"
+clang++ "${flags[@]}" fuzz/idx_fuzzer.cpp src/io/idx.cpp src/io/regular_file.cpp -lz -o "$out/idx_fuzzer"
 for target in safetensors idx; do
   work="$out/corpus-$target"
   mkdir -p "$work"

@@ -8,6 +8,7 @@
 #   - a FIFO given as a file is refused at once (no hang);
 #   - /metrics still answers with 200 idle connections open;
 #   - --epochs 2147483647 does not allocate a schedule; a directory as a safetensors file names itself;
+#   - a large file is mapped: a damaged 2 GB one is refused at once, a valid one inspected in little memory;
 #   - mpx convert refuses NaN weights by default; mpx parity warns on a non-FP32 baseline and gates on the
 #     logit error;
 #   - drills that cannot fire are said before training.
@@ -164,6 +165,28 @@ mkdir "$work/dir.safetensors"
 expect_exit 2 "$work/dir.safetensors: is a directory" "$MPX" inspect "$work/dir.safetensors"
 expect_exit 0 "warning: --threads 64 is more than" "$MPX" train "${any_epochs[@]}" --epochs 1 --max-steps 1 --threads 64 --out "$work/threads"
 echo "--epochs 2147483647: $(cat "$work/rss") kB peak"
+
+# --- 8. Large files are mapped, not loaded -------------------------------------------------------------------
+# A 2 GB sparse file with a damaged header is refused at once; a valid 512 MB one (4 tensors of 128 MB) is
+# inspected with about three times one tensor resident, not the file plus its widened copy.
+python3 - "$work" <<'EOF'
+import json, struct, sys
+work = sys.argv[1]
+with open(work + "/sparse-bad.safetensors", "wb") as f:
+    f.write(struct.pack("<Q", 40) + b"[" + b" " * 39); f.truncate(2 << 30)
+per = 128 << 20
+h = {"t%d" % i: {"dtype": "F32", "shape": [per // 4], "data_offsets": [i * per, (i + 1) * per]} for i in range(4)}
+t = json.dumps(h).encode(); t += b" " * ((8 - len(t) % 8) % 8)
+with open(work + "/sparse-good.safetensors", "wb") as f:
+    f.write(struct.pack("<Q", len(t)) + t); f.truncate(8 + len(t) + 4 * per)
+EOF
+/usr/bin/time -f "%M %e" -o "$work/bad.rss" "$MPX" inspect "$work/sparse-bad.safetensors" > /dev/null 2>&1 || true
+read -r kb seconds < <(tail -1 "$work/bad.rss")
+[ "$kb" -lt 200000 ] || fail "a damaged 2 GB header was refused at $kb kB"
+/usr/bin/time -f "%M" -o "$work/good.rss" "$MPX" inspect "$work/sparse-good.safetensors" > /dev/null
+[ "$(cat "$work/good.rss")" -lt 600000 ] || fail "inspecting a 512 MB file took $(cat "$work/good.rss") kB"
+rm -f "$work"/sparse-*.safetensors
+echo "large files: a damaged 2 GB header refused at $kb kB in $seconds s; 512 MB inspected at $(cat "$work/good.rss") kB"
 
 # --- 12. NaN weights in convert; parity's baseline and logit gate ------------------------------------------
 python3 - "$run/model.safetensors" "$work/nan.safetensors" <<'EOF'

@@ -13,6 +13,7 @@
 #include "../support/gpu.h"
 #include "../support/fashion_mnist.h"
 #include "mpx/backend/cuda.h"
+#include "mpx/io/safetensors.h"
 #include "mpx/train/trainer.h"
 
 namespace mpx::train {
@@ -218,6 +219,30 @@ TEST(CudaTraining, DetectAnomalyStopsAtTheOrigin) {
   } catch (const TrainingDiverged& e) {
     const std::string message = e.what();
     EXPECT_NE(message.find("step 4: fc1 forward"), std::string::npos) << message;
+  }
+}
+
+// As on the CPU: a skipped step leaves weights, moments, BatchNorm running statistics and the optimizer step
+// as they were (the checkpoint after 4 clean steps equals the one after the same 4 and a poisoned fifth).
+TEST(CudaTraining, ASkippedStepLeavesEveryTensorAsItWas) {
+  MPX_SKIP_WITHOUT_GPU();
+  MPX_NEED_DATA();
+  const std::string dir = ::testing::TempDir();
+  std::vector<io::SafetensorsFile> files;
+  for (int poisoned = 0; poisoned < 2; ++poisoned) {
+    TrainConfig c = recipe("16-mixed", "cuda", poisoned ? 5 : 4);
+    c.inject_nonfinite = poisoned ? "conv1:forward:5" : "";
+    c.checkpoint_every = 100;
+    c.checkpoint_path = dir + (poisoned ? "/cuda-poisoned.safetensors" : "/cuda-clean.safetensors");
+    Trainer trainer(c, *test::fashion_mnist());
+    EXPECT_EQ(trainer.run().skipped_steps, poisoned);
+    files.push_back(io::SafetensorsFile::read(c.checkpoint_path));
+  }
+  for (const io::SafetensorsEntry& e : files[0].tensors()) {
+    const io::SafetensorsEntry* other = files[1].find(e.name);
+    ASSERT_NE(other, nullptr) << e.name;
+    const auto a = files[0].data(e), b = files[1].data(*other);
+    EXPECT_TRUE(a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size()) == 0) << e.name;
   }
 }
 
