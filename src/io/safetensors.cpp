@@ -29,14 +29,25 @@ using nlohmann::json;
 
 namespace {
 
-// SHA-256 over several pieces, as if they were one buffer (OpenSSL's incremental digest).
-std::string sha256_hex_of(std::span<const std::span<const std::byte>> pieces) {
+// Hands whole pages of a read-only file mapping back (they are read from the file again if used). Never
+// for heap memory: MADV_DONTNEED would zero it.
+void release_mapped_pages(std::span<const std::byte> bytes) {
+  const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto begin = (reinterpret_cast<std::uintptr_t>(bytes.data()) + page - 1) / page * page;
+  const auto end = (reinterpret_cast<std::uintptr_t>(bytes.data()) + bytes.size()) / page * page;
+  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
+// SHA-256 over several pieces, as if they were one buffer (OpenSSL's incremental digest). With
+// `release_pages` (a file mapping), each piece's pages are handed back once hashed.
+std::string sha256_hex_of(std::span<const std::span<const std::byte>> pieces, bool release_pages = false) {
   std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), &EVP_MD_CTX_free);
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int length = 0;
   bool ok = ctx != nullptr && EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) == 1;
   for (std::size_t i = 0; ok && i < pieces.size(); ++i) {
     ok = EVP_DigestUpdate(ctx.get(), pieces[i].data(), pieces[i].size()) == 1;
+    if (ok && release_pages) release_mapped_pages(pieces[i]);
   }
   if (!ok || EVP_DigestFinal_ex(ctx.get(), digest, &length) != 1) throw Error("SHA-256 failed (OpenSSL)");
   static constexpr char kHex[] = "0123456789abcdef";
@@ -56,32 +67,13 @@ std::string sha256_hex(std::span<const std::byte> bytes) {
 }
 
 namespace {
-// SHA-256 of bytes, 64 MB at a time. For a file mapping (`release_pages`), each piece's pages are handed
-// back once hashed, so that verifying a 2 GB file does not keep 2 GB resident (they are read from the file
-// again if a tensor is used). Never for heap memory: MADV_DONTNEED would zero it.
+// SHA-256 of bytes, 64 MB at a time: for a file mapping (`release_pages`), verifying a 2 GB file does not
+// keep 2 GB resident.
 std::string sha256_hex_in_pieces(std::span<const std::byte> bytes, bool release_pages) {
   constexpr std::size_t kPiece = std::size_t{64} << 20;
-  const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
-  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), &EVP_MD_CTX_free);
-  bool ok = ctx != nullptr && EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) == 1;
-  for (std::size_t at = 0; ok && at < bytes.size(); at += kPiece) {
-    const std::span<const std::byte> piece = bytes.subspan(at, std::min(kPiece, bytes.size() - at));
-    ok = EVP_DigestUpdate(ctx.get(), piece.data(), piece.size()) == 1;
-    if (!release_pages) continue;
-    const auto begin = (reinterpret_cast<std::uintptr_t>(piece.data()) + page - 1) / page * page;
-    const auto end = (reinterpret_cast<std::uintptr_t>(piece.data()) + piece.size()) / page * page;
-    if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
-  }
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int length = 0;
-  if (!ok || EVP_DigestFinal_ex(ctx.get(), digest, &length) != 1) throw Error("SHA-256 failed (OpenSSL)");
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out;
-  for (unsigned int i = 0; i < length; ++i) {
-    out += kHex[digest[i] >> 4];
-    out += kHex[digest[i] & 15];
-  }
-  return out;
+  std::vector<std::span<const std::byte>> pieces;
+  for (std::size_t at = 0; at < bytes.size(); at += kPiece) pieces.push_back(bytes.subspan(at, std::min(kPiece, bytes.size() - at)));
+  return sha256_hex_of(pieces, release_pages);
 }
 }  // namespace
 
@@ -336,12 +328,7 @@ const SafetensorsEntry* SafetensorsFile::find(const std::string& tensor_name) co
 }
 
 void SafetensorsFile::release(const SafetensorsEntry& e) const {
-  if (!mapped_) return;
-  const std::span<const std::byte> bytes = data(e);
-  const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
-  const auto begin = (reinterpret_cast<std::uintptr_t>(bytes.data()) + page - 1) / page * page;
-  const auto end = (reinterpret_cast<std::uintptr_t>(bytes.data()) + bytes.size()) / page * page;
-  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+  if (mapped_) release_mapped_pages(data(e));
 }
 
 std::span<const std::byte> SafetensorsFile::data_section() const {
