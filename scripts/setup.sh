@@ -15,9 +15,9 @@ packages=(
 )
 # `--test-tools`: also what the tests check mpx against (not dependencies of mpx): the Prometheus server and
 # promtool for the metrics exporter's tests, clang with its libFuzzer/ASan runtimes for the fuzz targets,
-# Python (with venv and pip) for the CLI tests' helpers and the interop references.
+# Python (with venv and pip) for the CLI tests' helpers and the interop references, GNU time for the memory checks.
 if [ "${1:-}" = "--test-tools" ]; then
-  packages+=(prometheus clang libclang-rt-14-dev python3 python3-venv python3-pip)
+  packages+=(prometheus clang libclang-rt-14-dev python3 python3-venv python3-pip time)
 fi
 
 missing=()
