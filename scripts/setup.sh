@@ -12,6 +12,8 @@ packages=(
   # Debian's dnnl-config.cmake calls find_package(OpenCL): its recommended OpenCL package is required.
   libdnnl-dev ocl-icd-opencl-dev zlib1g-dev prometheus-cpp-dev libssl-dev
   dataset-fashion-mnist
+  # The default text corpus of the GPT models: the King James Bible, written out by its `bible` reader.
+  bible-kjv
 )
 # `--test-tools`: also what the tests check mpx against (not dependencies of mpx): the Prometheus server and
 # promtool for the metrics exporter's tests, clang with its libFuzzer/ASan runtimes for the fuzz targets,
@@ -20,12 +22,26 @@ if [ "${1:-}" = "--test-tools" ]; then
   packages+=(prometheus clang libclang-rt-14-dev python3 python3-venv python3-pip time)
 fi
 
+# data/bible-kjv.txt (mpx train --model gpt-tiny's default --text): every verse, one per line, without the
+# verse references. Written once, atomically.
+write_default_corpus() {
+  local root corpus
+  root="$(cd "$(dirname "$0")/.." && pwd)"
+  corpus="$root/data/bible-kjv.txt"
+  [ -s "$corpus" ] && return 0
+  mkdir -p "$root/data"
+  bible -f "Gen1:1-Rev22:21" | sed -E 's/^[1-3]?[A-Za-z]+[0-9]+:[0-9]+ //' > "$corpus.tmp"
+  mv "$corpus.tmp" "$corpus"
+  echo "setup: wrote the default text corpus $corpus ($(wc -c < "$corpus") bytes)"
+}
+
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -eq 0 ]; then
   echo "setup: all ${#packages[@]} Debian packages already installed"
+  write_default_corpus
   exit 0
 fi
 
@@ -53,3 +69,4 @@ run_apt() {
 }
 run_apt "${sudo[@]}" apt-get update -qq
 run_apt "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+write_default_corpus

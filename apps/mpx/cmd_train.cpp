@@ -1,8 +1,11 @@
-// `mpx train`: mixed-precision training of Fashion-MNIST. Parses flags and prints progress; the run (its
-// directory, exporters, training and files) is mpx::train::run_training's.
+// `mpx train`: mixed-precision training of the Fashion-MNIST models and of GPT language models. Parses
+// flags and prints progress; the run (its directory, exporters, training and files) is
+// mpx::train::run_training's.
 #include <omp.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <functional>
 #include <thread>
 
 #include <fmt/format.h>
@@ -10,6 +13,8 @@
 #include "commands.h"
 #include "validators.h"
 #include "mpx/core/error.h"
+#include "mpx/io/token_corpus.h"
+#include "mpx/nn/gpt.h"
 #include "mpx/train/run/training_run.h"
 
 namespace mpx::cli {
@@ -21,7 +26,27 @@ struct TrainOptions {
   std::string optimizer = "adamw", schedule = "onecycle", device = "cpu";  // parsed in run_train
   int threads = 0;
   bool no_progress = false;
+  // Flags given on the command line (GPT runs take nanoGPT's recipe for those left out).
+  std::function<bool(const char*)> given;
 };
+
+// nanoGPT's CPU recipe for what the command line leaves out: batch 12, AdamW lr 1e-3 with weight decay 0.1,
+// cosine to lr/10 after 100 warm-up steps over the run's steps, 2,000 steps.
+void apply_gpt_defaults(TrainOptions& o) {
+  train::TrainConfig& c = o.run.config;
+  if (!nn::is_gpt_model(c.model)) return;
+  if (!o.given("--batch-size")) c.batch_size = 12;
+  if (!o.given("--lr")) c.lr = 1e-3f;
+  if (!o.given("--weight-decay")) c.weight_decay = 0.1f;
+  if (!o.given("--schedule")) o.schedule = "cosine";
+  if (!o.given("--min-lr")) c.min_lr = c.lr / 10;
+  if (!o.given("--max-steps") && !o.given("--epochs")) c.max_steps = 2000;
+  if (!o.given("--epochs")) c.epochs = 1000;  // --max-steps decides; epochs only bound it
+  if (!o.given("--schedule-steps") && c.max_steps > 0) c.schedule_steps = c.max_steps;
+  if (!o.given("--warmup-steps")) c.warmup_steps = std::min<std::int64_t>(100, std::max<std::int64_t>(c.schedule_steps, c.max_steps) / 10);
+  if (!o.given("--eval-every")) c.eval_every = c.max_steps > 0 ? std::max<std::int64_t>(1, c.max_steps / 8) : 0;
+  if (!o.given("--log-every")) c.log_every = 10;
+}
 
 std::string format_duration(double seconds) {
   const auto s = static_cast<long>(seconds + 0.5);
@@ -36,12 +61,15 @@ void run_train(TrainOptions& o) {
     fmt::print(stderr, "warning: --threads {} is more than this machine's {} cores: the threads take turns and "
                "training runs slower (often many times slower); use --threads {} or 0 (all)\n", o.threads, cores, cores);
   }
+  apply_gpt_defaults(o);
+  const bool language_model = nn::is_gpt_model(o.run.config.model);
   o.run.config.optimizer = train::parse_optimizer(o.optimizer);
   o.run.config.schedule = train::parse_schedule(o.schedule);
   o.run.config.device = train::parse_device(o.device);
   const bool terminal = !o.no_progress && ::isatty(STDERR_FILENO);
   train::TrainConfig config;
   train::RunEvents events;
+  std::string last_val;  // the latest validation loss, for the progress line
   events.on_start = [&](const train::RunStart& s) {
     config = s.config;
     for (const std::string& warning : s.warnings) fmt::print(stderr, "warning: {}\n", warning);
@@ -51,8 +79,10 @@ void run_train(TrainOptions& o) {
       fmt::print("starting from the weights in {} (a model file, not a checkpoint: the optimizer, schedule and "
                  "step count start fresh)\n", s.warm_started_from);
     }
-    fmt::print("training {} on Fashion-MNIST: {}, {} epochs, batch {}, {} {} lr {}, {} -> {}\n", config.model,
-               config.precision, config.epochs, config.batch_size, name(config.optimizer), name(config.schedule), config.lr,
+    const std::string length = config.max_steps > 0 && language_model ? fmt::format("{} steps", config.max_steps)
+                                                                      : fmt::format("{} epochs", config.epochs);
+    fmt::print("training {} on {}: {}, {}, batch {}, {} {} lr {}, {} -> {}\n", config.model, s.data_description,
+               config.precision, length, config.batch_size, name(config.optimizer), name(config.schedule), config.lr,
                config.device == train::DeviceChoice::cpu ? fmt::format("{} threads", omp_get_max_threads()) : s.device_name, s.out);
     if (!s.metrics_url.empty()) fmt::print("metrics: {}\n", s.metrics_url);
     std::fflush(stdout);
@@ -62,17 +92,35 @@ void run_train(TrainOptions& o) {
     const double remaining_images = static_cast<double>((r.total_steps - r.step) * config.batch_size);
     const double eta = r.images_per_second > 0 ? remaining_images / r.images_per_second : 0;
     const std::string line =
-        fmt::format("epoch {}/{} step {}/{} | {:.0f} img/s | loss {:.4f} | scale {:g} | ETA {}", r.epoch,
-                    config.epochs, (r.step - 1) % r.steps_per_epoch + 1, r.steps_per_epoch, r.images_per_second,
-                    r.loss, r.loss_scale, format_duration(eta));
+        language_model
+            ? fmt::format("step {}/{} | {:.0f} tok/s | loss {:.4f} | val {} | scale {:g} | ETA {}", r.step, r.total_steps,
+                          r.tokens_per_second, r.loss, last_val.empty() ? "-" : last_val, r.loss_scale,
+                          format_duration(eta))
+            : fmt::format("epoch {}/{} step {}/{} | {:.0f} img/s | loss {:.4f} | scale {:g} | ETA {}", r.epoch,
+                          config.epochs, (r.step - 1) % r.steps_per_epoch + 1, r.steps_per_epoch, r.images_per_second,
+                          r.loss, r.loss_scale, format_duration(eta));
     if (terminal) {
       fmt::print(stderr, "\r{:<100}", line);
     } else if (r.logged) {
       fmt::print(stderr, "{}\n", line);
     }
   };
+  events.training.on_eval = [&](const train::EvalReport& e) {
+    last_val = fmt::format("{:.4f}", e.evaluation.loss);
+    if (terminal) fmt::print(stderr, "\r{:<100}\r", "");
+    fmt::print("step {}: val loss {:.4f}, next-token accuracy {:.2f}%\n", e.step, e.evaluation.loss,
+               100 * e.evaluation.accuracy);
+    std::fflush(stdout);
+  };
   events.training.on_epoch = [&](const train::EpochReport& e) {
     if (terminal) fmt::print(stderr, "\r{:<100}\r", "");
+    if (language_model) {
+      fmt::print("{}: train loss {:.4f}, val loss {:.4f}, {:.1f} s{}\n",
+                 config.max_steps > 0 ? "end" : fmt::format("epoch {}", e.epoch), e.train_loss, e.test_loss, e.seconds,
+                 e.skipped_steps ? fmt::format(", {} skipped steps", e.skipped_steps) : "");
+      std::fflush(stdout);
+      return;
+    }
     fmt::print("epoch {}: train loss {:.4f}, test accuracy {:.2f}%, {:.1f} s, {:.0f} img/s{}\n", e.epoch, e.train_loss,
                100 * e.test_accuracy, e.seconds, e.images_per_second,
                e.skipped_steps ? fmt::format(", {} skipped steps", e.skipped_steps) : "");
@@ -92,6 +140,12 @@ void run_train(TrainOptions& o) {
   };
   const train::RunOutcome outcome = train::run_training(o.run, events);
   const train::TrainResult& result = outcome.result;
+  if (language_model) {
+    fmt::print("done: val loss {:.4f} in {:.1f} s ({:.0f} tokens/s), {} skipped steps; summary in {}\n", result.test_loss,
+               result.train_seconds, result.tokens_per_second, result.skipped_steps, outcome.summary_path);
+    if (!result.recommendation.empty()) fmt::print("numerics: {}\n", result.recommendation);
+    return;
+  }
   fmt::print("done: test accuracy {:.2f}% in {:.1f} s ({:.0f} img/s), {} skipped steps; summary in {}\n",
              100 * result.test_accuracy, result.train_seconds, result.images_per_second, result.skipped_steps,
              outcome.summary_path);
@@ -103,8 +157,23 @@ void run_train(TrainOptions& o) {
 void add_train_command(CLI::App& app) {
   auto o = std::make_shared<TrainOptions>();
   train::TrainConfig& c = o->run.config;
-  CLI::App* cmd = app.add_subcommand("train", "Train a model on Fashion-MNIST in mixed precision");
-  cmd->add_option("--model", c.model, "cnn or mlp")->check(CLI::IsMember({"cnn", "mlp"}))->capture_default_str();
+  CLI::App* cmd = app.add_subcommand("train", "Train a model in mixed precision: a CNN on Fashion-MNIST, or a GPT on text");
+  cmd->add_option("--model", c.model, "cnn, mlp (Fashion-MNIST), gpt-tiny, gpt-char, gpt2 (language models)")
+      ->check(CLI::IsMember({"cnn", "mlp", "gpt-tiny", "gpt-char", "gpt2"}))
+      ->capture_default_str();
+  cmd->add_option("--text", o->run.text,
+                  std::string("GPT: train on this UTF-8 text, byte-level tokens, the last 10% held out (default ") +
+                      io::kDefaultTextCorpus + ")");
+  cmd->add_option("--tokens", o->run.tokens,
+                  "GPT: train on a directory of llm.c token shards (*.bin; names with 'val' are the validation set)");
+  cmd->add_option("--block-size", c.block_size, "GPT: context length (default: the preset's)")->check(positive());
+  cmd->add_option("--dropout", c.dropout, "GPT: dropout probability (default: the preset's)")->check(CLI::Range(0.0, 0.99));
+  cmd->add_option("--eval-every", c.eval_every, "Evaluate on the held-out set every N steps (0: per epoch only; GPT default: 8 times a run)")
+      ->check(non_negative());
+  cmd->add_option("--schedule-steps", c.schedule_steps, "Length of the learning-rate schedule in steps (default: the epochs', GPT: --max-steps)")
+      ->check(non_negative());
+  cmd->add_option("--warmup-steps", c.warmup_steps, "Cosine schedule: linear warm-up steps")->check(non_negative());
+  cmd->add_option("--min-lr", c.min_lr, "Cosine schedule: the final learning rate")->check(non_negative());
   cmd->add_option("--precision", c.precision,
                   "32-true, 16-mixed, bf16-mixed, 16-true, bf16-true (fp32, fp16, bf16); default bf16-mixed where the "
                   "CPU has AVX512_BF16, else 16-mixed")
@@ -159,6 +228,7 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--inject-nonfinite", c.inject_nonfinite,
                   "Drill: make one layer's output non-finite, LAYER:forward|backward:STEP[:COUNT[:nan]]")
       ->check(non_empty());
+  o->given = [cmd](const char* flag) { return cmd->count(flag) > 0; };
   cmd->callback([o] { run_train(*o); });
 }
 

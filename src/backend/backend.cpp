@@ -21,6 +21,7 @@ const char* name(Op op) {
     case Op::add: return "add";
     case Op::convert: return "convert";
     case Op::column_sums: return "column_sums";
+    case Op::attention: return "attention";
   }
   return "unknown op";
 }

@@ -58,8 +58,8 @@ TensorSpec Linear::plan(const TensorSpec& in, Context& ctx) {
   } else {
     // PyTorch's default initialisation: U(-1/sqrt(in), 1/sqrt(in)) for weight and bias.
     const float bound = 1.0f / std::sqrt(static_cast<float>(in_));
-    detail::init_parameter(own_weight_, {out_, in_}, ctx, compute, bound, seed_, true);
-    detail::init_parameter(bias_, {out_}, ctx, DType::f32, bound, seed_ + 1, true);
+    detail::init_parameter(own_weight_, {out_, in_}, ctx, compute, init_bound_ > 0 ? init_bound_ : bound, seed_, true);
+    detail::init_parameter(bias_, {out_}, ctx, DType::f32, zero_bias_ ? 0.0f : bound, seed_ + 1, true);
   }
   Shape out = input;
   out.back() = out_;

@@ -125,6 +125,14 @@ Tensor Residual::backward(const Tensor& dy, Context& ctx) {
   return dx;
 }
 
+void visit_layers(Sequential& model, const std::function<void(Layer&)>& fn) {
+  for (const auto& layer : model.layers()) {
+    fn(*layer);
+    if (auto* stack = dynamic_cast<Sequential*>(layer.get())) visit_layers(*stack, fn);
+    if (auto* residual = dynamic_cast<Residual*>(layer.get())) visit_layers(residual->body(), fn);
+  }
+}
+
 Sequential make_cnn(std::uint64_t seed) {
   Sequential m;
   m.add(std::make_unique<Conv2d>("conv1", 1, 32, 3, 1, 1, seed + 100));

@@ -42,7 +42,20 @@ DeviceChoice parse_device(const std::string& text) {
 TrainConfig resolve(TrainConfig c) {
   if (c.precision.empty()) c.precision = cpu_features().avx512_bf16 ? "bf16-mixed" : "16-mixed";
   c.precision = amp::PrecisionPolicy::preset(c.precision).name;  // validates, canonical name
-  if (c.model != "cnn" && c.model != "mlp") throw InvalidArgument("--model must be cnn or mlp, got " + c.model);
+  if (c.model != "cnn" && c.model != "mlp" && !nn::is_gpt_model(c.model)) {
+    throw InvalidArgument("--model must be cnn, mlp, gpt-tiny, gpt-char or gpt2, got " + c.model);
+  }
+  if (c.schedule_steps < 0) throw InvalidArgument("--schedule-steps must be >= 0 (0: the epochs')");
+  if (c.warmup_steps < 0) throw InvalidArgument("--warmup-steps must be >= 0");
+  if (!(c.min_lr >= 0 && c.min_lr <= c.lr)) throw InvalidArgument("--min-lr must be in [0, --lr]");
+  if (c.eval_every < 0) throw InvalidArgument("--eval-every must be >= 0 (0: after each epoch)");
+  if (c.block_size < 0 || c.vocab_size < 0) throw InvalidArgument("--block-size must be >= 0 (0: the preset's)");
+  if (!nn::is_gpt_model(c.model) && (c.block_size > 0 || c.dropout >= 0)) {
+    throw InvalidArgument("--block-size and --dropout size GPT models; the " + c.model + " model has fixed sizes");
+  }
+  if (const auto gpt = gpt_config(c)) {
+    nn::make_gpt(*gpt, 0);  // checks the sizes fit together
+  }
   if (c.epochs < 1) throw InvalidArgument("--epochs must be at least 1");
   if (c.batch_size < 1 || c.batch_size > 65536) throw InvalidArgument("--batch-size must be in 1..65536");
   if (std::isinf(c.lr)) throw InvalidArgument("--lr is beyond FP32's range (the largest is 3.4e38)");
@@ -58,10 +71,10 @@ TrainConfig resolve(TrainConfig c) {
     const auto injector = telemetry::NonFiniteInjector::parse(c.inject_nonfinite);  // validates the spec
     std::string layers;  // ... and that it names a layer of the model (else the drill silently never fires)
     bool known = false;
-    const nn::Sequential model = nn::make_model(c.model, c.seed);
-    for (const auto& layer : model.layers()) {
-      known = known || layer->name() == injector.layer();
-      layers += (layers.empty() ? "" : ", ") + layer->name();
+    nn::Sequential model = build_model(c);
+    for (const std::string& layer : layer_names(model)) {
+      known = known || layer == injector.layer();
+      layers += (layers.empty() ? "" : ", ") + layer;
     }
     if (!known) {
       throw InvalidArgument("--inject-nonfinite: the " + c.model + " model has no layer '" + injector.layer() +
@@ -80,6 +93,26 @@ TrainConfig resolve(TrainConfig c) {
     }
   }
   return c;
+}
+
+std::optional<nn::GptConfig> gpt_config(const TrainConfig& c) {
+  std::optional<nn::GptConfig> gpt = nn::gpt_preset(c.model);
+  if (!gpt) return gpt;
+  if (c.block_size > 0) gpt->block_size = c.block_size;
+  if (c.vocab_size > 0) gpt->vocab_size = c.vocab_size;
+  if (c.dropout >= 0) gpt->dropout = c.dropout;
+  return gpt;
+}
+
+nn::Sequential build_model(const TrainConfig& c) {
+  if (const auto gpt = gpt_config(c)) return nn::make_gpt(*gpt, c.seed);
+  return nn::make_model(c.model, c.seed);
+}
+
+std::vector<std::string> layer_names(nn::Sequential& model) {
+  std::vector<std::string> names;
+  nn::visit_layers(model, [&](nn::Layer& layer) { names.push_back(layer.name()); });
+  return names;
 }
 
 }  // namespace mpx::train

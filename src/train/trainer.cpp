@@ -57,7 +57,7 @@ Trainer::Trainer(const TrainConfig& config, std::unique_ptr<Dataset> train_set, 
       train_set_(std::move(train_set)),
       test_set_(std::move(test_set)),
       ctx_(backend::make_backend(config_.device == DeviceChoice::cuda ? Device::cuda : Device::cpu)),
-      model_(nn::make_model(config_.model, config_.seed)) {
+      model_(build_model(config_)) {
   ctx_.policy = amp::PrecisionPolicy::preset(config_.precision);
   ctx_.policy.allow_tf32 = config_.tf32;
   ctx_.backend().set_allow_tf32(config_.tf32);
@@ -81,7 +81,10 @@ Trainer::Trainer(const TrainConfig& config, std::unique_ptr<Dataset> train_set, 
   input_host_ = input_.device() == Device::cpu ? input_
                                                : Tensor::empty(input_shape, input_dtype, MemoryCategory::workspace, nullptr);
   const nn::TensorSpec logits = model_.plan({input_shape, input_dtype}, ctx_);
-  loss_.plan(logits, ctx_);
+  loss_.plan(logits, train_set_->label_dtype(), ctx_);
+  if (test_set_->label_dtype() != train_set_->label_dtype() || test_set_->sample_shape() != train_set_->sample_shape()) {
+    throw InvalidArgument("the test set's samples or labels differ from the training set's");
+  }
   params_ = model_.parameters();
   std::vector<backend::ParameterTensors> tensors;
   for (nn::Parameter* p : params_) {
@@ -93,13 +96,14 @@ Trainer::Trainer(const TrainConfig& config, std::unique_ptr<Dataset> train_set, 
   }
   optimizer_ = ctx_.backend().make_optimizer(optimizer_settings(config_, loss_scaling_, ctx_.policy.master_weights),
                                              std::move(tensors));
-  labels_.resize(static_cast<std::size_t>(config_.batch_size));
+  labels_.resize(static_cast<std::size_t>(config_.batch_size * train_set_->labels_per_sample()) *
+                 size_bytes(train_set_->label_dtype()));
   batch_indices_.resize(static_cast<std::size_t>(config_.batch_size));
   if (ctx_.backend().device() != Device::cpu) {
     // Files are read and written from a host copy of the same model (same names, shapes and layouts).
     host_ctx_ = std::make_unique<nn::Context>();
     host_ctx_->policy = ctx_.policy;
-    host_model_ = std::make_unique<nn::Sequential>(nn::make_model(config_.model, config_.seed));
+    host_model_ = std::make_unique<nn::Sequential>(build_model(config_));
     host_model_->plan({input_shape, input_dtype}, *host_ctx_);
     for (nn::Parameter* p : host_model_->parameters()) {
       p->state1 = host_ctx_->zeros(p->value.shape(), DType::f32, MemoryCategory::optimizer_state);
@@ -114,8 +118,8 @@ Trainer::~Trainer() = default;
 
 void Trainer::warn_about_a_drill_without_effect() {
   const std::int64_t steps_per_epoch = (train_set_->size() + config_.batch_size - 1) / config_.batch_size;
-  const std::int64_t schedule_steps = steps_per_epoch * config_.epochs;
-  const std::int64_t total = config_.max_steps > 0 ? std::min(schedule_steps, config_.max_steps) : schedule_steps;
+  const std::int64_t epoch_steps = steps_per_epoch * config_.epochs;
+  const std::int64_t total = config_.max_steps > 0 ? std::min(epoch_steps, config_.max_steps) : epoch_steps;
   const std::string drill = "--inject-nonfinite " + config_.inject_nonfinite;
   if (injector_->step() > total) {
     warnings_.push_back(drill + " can have no effect: the run has " + std::to_string(total) + " steps");
@@ -157,7 +161,8 @@ float Trainer::lr_at(std::int64_t step, std::int64_t schedule_steps) const {
   step = std::min<std::int64_t>(step, std::max<std::int64_t>(1, schedule_steps) - 1);
   switch (config_.schedule) {
     case ScheduleKind::onecycle: return amp::OneCycleSchedule{config_.lr, schedule_steps}.lr(step);
-    case ScheduleKind::cosine: return amp::CosineSchedule{config_.lr, 0.0f, 0, schedule_steps}.lr(step);
+    case ScheduleKind::cosine:
+      return amp::CosineSchedule{config_.lr, config_.min_lr, config_.warmup_steps, schedule_steps}.lr(step);
     case ScheduleKind::constant: break;
   }
   return config_.lr;
@@ -237,16 +242,28 @@ std::optional<telemetry::NonFiniteOrigin> Trainer::locate_nonfinite(const Tensor
   return origin;
 }
 
-double Trainer::evaluate() {
+namespace {
+// The label of row r of a batch: a class (u8) or a token id (i32).
+std::int64_t label_at(const std::vector<std::byte>& labels, DType dtype, std::int64_t r) {
+  if (dtype == DType::i32) return reinterpret_cast<const std::int32_t*>(labels.data())[r];
+  return static_cast<std::int64_t>(labels[static_cast<std::size_t>(r)]);
+}
+}  // namespace
+
+Evaluation Trainer::evaluate() {
   const Dataset& set = *test_set_;
   const std::int64_t total = set.size();
-  std::int64_t correct = 0;
+  std::int64_t correct = 0, rows_seen = 0;
+  double loss_sum = 0;
+  std::vector<float> z;  // FP32 view of f32 or low-precision logits
   for (std::int64_t first = 0; first < total; first += config_.batch_size) {
-    const std::int64_t rows = std::min<std::int64_t>(config_.batch_size, total - first);
-    load_batch(set, {}, first, rows);
-    const Tensor logits = backend::host_view(ctx_.backend(), model_.forward(input_.first_rows(rows), ctx_, false));
-    const std::int64_t classes = logits.dim(1);
-    std::vector<float> z(static_cast<std::size_t>(logits.numel()));  // FP32 view of f32 or low-precision logits
+    const std::int64_t samples = std::min<std::int64_t>(config_.batch_size, total - first);
+    load_batch(set, {}, first, samples);
+    const Tensor device_logits = model_.forward(input_.first_rows(samples), ctx_, false);
+    const std::int64_t classes = device_logits.shape().back(), rows = device_logits.numel() / classes;
+    loss_sum += static_cast<double>(loss_.forward(device_logits, labels_.data())) * static_cast<double>(rows);
+    const Tensor logits = backend::host_view(ctx_.backend(), device_logits);
+    z.resize(static_cast<std::size_t>(logits.numel()));
     if (logits.dtype() == DType::f32) {
       std::copy_n(logits.data_as<float>(), z.size(), z.data());
     } else {
@@ -255,19 +272,21 @@ double Trainer::evaluate() {
     for (std::int64_t r = 0; r < rows; ++r) {
       const float* row = z.data() + r * classes;
       const auto best = std::max_element(row, row + classes) - row;
-      correct += best == labels_[static_cast<std::size_t>(r)];
+      correct += best == label_at(labels_, set.label_dtype(), r);
     }
+    rows_seen += rows;
   }
-  return static_cast<double>(correct) / static_cast<double>(total);
+  return {static_cast<double>(correct) / static_cast<double>(rows_seen), loss_sum / static_cast<double>(rows_seen)};
 }
 
 TrainResult Trainer::run(const Callbacks& callbacks) {
   const Dataset& set = *train_set_;
   const std::int64_t images = set.size();
   const std::int64_t steps_per_epoch = (images + config_.batch_size - 1) / config_.batch_size;
-  const std::int64_t schedule_steps = steps_per_epoch * config_.epochs;
-  const std::int64_t total_steps =
-      config_.max_steps > 0 ? std::min(schedule_steps, config_.max_steps) : schedule_steps;
+  const std::int64_t epoch_steps = steps_per_epoch * config_.epochs;
+  const std::int64_t schedule_steps = config_.schedule_steps > 0 ? config_.schedule_steps : epoch_steps;
+  const std::int64_t total_steps = config_.max_steps > 0 ? std::min(epoch_steps, config_.max_steps) : epoch_steps;
+  const auto tokens_per_sample = static_cast<double>(set.label_dtype() == DType::i32 ? set.labels_per_sample() : 0);
 
   TrainResult result;
   result.loss_scaling = loss_scaling_;
@@ -278,7 +297,9 @@ TrainResult Trainer::run(const Callbacks& callbacks) {
   if (global_step >= total_steps) {
     // Resumed from a checkpoint at the run's last step: nothing to train; report the model as it is.
     result.final_loss = position_.last_loss;
-    result.test_accuracy = evaluate();
+    const Evaluation e = evaluate();
+    result.test_accuracy = e.accuracy;
+    result.test_loss = e.loss;
   }
   for (int epoch = position_.epoch; epoch <= config_.epochs && global_step < total_steps; ++epoch) {
     const auto epoch_start = Clock::now();
@@ -328,7 +349,16 @@ TrainResult Trainer::run(const Callbacks& callbacks) {
         r.skipped = !applied;
         r.elapsed_seconds = training_seconds + seconds_since(epoch_start);
         r.images_per_second = static_cast<double>(images_seen) / r.elapsed_seconds;
+        r.tokens_per_second = r.images_per_second * tokens_per_sample;
         callbacks.on_step(r);
+      }
+      if (config_.eval_every > 0 && (global_step + 1) % config_.eval_every == 0) {
+        const auto eval_start = Clock::now();
+        const Evaluation e = evaluate();
+        result.test_accuracy = e.accuracy;
+        result.test_loss = e.loss;
+        if (callbacks.on_eval) callbacks.on_eval({global_step + 1, e});
+        training_seconds -= seconds_since(eval_start);  // the timers count training only
       }
       result.final_loss = loss;
       const bool last = global_step + 1 == total_steps;
@@ -347,13 +377,17 @@ TrainResult Trainer::run(const Callbacks& callbacks) {
     e.seconds = epoch_seconds;
     e.images_per_second = static_cast<double>(epoch_images) / epoch_seconds;
     e.skipped_steps = result.skipped_steps - skipped_before;
-    e.test_accuracy = evaluate();
+    const Evaluation evaluation = evaluate();
+    e.test_accuracy = evaluation.accuracy;
+    e.test_loss = evaluation.loss;
     result.test_accuracy = e.test_accuracy;
+    result.test_loss = e.test_loss;
     if (callbacks.on_epoch) callbacks.on_epoch(e);
   }
   result.steps = global_step;
   result.train_seconds = training_seconds;
   result.images_per_second = static_cast<double>(images_seen) / std::max(1e-9, training_seconds);
+  result.tokens_per_second = result.images_per_second * tokens_per_sample;
   if (loss_scaling_) result.loss_scaler = optimizer_->scaler_state();
   const bool fp16_run = ctx_.policy.compute == DType::f16 || ctx_.policy.activations == DType::f16;
   result.recommendation = telemetry::recommendation(result.headroom, fp16_run, result.skipped_steps, result.steps);

@@ -275,6 +275,17 @@ TEST(GradientCheck, LayerNorm) {
   check_layer(layer, {2, 3, 6}, random_vector(36, 12, 2.0f), 24, 1e-2, 5e-2);
 }
 
+// Causal self-attention on packed q, k, v: 2 sequences of 5 positions, 2 heads of 3.
+TEST(GradientCheck, CausalSelfAttention) {
+  CausalSelfAttention layer("h.0.attn", 6, 2);
+  check_layer(layer, {2, 5, 18}, random_vector(2 * 5 * 18, 15), 40, 1e-2, 3e-2);
+}
+
+TEST(GradientCheck, PositionEmbeddingAddsTheTableRowOfEachPosition) {
+  PositionEmbedding layer("wpe", 8, 4, 16);
+  check_layer(layer, {2, 5, 4}, random_vector(40, 17));
+}
+
 TEST(GradientCheck, EmbeddingTableGradient) {
   Context ctx;
   Embedding layer("wte", 11, 4, 13);

@@ -38,6 +38,7 @@ enum class Op : std::uint8_t {
   add,
   convert,
   column_sums,
+  attention,
 };
 const char* name(Op op);
 
@@ -181,7 +182,18 @@ class Backend {
   virtual void embedding_forward(const Tensor& ids, const Tensor& table, const Tensor& y) = 0;
   virtual void embedding_backward(const Tensor& ids, const Tensor& dy, const Tensor& dtable, bool accumulate) = 0;
 
-  // Softmax + cross-entropy over [N, classes] logits in FP32 (double-accumulated mean); labels u8 [N].
+  // Causal multi-head self-attention as GPT-2 computes it. qkv [N, T, 3C] holds q, k and v side by side
+  // (c_attn's output), each C = heads x head_dim; y [N, T, C] is, per head, softmax(q k^T / sqrt(head_dim)
+  // with every later position masked) v, the heads concatenated. Scores, softmax and both products are FP32
+  // whatever qkv's storage; `probabilities` (FP32 [N, heads, T, T]) is kept for backward.
+  virtual void attention_forward(const Tensor& qkv, std::int64_t heads, const Tensor& probabilities,
+                                 const Tensor& y) = 0;
+  // dqkv (qkv's shape and dtype) overwritten with the gradients of q, k and v.
+  virtual void attention_backward(const Tensor& qkv, const Tensor& probabilities, const Tensor& dy,
+                                  std::int64_t heads, const Tensor& dqkv) = 0;
+
+  // Softmax + cross-entropy over [N, classes] logits in FP32 (double-accumulated mean); labels [N], u8
+  // (classes) or i32 (token ids).
   // Returns the mean loss; keeps the probabilities (FP32, logits' shape) for backward.
   virtual float cross_entropy_forward(const Tensor& logits, const Tensor& labels, const Tensor& probabilities) = 0;
   // d(scale * mean loss)/d logits into `grad` (its dtype).

@@ -69,6 +69,10 @@ class CpuBackend final : public Backend {
                            const Tensor& dbeta) override;
   void embedding_forward(const Tensor& ids, const Tensor& table, const Tensor& y) override;
   void embedding_backward(const Tensor& ids, const Tensor& dy, const Tensor& dtable, bool accumulate) override;
+  void attention_forward(const Tensor& qkv, std::int64_t heads, const Tensor& probabilities,
+                         const Tensor& y) override;
+  void attention_backward(const Tensor& qkv, const Tensor& probabilities, const Tensor& dy, std::int64_t heads,
+                          const Tensor& dqkv) override;
   float cross_entropy_forward(const Tensor& logits, const Tensor& labels, const Tensor& probabilities) override;
   void cross_entropy_backward(const Tensor& probabilities, const Tensor& labels, float scale,
                               const Tensor& grad) override;

@@ -24,10 +24,21 @@ class Linear : public Layer {
   bool has_bias() const { return shared_ == nullptr; }
   std::int64_t in_features() const { return in_; }
   std::int64_t out_features() const { return out_; }
+  // Before plan(): weights U(-bound, bound) instead of PyTorch's default (bound 1/sqrt(in)), biases zero
+  // when `zero_bias` (GPT-2's initialisation).
+  void set_initialisation(float bound, bool zero_bias) {
+    init_bound_ = bound;
+    zero_bias_ = zero_bias;
+  }
+  // Whether model files keep this weight as [in, out] (Hugging Face's Conv1D, GPT-2) instead of [out, in].
+  void set_file_layout_transposed(bool transposed) { file_transposed_ = transposed; }
+  bool file_layout_transposed() const { return file_transposed_; }
 
  private:
   std::int64_t in_, out_;
   std::uint64_t seed_;
+  float init_bound_ = 0;  // 0: PyTorch's default
+  bool zero_bias_ = false, file_transposed_ = false;
   Parameter own_weight_, bias_;
   Parameter* shared_ = nullptr;  // the tied weight, owned by another layer
   Tensor input_, output_, grad_input_, grad_output_;  // input_/grad_output_: backend-dtype copies when needed
@@ -209,23 +220,65 @@ class Embedding : public Layer {
   Tensor ids_, output_;
 };
 
-// Softmax + cross-entropy over [N, classes] logits, in FP32 with a max-subtracted log-sum-exp (BF16 logits
-// are widened first, as autocast does for the loss).
+// Learned position embedding (GPT-2's wpe): y[n, t] = x[n, t] + table[t], table [block_size, dim] FP32.
+// Inputs [N, T, dim] with T <= block_size; the gradient passes through unchanged.
+class PositionEmbedding : public Layer {
+ public:
+  PositionEmbedding(std::string name, std::int64_t block_size, std::int64_t dim, std::uint64_t init_seed);
+  std::string kind() const override { return "position_embedding"; }
+  TensorSpec plan(const TensorSpec& input, Context& ctx) override;
+  Tensor forward(const Tensor& x, Context& ctx, bool training) override;
+  Tensor backward(const Tensor& dy, Context& ctx) override;
+  std::vector<Parameter*> parameters() override { return {&table_}; }
+  Parameter& table() { return table_; }
+
+ private:
+  std::int64_t block_size_, dim_;
+  std::uint64_t seed_;
+  Parameter table_;
+  Tensor positions_, rows_, output_;  // positions_: i32 [N * T] = t; rows_: the gathered table rows
+  Tensor positions_used_;             // the last forward's positions [n, T]
+  Shape planned_;
+};
+
+// GPT-2's causal self-attention core between c_attn and c_proj: [N, T, 3C] packed q, k, v -> [N, T, C]
+// (backend attention op: FP32 scores and softmax, later positions masked).
+class CausalSelfAttention : public Layer {
+ public:
+  CausalSelfAttention(std::string name, std::int64_t width, std::int64_t heads);
+  std::string kind() const override { return "causal_self_attention"; }
+  std::int64_t heads() const { return heads_; }
+  TensorSpec plan(const TensorSpec& input, Context& ctx) override;
+  Tensor forward(const Tensor& qkv, Context& ctx, bool training) override;
+  Tensor backward(const Tensor& dy, Context& ctx) override;
+
+ private:
+  std::int64_t width_, heads_;
+  Tensor input_, probabilities_, output_, grad_input_;
+};
+
+// Softmax + cross-entropy over the last dimension of the logits ([N, classes], or [N, T, vocabulary] for a
+// language model: every position is a row), in FP32 with a max-subtracted log-sum-exp (BF16 logits are
+// widened first, as autocast does for the loss). The loss is the mean over rows.
 class SoftmaxCrossEntropy {
  public:
-  // Logits of f32 or bf16 storage; the gradient returned by backward() has the logits' dtype.
-  void plan(const TensorSpec& logits, Context& ctx);
-  // Mean loss over the batch (as double-accumulated FP32). Keeps the probabilities for backward.
-  // `labels`: host memory, one per row of the logits.
-  float forward(const Tensor& logits, const std::uint8_t* labels);
+  // Logits of f32 or bf16 storage; labels u8 (classes) or i32 (token ids), one per row. The gradient
+  // returned by backward() has the logits' dtype and shape.
+  void plan(const TensorSpec& logits, DType label_dtype, Context& ctx);
+  void plan(const TensorSpec& logits, Context& ctx) { plan(logits, DType::u8, ctx); }
+  // Mean loss over the rows (as double-accumulated FP32). Keeps the probabilities for backward.
+  // `labels`: host memory, one per row of the logits, in the planned label dtype.
+  float forward(const Tensor& logits, const void* labels);
   // d(scale * mean loss)/d logits.
   Tensor backward(float scale);
   const Tensor& probabilities() const { return probabilities_; }
+  std::int64_t classes() const { return classes_; }
 
  private:
   backend::Backend* backend_ = nullptr;
-  Tensor probabilities_, grad_, labels_;  // labels_: u8 [N] on the backend's device
-  std::int64_t rows_ = 0;
+  Tensor probabilities_, grad_, labels_;  // [rows, classes] views; labels_ [rows] on the backend's device
+  Shape logits_shape_;                    // as planned (batch first)
+  std::int64_t classes_ = 0, rows_per_sample_ = 1, rows_ = 0, samples_ = 0;
 };
 
 }  // namespace mpx::nn

@@ -4,6 +4,7 @@
 // MLP. Layers carry their full PyTorch names ("conv1", "h.0.mlp.c_fc"); parameters are named after them.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -53,6 +54,9 @@ class Residual : public Layer {
   std::unique_ptr<Sequential> body_;
   Tensor output_, grad_input_;
 };
+
+// Calls fn on every layer of the model, depth first, nested stacks and residual bodies included.
+void visit_layers(Sequential& model, const std::function<void(Layer&)>& fn);
 
 // Images come in as NHWC [N, 28, 28, 1].
 Sequential make_cnn(std::uint64_t seed);

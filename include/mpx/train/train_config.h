@@ -6,6 +6,10 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
+
+#include "mpx/nn/gpt.h"
+#include "mpx/nn/model.h"
 
 namespace mpx::train {
 
@@ -23,7 +27,7 @@ ScheduleKind parse_schedule(const std::string& text);
 DeviceChoice parse_device(const std::string& text);  // cpu, cuda or auto
 
 struct TrainConfig {
-  std::string model = "cnn";        // a builder of nn::make_model
+  std::string model = "cnn";        // cnn, mlp, or a GPT preset (gpt-tiny, gpt-char, gpt2)
   std::string precision;            // empty: bf16-mixed where the CPU has AVX512_BF16, else 16-mixed
   int epochs = 6;  // the main job: >= 92.5% in well under 3 minutes on 2 cores (bf16-mixed)
   int batch_size = 128;
@@ -39,6 +43,15 @@ struct TrainConfig {
   std::int64_t test_subset = 0;
   std::int64_t max_steps = 0;       // stop after this many steps in total (0: no limit); the schedule still
                                     // spans `epochs`, so a stopped run resumes onto the same curve
+  std::int64_t schedule_steps = 0;  // the learning-rate schedule's length in steps (0: the epochs')
+  std::int64_t warmup_steps = 0;    // cosine: linear warm-up steps
+  float min_lr = 0.0f;              // cosine: where it ends
+  std::int64_t eval_every = 0;      // also evaluate every N steps (0: after each epoch only)
+  // GPT models: the preset's sizes unless set (block_size 0, vocab_size 0: the data's vocabulary,
+  // dropout < 0).
+  std::int64_t block_size = 0;
+  std::int64_t vocab_size = 0;
+  float dropout = -1.0f;
   int log_every = 50;
   // Numerics telemetry: statistics of every tensor every N steps (0: off; 1% of step time at the default,
   // docs/PERFORMANCE.md); a step that goes non-finite is replayed to find the op where it started.
@@ -59,5 +72,12 @@ struct TrainConfig {
 
 // Resolves defaults (precision) and checks ranges; throws InvalidArgument naming the setting.
 TrainConfig resolve(TrainConfig config);
+
+// The GPT sizes a configuration asks for (the preset with its overrides), or nullopt for cnn and mlp.
+std::optional<nn::GptConfig> gpt_config(const TrainConfig& config);
+// The model a configuration names, unplanned (the one place models are built from settings).
+nn::Sequential build_model(const TrainConfig& config);
+// Every layer's name, nested ones included (what --inject-nonfinite may name).
+std::vector<std::string> layer_names(nn::Sequential& model);
 
 }  // namespace mpx::train

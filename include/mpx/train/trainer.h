@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstddef>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -33,17 +34,30 @@ struct StepReport {
   float loss = 0, lr = 0, loss_scale = 1;
   bool skipped = false;
   bool logged = false;  // run_training: this step went to metrics.jsonl
-  double images_per_second = 0, elapsed_seconds = 0;
+  double images_per_second = 0, elapsed_seconds = 0;  // images: samples (token windows for a GPT)
+  double tokens_per_second = 0;                       // language models: predicted positions per second
+};
+
+// How the model does on the held-out set: accuracy (classes, or next tokens predicted exactly) and the
+// mean cross-entropy over its rows (every position of a language model).
+struct Evaluation {
+  double accuracy = 0, loss = 0;
+};
+
+struct EvalReport {  // --eval-every
+  std::int64_t step = 0;
+  Evaluation evaluation;
 };
 
 struct EpochReport {
   int epoch = 0;
-  double train_loss = 0, test_accuracy = 0, seconds = 0, images_per_second = 0;
+  double train_loss = 0, test_accuracy = 0, test_loss = 0, seconds = 0, images_per_second = 0;
   std::int64_t skipped_steps = 0;
 };
 
 struct TrainResult {
-  double test_accuracy = 0, train_seconds = 0, images_per_second = 0, final_loss = 0;
+  double test_accuracy = 0, test_loss = 0, train_seconds = 0, images_per_second = 0, final_loss = 0;
+  double tokens_per_second = 0;  // language models (0 for the image models)
   std::int64_t steps = 0, skipped_steps = 0;
   amp::LossScalerState loss_scaler;
   bool loss_scaling = false;
@@ -56,6 +70,7 @@ struct TrainResult {
 struct Callbacks {
   std::function<void(const StepReport&)> on_step;    // every step
   std::function<void(const EpochReport&)> on_epoch;  // after each epoch's evaluation
+  std::function<void(const EvalReport&)> on_eval;    // every eval_every steps
   std::function<void(const telemetry::NumericsSample&)> on_numerics;      // every numerics_every steps
   std::function<void(const telemetry::NonFiniteOrigin&)> on_nonfinite;  // each step that went non-finite
 };
@@ -68,7 +83,7 @@ class Trainer {
   Trainer(const TrainConfig& config, std::unique_ptr<Dataset> train_set, std::unique_ptr<Dataset> test_set);
   ~Trainer();
   TrainResult run(const Callbacks& callbacks = {});
-  double evaluate();  // test accuracy, 0-1
+  Evaluation evaluate();  // on the test (validation) set
   const TrainConfig& config() const { return config_; }
   // Everything a run needs to continue bit for bit: FP32 weights, optimizer state, BatchNorm statistics,
   // loss-scaler state, step, optimizer step, data position (epoch, step in epoch; the shuffle and dropout
@@ -119,7 +134,7 @@ class Trainer {
   std::unique_ptr<backend::OptimizerStep> optimizer_;
   bool loss_scaling_ = false;
   Tensor input_, input_host_;  // input_host_: where batches are gathered (input_ itself on the CPU)
-  std::vector<std::uint8_t> labels_;
+  std::vector<std::byte> labels_;  // a batch's labels (u8 classes or i32 token ids)
   std::vector<std::int64_t> batch_indices_;
   // Device runs: the same model planned in host memory, for model files and checkpoints.
   std::unique_ptr<nn::Context> host_ctx_;

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "mpx/backend/cpu_backend.h"
 #include "mpx/core/error.h"
@@ -138,30 +139,44 @@ void CpuBackend::embedding_backward(const Tensor& ids, const Tensor& dy, const T
   });
 }
 
+namespace {
+// Class labels (u8) or token ids (i32), one per row, each checked against the number of classes.
+std::vector<std::int64_t> row_labels(const Tensor& labels, std::int64_t rows, std::int64_t classes) {
+  std::vector<std::int64_t> out(static_cast<std::size_t>(rows));
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const std::int64_t label = labels.dtype() == DType::i32 ? labels.data_as<std::int32_t>()[r]
+                                                            : labels.data_as<std::uint8_t>()[r];
+    if (label < 0 || label >= classes) {
+      throw InvalidArgument("label " + std::to_string(label) + " at row " + std::to_string(r) +
+                            " is out of range for " + std::to_string(classes) + " classes");
+    }
+    out[static_cast<std::size_t>(r)] = label;
+  }
+  return out;
+}
+}  // namespace
+
 // Logits of f32 storage are read in place; bf16 ones are widened into the probabilities buffer first
 // (autocast widens the loss's input the same way), then overwritten row by row.
 float CpuBackend::cross_entropy_forward(const Tensor& logits, const Tensor& labels_tensor,
                                         const Tensor& probabilities) {
   const std::int64_t rows = logits.dim(0), classes = logits.dim(1);
-  const std::uint8_t* labels = labels_tensor.data_as<std::uint8_t>();
+  const std::vector<std::int64_t> labels = row_labels(labels_tensor, rows, classes);
   float* p = probabilities.data_as<float>();
   if (logits.dtype() != DType::f32) {
     numeric::convert(logits.data(), logits.dtype(), p, DType::f32, static_cast<std::size_t>(logits.numel()));
   }
   const float* z = logits.dtype() == DType::f32 ? logits.data_as<float>() : p;
   double total = 0.0;
+#pragma omp parallel for reduction(+ : total) if (rows * classes > 65536)
   for (std::int64_t r = 0; r < rows; ++r) {
-    if (labels[r] >= classes) {
-      throw InvalidArgument("label " + std::to_string(labels[r]) + " at row " + std::to_string(r) +
-                            " is out of range for " + std::to_string(classes) + " classes");
-    }
     const float* row = z + r * classes;
     float max = row[0];
     for (std::int64_t c = 1; c < classes; ++c) max = std::fmax(max, row[c]);
     double sum = 0.0;
     for (std::int64_t c = 0; c < classes; ++c) sum += std::exp(static_cast<double>(row[c]) - max);
     const double log_sum = std::log(sum) + max;
-    const double label_logit = row[labels[r]];  // read before the row may be overwritten below
+    const double label_logit = row[labels[static_cast<std::size_t>(r)]];  // read before the row is overwritten
     for (std::int64_t c = 0; c < classes; ++c) p[r * classes + c] = static_cast<float>(std::exp(row[c] - log_sum));
     total += log_sum - label_logit;
   }
@@ -172,14 +187,16 @@ void CpuBackend::cross_entropy_backward(const Tensor& probabilities, const Tenso
                                         const Tensor& grad) {
   const std::int64_t rows = grad.dim(0), classes = grad.dim(1);
   const float* p = probabilities.data_as<float>();
-  const std::uint8_t* labels = labels_tensor.data_as<std::uint8_t>();
+  const std::vector<std::int64_t> labels = row_labels(labels_tensor, rows, classes);
   const float factor = scale / static_cast<float>(rows);
   with_storage(grad.dtype(), [&](auto tag) {
     using T = decltype(tag);
     T* out = mutable_elements<T>(grad);
+#pragma omp parallel for if (rows * classes > 65536)
     for (std::int64_t r = 0; r < rows; ++r) {
+      const std::int64_t label = labels[static_cast<std::size_t>(r)];
       for (std::int64_t c = 0; c < classes; ++c) {
-        store(out + r * classes + c, (p[r * classes + c] - (c == labels[r] ? 1.0f : 0.0f)) * factor);
+        store(out + r * classes + c, (p[r * classes + c] - (c == label ? 1.0f : 0.0f)) * factor);
       }
     }
   });

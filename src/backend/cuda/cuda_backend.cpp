@@ -86,7 +86,8 @@ class CudaBackend final : public Backend {
   Device device() const override { return Device::cuda; }
   std::string device_name() const override { return context_.name(); }
   bool supports(Op op, DType dtype) const override {
-    if (op == Op::embedding) return false;  // no device kernel yet (the transformer issue adds it)
+    // No device kernels yet for the transformer's token ops: GPT models are refused on CUDA at plan time.
+    if (op == Op::embedding || op == Op::attention) return false;
     return is_float(dtype);
   }
   bool can_capture() const override { return true; }
@@ -233,9 +234,14 @@ class CudaBackend final : public Backend {
 
   void embedding_forward(const Tensor&, const Tensor&, const Tensor&) override { refuse(Op::embedding); }
   void embedding_backward(const Tensor&, const Tensor&, const Tensor&, bool) override { refuse(Op::embedding); }
+  void attention_forward(const Tensor&, std::int64_t, const Tensor&, const Tensor&) override { refuse(Op::attention); }
+  void attention_backward(const Tensor&, const Tensor&, const Tensor&, std::int64_t, const Tensor&) override {
+    refuse(Op::attention);
+  }
 
   // The rows' losses come back to the host and are added in double, as the CPU backend adds them.
   float cross_entropy_forward(const Tensor& logits, const Tensor& labels, const Tensor& probabilities) override {
+    require_class_labels(labels);
     const std::int64_t rows = logits.dim(0), classes = logits.dim(1);
     auto* row_loss = static_cast<double*>(scratch(Slot::row_losses, static_cast<std::size_t>(rows) * sizeof(double)));
     kernels::cross_entropy_forward(context_, logits.data(), logits.dtype(), labels.data_as<std::uint8_t>(), rows,
@@ -256,6 +262,7 @@ class CudaBackend final : public Backend {
   }
   void cross_entropy_backward(const Tensor& probabilities, const Tensor& labels, float scale,
                               const Tensor& grad) override {
+    require_class_labels(labels);
     const std::int64_t rows = grad.dim(0), classes = grad.dim(1);
     kernels::cross_entropy_backward(context_, f32(probabilities), labels.data_as<std::uint8_t>(), rows, classes,
                                     scale / static_cast<float>(rows), grad.data(), grad.dtype());
@@ -283,6 +290,13 @@ class CudaBackend final : public Backend {
   static kernels::BatchNormShape norm_shape(const Tensor& x, const BatchNormArgs& args, const BatchNormState& st) {
     const std::int64_t channels = st.gamma.numel();
     return {x.numel() / channels, channels, args.eps, args.momentum, args.relu};
+  }
+  // The loss kernels read u8 class labels; token ids (i32) wait for the transformer's device kernels.
+  void require_class_labels(const Tensor& labels) const {
+    if (labels.dtype() != DType::u8) {
+      throw NotAvailable("the " + device_name() + " backend's cross_entropy reads u8 class labels, not " +
+                         std::string(name(labels.dtype())) + " token ids");
+    }
   }
   [[noreturn]] void refuse(Op op) const {
     throw NotAvailable("the " + device_name() + " backend has no " + std::string(name(op)) + " kernel");

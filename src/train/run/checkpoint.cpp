@@ -76,6 +76,19 @@ nlohmann::json trajectory_settings(const TrainConfig& c) {
           {"loss_scaling", c.loss_scaling ? nlohmann::json(*c.loss_scaling) : nlohmann::json("default")}};
 }
 
+// What else decides a GPT run's trajectory (absent for the image models, whose checkpoints predate them).
+nlohmann::json settings_of(const TrainConfig& c) {
+  nlohmann::json s = trajectory_settings(c);
+  if (const auto gpt = gpt_config(c)) {
+    s["gpt"] = {{"n_layer", gpt->n_layer}, {"n_head", gpt->n_head}, {"n_embd", gpt->n_embd},
+                {"block_size", gpt->block_size}, {"vocab_size", gpt->vocab_size}, {"dropout", gpt->dropout}};
+    s["schedule_steps"] = c.schedule_steps;
+    s["warmup_steps"] = c.warmup_steps;
+    s["min_lr"] = c.min_lr;
+  }
+  return s;
+}
+
 // One tensor of the checkpoint: its name, the engine's tensor behind it, and the parameter whose layout it has.
 struct CheckpointTensor {
   std::string name;
@@ -102,7 +115,8 @@ void Trainer::save_checkpoint(const std::string& path) {
   nn::Sequential& model = this->model();  // in host memory (a device run's copy, brought up to date)
   FileOrder order(model);  // holds the reordered copies until the file is written
   for (const CheckpointTensor& c : checkpoint_tensors(model, model.parameters())) {
-    tensors.push_back({c.name, c.tensor->dtype(), c.tensor->shape(), order.for_writing(c.parameter, *c.tensor)});
+    tensors.push_back({c.name, c.tensor->dtype(), order.file_shape(c.parameter, *c.tensor),
+                       order.for_writing(c.parameter, *c.tensor)});
   }
   nlohmann::json state = {{"epoch", position_.epoch},
                           {"step_in_epoch", position_.step_in_epoch},
@@ -114,7 +128,7 @@ void Trainer::save_checkpoint(const std::string& path) {
                           {"train_seconds", position_.train_seconds},
                           {"last_loss", telemetry::json_number(position_.last_loss)},
                           {"consecutive_nonfinite", divergence_->in_a_row()},
-                          {"settings", trajectory_settings(config_)}};
+                          {"settings", settings_of(config_)}};
   if (loss_scaling_) {
     const amp::LossScalerState s = optimizer_->scaler_state();
     state["loss_scaler"] = {{"scale", s.scale},         {"growth_tracker", s.growth_tracker}, {"steps", s.steps},
@@ -142,7 +156,7 @@ void Trainer::load_checkpoint(const std::string& path) {
   if (!state.is_object() || !state.contains("settings") || !state["settings"].is_object()) {
     throw IoError(path + ": damaged checkpoint state: no settings object");
   }
-  const nlohmann::json expected = trajectory_settings(config_);
+  const nlohmann::json expected = settings_of(config_);
   for (const auto& [key, value] : expected.items()) {
     if (!state["settings"].contains(key) || state["settings"][key] != value) {
       throw IoError(path + ": the checkpoint was trained with " + key + " = " +
@@ -158,9 +172,10 @@ void Trainer::load_checkpoint(const std::string& path) {
     const Tensor* t = c.tensor;
     const io::SafetensorsEntry* e = file.find(c.name);
     if (!e) throw IoError(path + ": tensor '" + c.name + "' is missing from the checkpoint");
-    if (e->shape != t->shape() || e->dtype != t->dtype()) {
+    if (e->shape != order.file_shape(c.parameter, *t) || e->dtype != t->dtype()) {
       throw IoError(path + ": tensor '" + c.name + "' is " + std::string(name(e->dtype)) + " " + to_string(e->shape) +
-                    " in the checkpoint but " + std::string(name(t->dtype())) + " " + to_string(t->shape()) +
+                    " in the checkpoint but " + std::string(name(t->dtype())) + " " +
+                    to_string(order.file_shape(c.parameter, *t)) +
                     " in this model");
     }
     order.read_into(c.parameter, reinterpret_cast<const float*>(file.data(*e).data()), layout, *c.tensor);

@@ -76,7 +76,37 @@ std::map<std::string, ColumnOrder> pytorch_column_orders(const nn::Sequential& m
   return orders;
 }
 
+std::map<std::string, Shape> transposed_in_files(nn::Sequential& model) {
+  std::map<std::string, Shape> out;
+  nn::visit_layers(model, [&](nn::Layer& layer) {
+    auto* linear = dynamic_cast<nn::Linear*>(&layer);
+    if (linear && linear->file_layout_transposed() && linear->has_bias()) {
+      out[linear->weight().name] = {linear->out_features(), linear->in_features()};
+    }
+  });
+  return out;
+}
+
+namespace {
+void transpose(const float* src, std::int64_t rows, std::int64_t columns, float* dst) {
+  for (std::int64_t r = 0; r < rows; ++r) {
+    for (std::int64_t c = 0; c < columns; ++c) dst[c * rows + r] = src[r * columns + c];
+  }
+}
+}  // namespace
+
+Shape FileOrder::file_shape(const std::string& parameter, const Tensor& t) const {
+  const auto it = transposed_.find(parameter);
+  if (it == transposed_.end() || t.shape() != it->second) return t.shape();
+  return {it->second[1], it->second[0]};
+}
+
 const void* FileOrder::for_writing(const std::string& parameter, const Tensor& t) {
+  if (const auto it = transposed_.find(parameter); it != transposed_.end() && t.shape() == it->second) {
+    copies_.emplace_back(static_cast<std::size_t>(t.numel()));
+    transpose(t.data_as<float>(), it->second[0], it->second[1], copies_.back().data());
+    return copies_.back().data();
+  }
   const auto order = orders_.find(parameter);
   if (order == orders_.end()) return t.data();
   copies_.emplace_back(static_cast<std::size_t>(t.numel()));
@@ -85,6 +115,10 @@ const void* FileOrder::for_writing(const std::string& parameter, const Tensor& t
 }
 
 void FileOrder::read_into(const std::string& parameter, const float* values, FileLayout layout, Tensor& t) const {
+  if (const auto it = transposed_.find(parameter); it != transposed_.end() && t.shape() == it->second) {
+    transpose(values, it->second[1], it->second[0], t.data_as<float>());  // file [in, out] -> memory [out, in]
+    return;
+  }
   const auto order = orders_.find(parameter);
   if (order != orders_.end() && layout == FileLayout::pytorch) {
     order->second.file_to_memory(values, t.data_as<float>());

@@ -1,8 +1,11 @@
 #include "mpx/train/run/run_recorder.h"
 
+#include "mpx/nn/gpt.h"
 #include "mpx/telemetry/json.h"
 
 namespace mpx::train {
+
+using nn::is_gpt_model;
 
 RunRecorder::RunRecorder(RunDirectory& run, telemetry::PrometheusExporter& metrics,
                          telemetry::TensorBoardWriter& tensorboard, const TrainConfig& config)
@@ -19,9 +22,14 @@ bool RunRecorder::step(const StepReport& r) {
     tensorboard_.scalar("train/learning_rate", r.lr, r.step);
     tensorboard_.scalar("train/loss_scale", r.loss_scale, r.step);
     tensorboard_.scalar("train/images_per_second", r.images_per_second, r.step);
-    run_.append_metrics({{"type", "step"}, {"step", r.step}, {"epoch", r.epoch}, {"loss", json_number(r.loss)},
-                         {"lr", r.lr}, {"loss_scale", r.loss_scale}, {"skipped", r.skipped},
-                         {"images_per_second", r.images_per_second}, {"elapsed_seconds", r.elapsed_seconds}});
+    nlohmann::json record = {{"type", "step"}, {"step", r.step}, {"epoch", r.epoch}, {"loss", json_number(r.loss)},
+                             {"lr", r.lr}, {"loss_scale", r.loss_scale}, {"skipped", r.skipped},
+                             {"images_per_second", r.images_per_second}, {"elapsed_seconds", r.elapsed_seconds}};
+    if (r.tokens_per_second > 0) {
+      record["tokens_per_second"] = r.tokens_per_second;
+      tensorboard_.scalar("train/tokens_per_second", r.tokens_per_second, r.step);
+    }
+    run_.append_metrics(record);
   }
   if (previous_scale_ != 0 && r.loss_scale != previous_scale_) {
     run_.append_metrics({{"type", "loss_scale"}, {"step", r.step},
@@ -38,8 +46,15 @@ void RunRecorder::epoch(const EpochReport& e, const MemoryTracker& memory) {
   tensorboard_.scalar("train/epoch_loss", e.train_loss, e.epoch);
   tensorboard_.flush();
   run_.append_metrics({{"type", "epoch"}, {"epoch", e.epoch}, {"train_loss", json_number(e.train_loss)},
-                       {"test_accuracy", e.test_accuracy}, {"seconds", e.seconds},
+                       {"test_accuracy", e.test_accuracy}, {"test_loss", json_number(e.test_loss)}, {"seconds", e.seconds},
                        {"images_per_second", e.images_per_second}, {"skipped_steps", e.skipped_steps}});
+}
+
+void RunRecorder::eval(const EvalReport& e) {
+  tensorboard_.scalar("val/loss", e.evaluation.loss, e.step);
+  tensorboard_.scalar("val/accuracy", e.evaluation.accuracy, e.step);
+  run_.append_metrics({{"type", "eval"}, {"step", e.step}, {"val_loss", json_number(e.evaluation.loss)},
+                       {"val_accuracy", e.evaluation.accuracy}});
 }
 
 void RunRecorder::numerics(const telemetry::NumericsSample& sample) {
@@ -79,6 +94,12 @@ nlohmann::json summary_json(const TrainConfig& config, const TrainResult& result
       {"skipped_steps", result.skipped_steps}, {"loss_scaling", result.loss_scaling},
       {"final_loss_scale", result.loss_scaling ? result.loss_scaler.scale : 1.0f}, {"seed", config.seed},
       {"threads", threads}, {"device", name(config.device)}, {"tf32", config.tf32}};
+  summary["test_loss"] = json_number(result.test_loss);
+  if (is_gpt_model(config.model)) {  // a language model: the held-out loss is the headline
+    summary["val_loss"] = json_number(result.test_loss);
+    summary["tokens_per_second"] = result.tokens_per_second;
+    summary["block_size"] = gpt_config(config)->block_size;
+  }
   if (result.loss_scaling) {
     summary["loss_scaler"] = {{"growths", result.loss_scaler.growths}, {"backoffs", result.loss_scaler.backoffs},
                               {"growth_tracker", result.loss_scaler.growth_tracker}};

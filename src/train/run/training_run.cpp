@@ -32,13 +32,78 @@ std::string default_run_name(const TrainConfig& c) {
 
 namespace {
 
+// The validation windows a GPT run evaluates on unless --test-subset says otherwise (nanoGPT evaluates
+// 20 batches of 12 in its CPU recipe; the same count, taken in order so that every evaluation sees the
+// same text).
+constexpr std::int64_t kDefaultValidationWindows = 240;
+
+// What a run trains and evaluates on: Fashion-MNIST images, or token windows of a text or token shards.
+struct RunData {
+  std::optional<io::FashionMnist> images;
+  std::optional<io::TokenCorpus> corpus;
+  std::unique_ptr<Dataset> train, test;
+  std::string description;
+};
+
+RunData load_run_data(const RunOptions& o, TrainConfig& config) {
+  RunData d;
+  const std::optional<nn::GptConfig> gpt = gpt_config(config);
+  if (!gpt) {
+    if (!o.text.empty() || !o.tokens.empty()) {
+      throw InvalidArgument("--text and --tokens feed GPT models (--model gpt-tiny, gpt-char or gpt2); the " +
+                            config.model + " model trains on Fashion-MNIST (--data)");
+    }
+    d.images = io::load_fashion_mnist(o.data);
+    const io::PixelNormalisation normalise = io::pixel_normalisation(d.images->train);
+    d.train = std::make_unique<ImageDataset>(d.images->train, normalise, config.train_subset);
+    d.test = std::make_unique<ImageDataset>(d.images->test, normalise, config.test_subset);
+    d.description = "Fashion-MNIST";
+    return d;
+  }
+  if (!o.text.empty() && !o.tokens.empty()) throw InvalidArgument("--text and --tokens: give one of them");
+  if (!o.tokens.empty()) {
+    d.corpus = io::read_token_shards(o.tokens);
+  } else {
+    const std::string path = o.text.empty() ? io::kDefaultTextCorpus : o.text;
+    if (o.text.empty() && !std::filesystem::exists(path)) {
+      throw IoError(path + ": the default text corpus is missing; scripts/setup.sh writes it (from Debian's bible-kjv), "
+                    "or pass --text FILE (any UTF-8 text) or --tokens DIR (llm.c token shards)");
+    }
+    d.corpus = io::read_text_corpus(path);
+  }
+  // The model's vocabulary is the data's (GPT-2's 50257 padded to a multiple of 64 for the kernels).
+  if (config.vocab_size == 0) config.vocab_size = d.corpus->vocabulary == 256 ? 256 : (d.corpus->vocabulary + 63) / 64 * 64;
+  if (config.vocab_size < d.corpus->vocabulary) {
+    throw InvalidArgument("the model's vocabulary of " + std::to_string(config.vocab_size) + " is smaller than the data's " +
+                          std::to_string(d.corpus->vocabulary));
+  }
+  const std::int64_t block = gpt_config(config)->block_size;
+  const std::int64_t validation = config.test_subset > 0 ? config.test_subset : kDefaultValidationWindows;
+  d.train = std::make_unique<TokenWindows>(d.corpus->train, block, d.corpus->source + "'s training split", config.train_subset);
+  d.test = std::make_unique<TokenWindows>(d.corpus->validation, block, d.corpus->source + "'s validation split", validation);
+  d.description = fmt::format("{} ({} training tokens, {} validation windows of {})", d.corpus->source,
+                              d.corpus->train->size(), d.test->size(), block);
+  return d;
+}
+
 nlohmann::json config_json(const RunOptions& o, const TrainConfig& c) {
-  return {{"model", c.model}, {"precision", c.precision}, {"epochs", c.epochs}, {"batch_size", c.batch_size},
+  nlohmann::json j = {{"model", c.model}, {"precision", c.precision}, {"epochs", c.epochs}, {"batch_size", c.batch_size},
           {"lr", c.lr}, {"optimizer", name(c.optimizer)}, {"weight_decay", c.weight_decay}, {"momentum", c.momentum},
           {"schedule", name(c.schedule)}, {"clip_norm", c.clip_norm}, {"seed", c.seed}, {"device", name(c.device)},
           {"tf32", c.tf32}, {"threads", omp_get_max_threads()}, {"data", o.data}, {"train_subset", c.train_subset},
           {"test_subset", c.test_subset}, {"mpx_version", build::kVersion},
           {"cpu_conversion_path", std::string(numeric::name(numeric::best_cpu_path()))}};
+  if (const auto gpt = gpt_config(c)) {
+    j.erase("data");
+    j["text"] = o.tokens.empty() ? (o.text.empty() ? io::kDefaultTextCorpus : o.text) : "";
+    j["tokens"] = o.tokens;
+    j["gpt"] = {{"n_layer", gpt->n_layer}, {"n_head", gpt->n_head}, {"n_embd", gpt->n_embd},
+                {"block_size", gpt->block_size}, {"vocab_size", gpt->vocab_size}, {"dropout", gpt->dropout}};
+    j["max_steps"] = c.max_steps;
+    j["schedule_steps"] = c.schedule_steps;
+    j["eval_every"] = c.eval_every;
+  }
+  return j;
 }
 
 // The serving copy: the FP32 model converted (normalisation kept in FP32), overflow clamped and counted.
@@ -70,16 +135,17 @@ RunOutcome run_training(const RunOptions& o, const RunEvents& events) {
   RunOutcome outcome;
   outcome.out = !o.out.empty() ? o.out : resume_dir ? o.resume : default_run_name(resolved);
   settings.checkpoint_path = (std::filesystem::path(outcome.out) / "checkpoint.safetensors").string();
-  const TrainConfig config = resolve(settings);
+  TrainConfig config = resolve(settings);
   // Every setting is checked before anything slow or anything written.
   const bool serving = !o.serving_dtype.empty();
   const DType serving_dtype = serving ? artifacts::parse_target_dtype(o.serving_dtype, "--serving-dtype") : DType::f16;
   RunDirectory run(outcome.out);  // fails before loading data or training if it cannot be written
   // Also before any training: a port in use is a clear error now, not after the data is loaded.
   telemetry::PrometheusExporter metrics(o.metrics_bind, o.metrics_port);
-  const io::FashionMnist data = io::load_fashion_mnist(o.data);
-  Trainer trainer(config, data);
+  RunData data = load_run_data(o, config);
+  Trainer trainer(config, std::move(data.train), std::move(data.test));
   RunStart start;
+  start.data_description = data.description;
   std::optional<RunDirectory::Resume> continued;  // resumed from this directory's own checkpoint
   if (!resume_file.empty() && is_checkpoint(resume_file)) {
     trainer.load_checkpoint(resume_file);
@@ -115,6 +181,10 @@ RunOutcome run_training(const RunOptions& o, const RunEvents& events) {
     if (user.on_epoch) user.on_epoch(e);
     recorder.epoch(e, trainer.memory());
   };
+  callbacks.on_eval = [&](const EvalReport& e) {
+    recorder.eval(e);
+    if (user.on_eval) user.on_eval(e);
+  };
   callbacks.on_numerics = [&](const telemetry::NumericsSample& sample) {
     recorder.numerics(sample);
     if (user.on_numerics) user.on_numerics(sample);
@@ -145,13 +215,20 @@ RunOutcome run_training(const RunOptions& o, const RunEvents& events) {
   recorder.memory_peaks(trainer.memory());
   outcome.summary = summary_json(config, result, trainer.memory(), omp_get_max_threads());
   outcome.summary["status"] = "completed";
-  // How to feed the model (PyTorch users need it): pixels / 255, minus the mean, divided by the std.
-  const io::PixelNormalisation input = io::pixel_normalisation(data.train);
-  save_model(run.file("model.safetensors"), trainer.model(),
-             {{"mpx.model", config.model}, {"mpx.precision", config.precision},
-              {"mpx.input_mean", fmt::format("{:.9g}", input.mean)},
-              {"mpx.input_std", fmt::format("{:.9g}", 1.0f / input.inv_std)},
-              {"mpx.test_accuracy", fmt::format("{:.6f}", result.test_accuracy)}, {"mpx.version", build::kVersion}});
+  std::map<std::string, std::string> metadata = {{"mpx.model", config.model}, {"mpx.precision", config.precision},
+                                                 {"mpx.test_accuracy", fmt::format("{:.6f}", result.test_accuracy)},
+                                                 {"mpx.version", build::kVersion}};
+  if (data.images) {
+    // How to feed the model (PyTorch users need it): pixels / 255, minus the mean, divided by the std.
+    const io::PixelNormalisation input = io::pixel_normalisation(data.images->train);
+    metadata["mpx.input_mean"] = fmt::format("{:.9g}", input.mean);
+    metadata["mpx.input_std"] = fmt::format("{:.9g}", 1.0f / input.inv_std);
+  } else {
+    metadata[kGptKey] = gpt_metadata(*gpt_config(config));
+    metadata["mpx.tokenizer"] = data.corpus->vocabulary == 256 ? "bytes" : "gpt2";
+    metadata["mpx.val_loss"] = fmt::format("{:.6f}", result.test_loss);
+  }
+  save_model(run.file("model.safetensors"), trainer.model(), metadata);
   if (serving) {
     const ServingCopy copy = write_serving_copy(run, serving_dtype);
     outcome.summary["serving_copy"] = {{"file", copy.path}, {"dtype", copy.dtype}, {"overflowed", copy.overflowed},

@@ -5,9 +5,11 @@
 #pragma once
 
 #include <map>
+#include <optional>
 #include <string>
 
 #include "mpx/io/safetensors.h"
+#include "mpx/nn/gpt.h"
 #include "mpx/nn/model.h"
 #include "mpx/train/run/pytorch_layout.h"
 
@@ -29,7 +31,16 @@ struct LoadedModel {
 // `ctx`: the context the model was planned in (its backend and whether it keeps master weights).
 LoadedModel load_model(const std::string& path, nn::Sequential& model, nn::Context& ctx);
 
-// The builder ("cnn", "mlp") whose parameter names the file holds: its "mpx.model" metadata, or else the
+// GPT models record their sizes in the file's metadata under this key (JSON: n_layer, n_head, n_embd,
+// block_size, vocab_size).
+inline constexpr const char* kGptKey = "mpx.gpt";
+std::string gpt_metadata(const nn::GptConfig& config);
+// The GPT sizes of a model file: its kGptKey metadata, or for a Hugging Face GPT-2 file (no mpx metadata)
+// the shapes of its tensors (heads of 64). nullopt for a file that holds no GPT. Throws IoError for
+// damaged metadata.
+std::optional<nn::GptConfig> gpt_config_of(const io::SafetensorsFile& file, const std::string& path);
+
+// The builder ("cnn", "mlp", a GPT preset; "gpt2" for a Hugging Face file) whose parameter names the file holds: its "mpx.model" metadata, or else the
 // tensor names (a PyTorch file). Throws InvalidArgument when neither tells.
 std::string model_name_of(const io::SafetensorsFile& file, const std::string& path);
 

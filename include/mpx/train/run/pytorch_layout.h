@@ -43,13 +43,20 @@ struct ColumnOrder {
 // is defined for it, and writing NHWC order under PyTorch's names would be misread.
 std::map<std::string, ColumnOrder> pytorch_column_orders(const nn::Sequential& model);
 
+// The weights files keep transposed, by parameter name: GPT-2's Linear layers, which Hugging Face's Conv1D
+// stores as [in, out]. The value is the shape in memory ([out, in]).
+std::map<std::string, Shape> transposed_in_files(nn::Sequential& model);
+
 // What the model file and the checkpoint share: a planned model's tensors moved between memory order and
 // the file's order. A tensor is named by the parameter whose layout it has (its optimizer state too; an
 // empty name for buffers, which never move).
 class FileOrder {
  public:
-  explicit FileOrder(const nn::Sequential& model) : orders_(pytorch_column_orders(model)) {}
-  bool reorders_anything() const { return !orders_.empty(); }
+  explicit FileOrder(nn::Sequential& model)
+      : orders_(pytorch_column_orders(model)), transposed_(transposed_in_files(model)) {}
+  // The shape `t` has in files ([in, out] for a transposed weight).
+  Shape file_shape(const std::string& parameter, const Tensor& t) const;
+  bool reorders_anything() const { return !orders_.empty(); }  // column orders (transposes are no old-file matter)
   const std::string& first_reordered() const { return orders_.begin()->first; }
   // `t`'s data in PyTorch's order to write: its own memory, or a reordered copy kept while this object lives.
   const void* for_writing(const std::string& parameter, const Tensor& t);
@@ -58,6 +65,7 @@ class FileOrder {
 
  private:
   std::map<std::string, ColumnOrder> orders_;
+  std::map<std::string, Shape> transposed_;
   std::deque<std::vector<float>> copies_;  // a deque: pointers handed out stay valid as it grows
 };
 

@@ -21,6 +21,7 @@ class RunRecorder {
   // Returns whether this step was logged to the files.
   bool step(const StepReport& r);
   void epoch(const EpochReport& e, const MemoryTracker& memory);
+  void eval(const EvalReport& e);  // --eval-every
   void numerics(const telemetry::NumericsSample& sample);
   void nonfinite(const telemetry::NonFiniteOrigin& origin);
   void memory_peaks(const MemoryTracker& memory);

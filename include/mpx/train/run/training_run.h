@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "mpx/io/fashion_mnist.h"
+#include "mpx/io/token_corpus.h"
 #include "mpx/train/trainer.h"
 
 namespace mpx::train {
@@ -18,7 +19,10 @@ namespace mpx::train {
 struct RunOptions {
   TrainConfig config;
   std::string out;                                // run directory; default runs/<time>-<model>-<precision>
-  std::string data = io::kFashionMnistDefaultDir;  // Fashion-MNIST directory
+  std::string data = io::kFashionMnistDefaultDir;  // Fashion-MNIST directory (image models)
+  // GPT models: a UTF-8 text (byte-level tokens; default io::kDefaultTextCorpus) or a directory of llm.c
+  // token shards (GPT-2 token ids), one of the two.
+  std::string text, tokens;
   std::string resume;                             // a run directory, a checkpoint or a model file
   std::string serving_dtype;                      // also write model-<dtype>.safetensors (fp16, bf16, fp8)
   int metrics_port = 0;                           // Prometheus endpoint (0: off)
@@ -34,6 +38,7 @@ struct RunStart {
   std::string metrics_url;  // empty when off
   std::string resumed_from, warm_started_from, notice;  // what --resume did ("" when nothing)
   std::vector<std::string> warnings;                   // settings that cannot do what they say
+  std::string data_description;  // "Fashion-MNIST", "data/bible-kjv.txt (4.0M training tokens, ...)"
 };
 
 struct ServingCopy {
