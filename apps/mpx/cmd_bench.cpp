@@ -69,6 +69,7 @@ void add_bench_command(CLI::App& app) {
   CLI::App* bench = app.add_subcommand("bench", "Run a benchmark and print a table or JSON");
   bench->require_subcommand(1);
   add_bench_training_commands(*bench);
+  add_bench_gpt_command(*bench);
 
   auto o = std::make_shared<ConvertBenchOptions>();
   CLI::App* convert = bench->add_subcommand(

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
+#include <memory>
+#include <optional>
 #include <random>
 #include <vector>
 
@@ -10,6 +12,7 @@
 #include "mpx/core/error.h"
 #include "mpx/io/fashion_mnist.h"
 #include "mpx/numeric/convert.h"
+#include "mpx/nn/gpt.h"
 #include "mpx/train/trainer.h"
 
 namespace mpx::bench {
@@ -54,22 +57,40 @@ MatmulBenchResult run_matmul_benchmark(DType dtype, std::int64_t size, int repea
   return result;
 }
 
+namespace {
+// Random images of Fashion-MNIST's shape: throughput does not depend on the pixels.
+io::FashionMnist random_images() {
+  io::FashionMnist data;
+  for (io::ImageSet* set : {&data.train, &data.test}) {
+    set->count = set == &data.train ? 60000 : 10000;
+    set->pixels.resize(static_cast<std::size_t>(set->count * 28 * 28));
+    set->labels.resize(static_cast<std::size_t>(set->count));
+    std::mt19937 rng(3);
+    for (auto& p : set->pixels) p = static_cast<std::uint8_t>(rng());
+    for (auto& l : set->labels) l = static_cast<std::uint8_t>(rng() % 10);
+  }
+  return data;
+}
+
+// Random token ids for a GPT: throughput does not depend on the text either.
+std::shared_ptr<const std::vector<std::int32_t>> random_tokens(std::int64_t count, std::int64_t vocabulary) {
+  auto tokens = std::make_shared<std::vector<std::int32_t>>(static_cast<std::size_t>(count));
+  std::mt19937 rng(4);
+  for (auto& t : *tokens) t = static_cast<std::int32_t>(rng() % static_cast<std::uint32_t>(vocabulary));
+  return tokens;
+}
+}  // namespace
+
 TrainBenchResult run_train_benchmark(train::TrainConfig config, std::int64_t steps, const std::string& data_dir,
                                      bool profile) {
   if (steps < 2) throw InvalidArgument("--steps must be at least 2 (the first is a warm-up)");
   io::FashionMnist data;
-  const bool real = std::filesystem::exists(data_dir);
+  const std::optional<nn::GptConfig> gpt = train::gpt_config(config);
+  const bool real = !gpt && std::filesystem::exists(data_dir);
   if (real) {
     data = io::load_fashion_mnist(data_dir);
-  } else {  // random images of the same shape: throughput does not depend on the pixels
-    for (io::ImageSet* set : {&data.train, &data.test}) {
-      set->count = set == &data.train ? 60000 : 10000;
-      set->pixels.resize(static_cast<std::size_t>(set->count * 28 * 28));
-      set->labels.resize(static_cast<std::size_t>(set->count));
-      std::mt19937 rng(3);
-      for (auto& p : set->pixels) p = static_cast<std::uint8_t>(rng());
-      for (auto& l : set->labels) l = static_cast<std::uint8_t>(rng() % 10);
-    }
+  } else if (!gpt) {
+    data = random_images();
   }
   config.epochs = 1000;
   // One trainer: the first kWarmupSteps steps plan buffers, create oneDNN primitives (per context) and
@@ -77,7 +98,16 @@ TrainBenchResult run_train_benchmark(train::TrainConfig config, std::int64_t ste
   constexpr std::int64_t kWarmupSteps = 3;
   config.max_steps = kWarmupSteps + steps;
   config.test_subset = 1;
-  train::Trainer trainer(config, data);
+  std::unique_ptr<train::Trainer> made;
+  if (gpt) {
+    const std::int64_t windows = (kWarmupSteps + steps) * config.batch_size;
+    const auto tokens = random_tokens(windows * gpt->block_size + 1, gpt->vocab_size);
+    made = std::make_unique<train::Trainer>(config, std::make_unique<train::TokenWindows>(tokens, gpt->block_size, "bench"),
+                                            std::make_unique<train::TokenWindows>(tokens, gpt->block_size, "bench", 1));
+  } else {
+    made = std::make_unique<train::Trainer>(config, data);
+  }
+  train::Trainer& trainer = *made;
   trainer.context().profile_layers = profile;
   std::int64_t last_step = 0;
   double warm_elapsed = 0, last_elapsed = 0;
@@ -99,6 +129,12 @@ TrainBenchResult run_train_benchmark(train::TrainConfig config, std::int64_t ste
   result.batch_size = config.batch_size;
   result.ms_per_step = last_elapsed / static_cast<double>(last_step) * 1e3;
   result.images_per_second = static_cast<double>(last_step * config.batch_size) / last_elapsed;
+  if (gpt) {
+    result.tokens_per_step = config.batch_size * gpt->block_size;
+    result.tokens_per_second = result.images_per_second * static_cast<double>(gpt->block_size);
+    result.flops_per_step = nn::gpt_training_flops_per_token(*gpt, gpt->block_size) * static_cast<double>(result.tokens_per_step);
+    result.achieved_gflops = result.flops_per_step / (result.ms_per_step * 1e-3) / 1e9;
+  }
   result.peak_bytes = trainer.peak_bytes();
   result.device = trainer.device_name();
   result.real_data = real;

@@ -29,7 +29,11 @@ struct TrainBenchResult {
   std::int64_t steps = 0, batch_size = 0;
   double images_per_second = 0, ms_per_step = 0;
   std::size_t peak_bytes = 0;
-  bool real_data = false;  // Fashion-MNIST was installed; else random images of the same shape
+  bool real_data = false;  // Fashion-MNIST was installed; else random images of the same shape (GPT: random tokens)
+  // GPT models: tokens per step and per second, the model's training FLOPs per step (6 x parameters x tokens
+  // + attention) and the rate they were done at.
+  std::int64_t tokens_per_step = 0;
+  double tokens_per_second = 0, flops_per_step = 0, achieved_gflops = 0;
   std::vector<nn::LayerTime> layer_times;  // when profiling: forward/backward seconds per layer
 };
 

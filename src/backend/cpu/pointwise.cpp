@@ -61,51 +61,6 @@ void CpuBackend::relu_backward(const Tensor& y, const Tensor& dy, const Tensor& 
 }
 
 namespace {
-constexpr double kInvSqrt2 = 0.70710678118654752440;
-constexpr double kInvSqrt2Pi = 0.39894228040143267794;
-constexpr double kSqrt2OverPi = 0.79788456080286535588;
-}  // namespace
-
-void CpuBackend::gelu_forward(const Tensor& x, const Tensor& y, bool tanh_approximation) {
-  with_storage(x.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    const T* in = elements<T>(x);
-    T* out = mutable_elements<T>(y);
-    const std::int64_t n = x.numel();
-#pragma omp parallel for if (n > 65536)
-    for (std::int64_t i = 0; i < n; ++i) {
-      const double v = load(in[i]);
-      const double cdf = tanh_approximation ? 0.5 * (1.0 + std::tanh(kSqrt2OverPi * (v + 0.044715 * v * v * v)))
-                                            : 0.5 * (1.0 + std::erf(v * kInvSqrt2));
-      store(out + i, static_cast<float>(v * cdf));
-    }
-  });
-}
-
-void CpuBackend::gelu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx, bool tanh_approximation) {
-  with_storage(dy.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    const T* g = elements<T>(dy);
-    const T* in = elements<T>(x);
-    T* out = mutable_elements<T>(dx);
-    const std::int64_t n = dy.numel();
-#pragma omp parallel for if (n > 65536)
-    for (std::int64_t i = 0; i < n; ++i) {
-      const double v = load(in[i]);
-      double derivative;
-      if (tanh_approximation) {
-        const double inner = kSqrt2OverPi * (v + 0.044715 * v * v * v);
-        const double t = std::tanh(inner);
-        derivative = 0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * kSqrt2OverPi * (1.0 + 3.0 * 0.044715 * v * v);
-      } else {
-        derivative = 0.5 * (1.0 + std::erf(v * kInvSqrt2)) + v * kInvSqrt2Pi * std::exp(-0.5 * v * v);
-      }
-      store(out + i, static_cast<float>(load(g[i]) * derivative));
-    }
-  });
-}
-
-namespace {
 template <class T>
 MPX_VECTOR_CLONES void add_range(const T* a, const T* b, T* out, std::int64_t begin, std::int64_t end) {
   for (std::int64_t i = begin; i < end; ++i) store(out + i, load(a[i]) + load(b[i]));
