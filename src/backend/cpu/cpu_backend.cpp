@@ -1,5 +1,7 @@
 // The CPU backend's memory, dtype rules, conversions, reductions, embedding and loss. (Products and
 // convolutions: onednn_backend.cpp; pointwise ops and pooling: pointwise.cpp; normalisations: norms.cpp.)
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -89,11 +91,18 @@ void CpuBackend::convert(const Tensor& src, const Tensor& dst) {
 }
 
 namespace {
+// Columns split between threads when the work is large, each summed over the rows in order: the same
+// sums whatever the thread count.
 template <class T>
 void column_sums_of(const T* d, std::int64_t rows, std::int64_t cols, float* out) {
-  for (std::int64_t j = 0; j < cols; ++j) out[j] = 0.0f;
-  for (std::int64_t i = 0; i < rows; ++i) {
-    for (std::int64_t j = 0; j < cols; ++j) out[j] += load(d[i * cols + j]);
+#pragma omp parallel if (rows * cols > 65536 && cols >= 64)
+  {
+    const auto t = static_cast<std::int64_t>(omp_get_thread_num()), n = static_cast<std::int64_t>(omp_get_num_threads());
+    const std::int64_t first = cols * t / n, last = cols * (t + 1) / n;
+    for (std::int64_t j = first; j < last; ++j) out[j] = 0.0f;
+    for (std::int64_t i = 0; i < rows; ++i) {
+      for (std::int64_t j = first; j < last; ++j) out[j] += load(d[i * cols + j]);
+    }
   }
 }
 }  // namespace

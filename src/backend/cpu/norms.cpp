@@ -314,27 +314,40 @@ void layer_norm_backward_impl(const Tensor& x, const Tensor& dy, const Tensor& g
   const float* gamma = gamma_t.data_as<float>();
   float* dgamma = dgamma_t.data_as<float>();
   float* dbeta = dbeta_t.data_as<float>();
-  for (std::int64_t c = 0; c < features; ++c) dgamma[c] = dbeta[c] = 0.0f;
   T* out = mutable_elements<T>(dx);
-  std::vector<float> xhat(static_cast<std::size_t>(features));
-  for (std::int64_t r = 0; r < rows; ++r) {
-    double mean_g = 0, mean_g_xhat = 0;
-    for (std::int64_t c = 0; c < features; ++c) {
-      const std::int64_t i = r * features + c;
-      xhat[c] = (load(in[i]) - mean[r]) * inv_std[r];
-      const float gi = load(g[i]);
-      const double gx = static_cast<double>(gi) * gamma[c];
-      mean_g += gx;
-      mean_g_xhat += gx * xhat[c];
-      dgamma[c] += gi * xhat[c];
-      dbeta[c] += gi;
+  // dx row by row, rows split between threads; dgamma and dbeta column by column, columns split, each
+  // column summed over the rows in order (the same sums as one thread would make).
+#pragma omp parallel if (rows > 64)
+  {
+    std::vector<float> xhat(static_cast<std::size_t>(features));
+#pragma omp for schedule(static)
+    for (std::int64_t r = 0; r < rows; ++r) {
+      double mean_g = 0, mean_g_xhat = 0;
+      for (std::int64_t c = 0; c < features; ++c) {
+        const std::int64_t i = r * features + c;
+        xhat[static_cast<std::size_t>(c)] = (load(in[i]) - mean[r]) * inv_std[r];
+        const double gx = static_cast<double>(load(g[i])) * gamma[c];
+        mean_g += gx;
+        mean_g_xhat += gx * xhat[static_cast<std::size_t>(c)];
+      }
+      mean_g /= static_cast<double>(features);
+      mean_g_xhat /= static_cast<double>(features);
+      for (std::int64_t c = 0; c < features; ++c) {
+        const std::int64_t i = r * features + c;
+        const double gi = load(g[i]);
+        store(out + i, static_cast<float>(inv_std[r] * (gi * gamma[c] - mean_g - xhat[static_cast<std::size_t>(c)] * mean_g_xhat)));
+      }
     }
-    mean_g /= static_cast<double>(features);
-    mean_g_xhat /= static_cast<double>(features);
-    for (std::int64_t c = 0; c < features; ++c) {
-      const std::int64_t i = r * features + c;
-      const double gi = load(g[i]);
-      store(out + i, static_cast<float>(inv_std[r] * (gi * gamma[c] - mean_g - xhat[c] * mean_g_xhat)));
+    const auto t = static_cast<std::int64_t>(omp_get_thread_num()), n = static_cast<std::int64_t>(omp_get_num_threads());
+    const std::int64_t first = features * t / n, last = features * (t + 1) / n;
+    for (std::int64_t c = first; c < last; ++c) dgamma[c] = dbeta[c] = 0.0f;
+    for (std::int64_t r = 0; r < rows; ++r) {
+      for (std::int64_t c = first; c < last; ++c) {
+        const std::int64_t i = r * features + c;
+        const float gi = load(g[i]);
+        dgamma[c] += gi * ((load(in[i]) - mean[r]) * inv_std[r]);
+        dbeta[c] += gi;
+      }
     }
   }
 }
