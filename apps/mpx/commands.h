@@ -14,6 +14,7 @@ struct CheckFailed {
 
 void add_info_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
+void add_generate_command(CLI::App& app);
 void add_train_command(CLI::App& app);
 void add_report_command(CLI::App& app);
 void add_inspect_command(CLI::App& app);

@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
   mpx::cli::add_parity_command(app);
   mpx::cli::add_predict_command(app);
   mpx::cli::add_bench_command(app);
+  mpx::cli::add_generate_command(app);
   if (argc > 1 && argv[1][0] != '-') {
     try {
       app.get_subcommand(argv[1]);

@@ -37,15 +37,20 @@ TensorSpec PositionEmbedding::plan(const TensorSpec& in, Context& ctx) {
 Tensor PositionEmbedding::forward(const Tensor& x, Context& ctx, bool) {
   detail::require_dtype(x, output_.dtype(), name(), "input");
   const std::int64_t n = x.dim(0), tokens = x.dim(1);
-  if (x.shape().size() != 3 || tokens > planned_[1] || n > planned_[0]) {
-    throw InvalidArgument("layer " + name() + " got input of shape " + to_string(x.shape()) + "; planned for " +
-                          to_string(planned_));
+  const std::int64_t offset = ctx.position_offset;
+  if (x.shape().size() != 3 || tokens > planned_[1] || n > planned_[0] || offset < 0 || offset + tokens > block_size_) {
+    throw InvalidArgument("layer " + name() + " got input of shape " + to_string(x.shape()) + " at position " +
+                          std::to_string(offset) + "; planned for " + to_string(planned_) + ", " +
+                          std::to_string(block_size_) + " positions");
   }
   const Tensor positions = positions_.first_rows(n * tokens).reshaped({n, tokens});
-  if (!positions_used_.defined() || positions_used_.shape() != positions.shape()) {  // else already there
+  if (!positions_used_.defined() || positions_used_.shape() != positions.shape() || uploaded_offset_ != offset) {
     std::vector<std::int32_t> ids(static_cast<std::size_t>(n * tokens));
-    for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<std::int32_t>(static_cast<std::int64_t>(i) % tokens);
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+      ids[i] = static_cast<std::int32_t>(offset + static_cast<std::int64_t>(i) % tokens);
+    }
     ctx.backend().upload(positions, ids.data());
+    uploaded_offset_ = offset;
   }
   const Tensor rows = rows_.reshaped({planned_[0] * planned_[1] * dim_}).first_rows(n * tokens * dim_).reshaped(x.shape());
   ctx.backend().embedding_forward(positions, table_.value, rows);
@@ -77,6 +82,14 @@ TensorSpec CausalSelfAttention::plan(const TensorSpec& in, Context& ctx) {
   }
   ctx.backend().require(backend::Op::attention, in.dtype, name());
   const std::int64_t n = in.shape[0], tokens = in.shape[1];
+  if (cache_positions_ > 0) {
+    if (n != 1 || tokens != 1) {
+      throw InvalidArgument("layer " + name() + " keeps a KV cache and takes one position at a time, got " +
+                            to_string(in.shape));
+    }
+    k_cache_ = ctx.zeros({cache_positions_, width_}, DType::f32, MemoryCategory::activations);
+    v_cache_ = ctx.zeros({cache_positions_, width_}, DType::f32, MemoryCategory::activations);
+  }
   probabilities_ = ctx.allocate({n, heads_, tokens, tokens}, DType::f32, MemoryCategory::activations);
   output_ = ctx.allocate({n, tokens, width_}, in.dtype, MemoryCategory::activations);
   grad_input_ = ctx.allocate(in.shape, in.dtype, MemoryCategory::activations);
@@ -92,6 +105,10 @@ Tensor CausalSelfAttention::forward(const Tensor& qkv, Context& ctx, bool) {
   input_ = qkv;
   const std::int64_t n = qkv.dim(0);
   Tensor y = output_.first_rows(n);
+  if (k_cache_.defined()) {
+    ctx.backend().attention_step(qkv, heads_, ctx.position_offset, k_cache_, v_cache_, y);
+    return y;
+  }
   ctx.backend().attention_forward(qkv, heads_, probabilities_.first_rows(n), y);
   return y;
 }

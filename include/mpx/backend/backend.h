@@ -188,6 +188,10 @@ class Backend {
   // whatever qkv's storage; `probabilities` (FP32 [N, heads, T, T]) is kept for backward.
   virtual void attention_forward(const Tensor& qkv, std::int64_t heads, const Tensor& probabilities,
                                  const Tensor& y) = 0;
+  // Generation with a KV cache: one new position. qkv [1, 1, 3C]; its k and v go into row `position` of
+  // k_cache and v_cache (FP32 [positions, C]); y [1, 1, C] is its q attending to rows 0..position.
+  virtual void attention_step(const Tensor& qkv, std::int64_t heads, std::int64_t position, const Tensor& k_cache,
+                              const Tensor& v_cache, const Tensor& y) = 0;
   // dqkv (qkv's shape and dtype) overwritten with the gradients of q, k and v.
   virtual void attention_backward(const Tensor& qkv, const Tensor& probabilities, const Tensor& dy,
                                   std::int64_t heads, const Tensor& dqkv) = 0;

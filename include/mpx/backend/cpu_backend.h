@@ -73,6 +73,8 @@ class CpuBackend final : public Backend {
                          const Tensor& y) override;
   void attention_backward(const Tensor& qkv, const Tensor& probabilities, const Tensor& dy, std::int64_t heads,
                           const Tensor& dqkv) override;
+  void attention_step(const Tensor& qkv, std::int64_t heads, std::int64_t position, const Tensor& k_cache,
+                      const Tensor& v_cache, const Tensor& y) override;
   float cross_entropy_forward(const Tensor& logits, const Tensor& labels, const Tensor& probabilities) override;
   void cross_entropy_backward(const Tensor& probabilities, const Tensor& labels, float scale,
                               const Tensor& grad) override;

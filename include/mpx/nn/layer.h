@@ -71,6 +71,9 @@ struct Context {
   enum class RunningStatistics : std::uint8_t { update, defer, keep };
   RunningStatistics running_statistics = RunningStatistics::update;
   std::vector<LayerObserver*> observers;  // called in order after each layer, when any
+  // Generation with a KV cache: the position of the first token in the input (position embeddings and
+  // cached attention read it); 0 in training.
+  std::int64_t position_offset = 0;
 
  private:
   std::unique_ptr<backend::Backend> backend_;

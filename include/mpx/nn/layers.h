@@ -238,6 +238,7 @@ class PositionEmbedding : public Layer {
   Parameter table_;
   Tensor positions_, rows_, output_;  // positions_: i32 [N * T] = t; rows_: the gathered table rows
   Tensor positions_used_;             // the last forward's positions [n, T]
+  std::int64_t uploaded_offset_ = -1;  // Context::position_offset the uploaded positions start at
   Shape planned_;
 };
 
@@ -248,13 +249,17 @@ class CausalSelfAttention : public Layer {
   CausalSelfAttention(std::string name, std::int64_t width, std::int64_t heads);
   std::string kind() const override { return "causal_self_attention"; }
   std::int64_t heads() const { return heads_; }
+  // Generation: before plan(), keep the keys and values of up to `positions` positions (FP32); the layer
+  // then takes one new position per forward, at Context::position_offset, attending to all before it.
+  void enable_cache(std::int64_t positions) { cache_positions_ = positions; }
   TensorSpec plan(const TensorSpec& input, Context& ctx) override;
   Tensor forward(const Tensor& qkv, Context& ctx, bool training) override;
   Tensor backward(const Tensor& dy, Context& ctx) override;
 
  private:
-  std::int64_t width_, heads_;
+  std::int64_t width_, heads_, cache_positions_ = 0;
   Tensor input_, probabilities_, output_, grad_input_;
+  Tensor k_cache_, v_cache_;
 };
 
 // Softmax + cross-entropy over the last dimension of the logits ([N, classes], or [N, T, vocabulary] for a

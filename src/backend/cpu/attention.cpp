@@ -205,4 +205,51 @@ void CpuBackend::attention_backward(const Tensor& qkv, const Tensor& probabiliti
   });
 }
 
+void CpuBackend::attention_step(const Tensor& qkv, std::int64_t heads, std::int64_t position, const Tensor& k_cache,
+                                const Tensor& v_cache, const Tensor& y) {
+  const AttentionShape s = attention_shape(qkv, heads, "attention step");
+  if (s.batch != 1 || s.tokens != 1 || position < 0 || position >= k_cache.dim(0) || k_cache.dim(1) != s.width) {
+    throw InvalidArgument("attention step: qkv " + to_string(qkv.shape()) + " at position " + std::to_string(position) +
+                          " does not fit a cache of " + to_string(k_cache.shape()));
+  }
+  const float scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
+  float* keys = k_cache.data_as<float>();
+  float* values = v_cache.data_as<float>();
+  with_storage(qkv.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* row = elements<T>(qkv);
+    std::vector<float> q(static_cast<std::size_t>(s.width));
+    for (std::int64_t c = 0; c < s.width; ++c) {
+      q[static_cast<std::size_t>(c)] = load(row[c]);
+      keys[position * s.width + c] = load(row[s.width + c]);
+      values[position * s.width + c] = load(row[2 * s.width + c]);
+    }
+    T* out = mutable_elements<T>(y);
+    std::vector<float> p(static_cast<std::size_t>(position + 1)), acc(static_cast<std::size_t>(s.head_dim));
+    for (std::int64_t h = 0; h < s.heads; ++h) {
+      const float* qh = q.data() + h * s.head_dim;
+      float max = -INFINITY;
+      for (std::int64_t j = 0; j <= position; ++j) {
+        const float* kj = keys + j * s.width + h * s.head_dim;
+        float dot = 0.0f;
+        for (std::int64_t d = 0; d < s.head_dim; ++d) dot += qh[d] * kj[d];
+        p[static_cast<std::size_t>(j)] = dot * scale;
+        max = std::fmax(max, p[static_cast<std::size_t>(j)]);
+      }
+      float sum = 0.0f;
+      for (auto& pj : p) {
+        pj = exp_fast(pj - max);
+        sum += pj;
+      }
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (std::int64_t j = 0; j <= position; ++j) {
+        const float pj = p[static_cast<std::size_t>(j)] / sum;
+        const float* vj = values + j * s.width + h * s.head_dim;
+        for (std::int64_t d = 0; d < s.head_dim; ++d) acc[static_cast<std::size_t>(d)] += pj * vj[d];
+      }
+      for (std::int64_t d = 0; d < s.head_dim; ++d) store(out + h * s.head_dim + d, acc[static_cast<std::size_t>(d)]);
+    }
+  });
+}
+
 }  // namespace mpx::backend

@@ -238,6 +238,9 @@ class CudaBackend final : public Backend {
   void attention_backward(const Tensor&, const Tensor&, const Tensor&, std::int64_t, const Tensor&) override {
     refuse(Op::attention);
   }
+  void attention_step(const Tensor&, std::int64_t, std::int64_t, const Tensor&, const Tensor&, const Tensor&) override {
+    refuse(Op::attention);
+  }
 
   // The rows' losses come back to the host and are added in double, as the CPU backend adds them.
   float cross_entropy_forward(const Tensor& logits, const Tensor& labels, const Tensor& probabilities) override {
