@@ -46,13 +46,21 @@ struct Generator::Impl {
   }
 };
 
-Generator::Generator(const std::string& path, const std::string& precision) : impl_(std::make_unique<Impl>()) {
+Generator::Generator(const std::string& path, const std::string& precision, std::int64_t heads)
+    : impl_(std::make_unique<Impl>()) {
   const std::string preset = preset_for(precision);
   {
     const io::SafetensorsFile file = io::SafetensorsFile::read(path);
     const auto config = train::gpt_config_of(file, path);
     if (!config) throw IoError(path + " holds no GPT model (no transformer.wte/wpe tensors and no mpx.gpt metadata)");
     impl_->config = *config;
+    if (heads > 0) {
+      if (file.metadata().count(train::kGptKey) && heads != config->n_head) {
+        throw InvalidArgument(path + " records " + std::to_string(config->n_head) + " heads; --n-head " +
+                              std::to_string(heads) + " contradicts it");
+      }
+      impl_->config.n_head = heads;
+    }
     const auto tokenizer = file.metadata().find("mpx.tokenizer");
     impl_->byte_level = tokenizer != file.metadata().end() ? tokenizer->second == "bytes" : config->vocab_size == 256;
   }

@@ -154,3 +154,85 @@ TEST(ModelFile, PytorchFileWithoutMetadataNamesItsModelByTensors) {
 
 }  // namespace
 }  // namespace mpx::train
+
+namespace mpx::train {
+namespace {
+
+// GPT-2's Linear weights are [in, out] in files (Hugging Face's Conv1D), [out, in] in memory; the file
+// carries the sizes; a file without the "transformer." prefix (GPT2Model's names) and without mpx metadata
+// loads the same; a smaller token table (GPT-2's 50257 rows under a padded 50304) fills the leading rows.
+TEST(ModelFile, GptWeightsUseHuggingFaceNamesAndConv1dLayouts) {
+  const nn::GptConfig config{1, 2, 8, 4, 16, 0.0f};
+  nn::Context ctx;
+  nn::Sequential model = nn::make_gpt(config, 9);
+  model.plan({{1, 4}, DType::i32}, ctx);
+  const auto path = temp_file("gpt.safetensors");
+  save_model(path.string(), model, {{kGptKey, gpt_metadata(config)}});
+  const io::SafetensorsFile file = io::SafetensorsFile::read(path.string());
+  const io::SafetensorsEntry* c_attn = file.find("transformer.h.0.attn.c_attn.weight");
+  ASSERT_NE(c_attn, nullptr);
+  EXPECT_EQ(c_attn->shape, (Shape{8, 24}));
+  nn::Linear* linear = nullptr;
+  nn::visit_layers(model, [&](nn::Layer& l) {
+    if (l.name() == "transformer.h.0.attn.c_attn") linear = dynamic_cast<nn::Linear*>(&l);
+  });
+  ASSERT_NE(linear, nullptr);
+  const float* memory = linear->weight().value.data_as<float>();
+  const auto* stored = reinterpret_cast<const float*>(file.data(*c_attn).data());
+  EXPECT_EQ(stored[2 * 24 + 5], memory[5 * 8 + 2]);  // file [in=2, out=5] is memory [out=5, in=2]
+  EXPECT_EQ(file.find("lm_head.weight"), nullptr);  // tied: held once, as transformer.wte.weight
+  const auto read = gpt_config_of(file, path.string());
+  ASSERT_TRUE(read.has_value());
+  EXPECT_EQ(read->n_embd, 8);
+  EXPECT_EQ(read->block_size, 4);
+
+  // The same tensors under GPT2Model's names, no metadata, and a token table of 13 rows (vocabulary padded to 16).
+  std::vector<io::TensorToWrite> tensors;
+  std::vector<float> table13(13 * 8);
+  for (const auto& e : file.tensors()) {
+    std::string name = e.name.substr(std::string("transformer.").size());
+    if (name == "wte.weight") {
+      std::memcpy(table13.data(), file.data(e).data(), table13.size() * sizeof(float));
+      tensors.push_back({name, DType::f32, {13, 8}, table13.data()});
+    } else {
+      tensors.push_back({name, e.dtype, e.shape, file.data(e).data()});
+    }
+  }
+  const auto hf = temp_file("gpt_hf.safetensors");
+  io::write_safetensors(hf.string(), tensors, {});
+  const io::SafetensorsFile hf_file = io::SafetensorsFile::read(hf.string());
+  const auto inferred = gpt_config_of(hf_file, hf.string());
+  ASSERT_TRUE(inferred.has_value());
+  EXPECT_EQ(inferred->n_layer, 1);
+  EXPECT_EQ(inferred->vocab_size, 13);
+  nn::Context ctx2;
+  nn::Sequential loaded = nn::make_gpt(config, 1);
+  loaded.plan({{1, 4}, DType::i32}, ctx2);
+  load_model(hf.string(), loaded, ctx2);
+  const auto a = model.parameters(), b = loaded.parameters();
+  ASSERT_EQ(a.size(), b.size());
+  for (std::size_t i = 1; i < a.size(); ++i) {  // all but the table: identical
+    EXPECT_EQ(std::memcmp(a[i]->value.data(), b[i]->value.data(), a[i]->value.bytes()), 0) << a[i]->name;
+  }
+  EXPECT_EQ(std::memcmp(a[0]->value.data(), b[0]->value.data(), 13 * 8 * sizeof(float)), 0);
+  EXPECT_EQ(b[0]->value.data_as<float>()[13 * 8], 0.0f);  // the padding rows
+
+  // Another architecture: the tensor and both shapes are named.
+  nn::Context ctx3;
+  nn::Sequential wider = nn::make_gpt({1, 2, 16, 4, 16, 0.0f}, 1);
+  wider.plan({{1, 4}, DType::i32}, ctx3);
+  try {
+    load_model(path.string(), wider, ctx3);
+    FAIL() << "loaded an 8-wide model into a 16-wide one";
+  } catch (const IoError& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("transformer.wte.weight"), std::string::npos) << m;
+    EXPECT_NE(m.find("[16, 8]"), std::string::npos) << m;
+    EXPECT_NE(m.find("[16, 16]"), std::string::npos) << m;
+  }
+  std::filesystem::remove(path);
+  std::filesystem::remove(hf);
+}
+
+}  // namespace
+}  // namespace mpx::train

@@ -32,7 +32,8 @@ class Generator {
   // `model`: a model file (mpx's, or a Hugging Face GPT-2 file in safetensors form); `precision`: fp32, bf16
   // or fp16 (the weights rounded to it, products in it, FP32 accumulation and softmax). Throws IoError for a
   // file that holds no GPT, InvalidArgument for an unknown precision.
-  Generator(const std::string& model, const std::string& precision);
+  // `heads` overrides the head count of a file without mpx's metadata (inferred as width / 64, GPT-2's).
+  Generator(const std::string& model, const std::string& precision, std::int64_t heads = 0);
   ~Generator();
   const nn::GptConfig& config() const;
   bool byte_level() const;  // a byte-level model (vocabulary 256): text in, text out
