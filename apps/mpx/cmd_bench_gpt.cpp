@@ -37,10 +37,13 @@ DType product_dtype(const std::string& precision) {
 }
 
 void run_gpt_bench(const GptBenchOptions& o) {
-  // The machine's matmul rates first: the yardstick for model FLOPs utilisation.
+  // The machine's matmul rates first: the yardstick for model FLOPs utilisation. The best of three medians:
+  // what the machine can do (a shared machine's neighbours only ever slow it down).
   std::map<DType, double> peak_gflops;
   for (const DType d : {DType::f32, DType::bf16}) {
-    peak_gflops[d] = bench::run_matmul_benchmark(d, o.peak_size, 5).engine_gflops;
+    for (int trial = 0; trial < 3; ++trial) {
+      peak_gflops[d] = std::max(peak_gflops[d], bench::run_matmul_benchmark(d, o.peak_size, 5).engine_gflops);
+    }
   }
   const bool bf16_slower = peak_gflops[DType::bf16] < peak_gflops[DType::f32];
   std::vector<std::vector<bench::TrainBenchResult>> runs(o.precisions.size());

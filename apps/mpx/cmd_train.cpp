@@ -202,6 +202,8 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--train-subset", c.train_subset, "Train on the first N images only (0: all)")->check(non_negative());
   cmd->add_option("--test-subset", c.test_subset, "Evaluate on the first N test images only (0: all)")->check(non_negative());
   cmd->add_option("--log-every", c.log_every, "Steps between metrics.jsonl records")->check(positive())->capture_default_str();
+  cmd->add_flag("--record-samples", c.record_samples,
+                "Record each step's sample indices in metrics.jsonl (to train a reference on the same data order)");
   cmd->add_flag("--no-progress", o->no_progress, "No progress line");
   cmd->add_option("--numerics-every", c.numerics_every,
                   "Steps between numerics samples (statistics of every tensor; 0: off)")

@@ -350,6 +350,7 @@ TrainResult Trainer::run(const Callbacks& callbacks) {
         r.elapsed_seconds = training_seconds + seconds_since(epoch_start);
         r.images_per_second = static_cast<double>(images_seen) / r.elapsed_seconds;
         r.tokens_per_second = r.images_per_second * tokens_per_sample;
+        r.samples = {batch_indices_.data(), static_cast<std::size_t>(rows)};
         callbacks.on_step(r);
       }
       if (config_.eval_every > 0 && (global_step + 1) % config_.eval_every == 0) {

@@ -9,7 +9,7 @@ rm -rf "$out"
 mkdir -p "$out"
 text="$out/corpus.txt"
 for i in $(seq 1 400); do echo "In the beginning was the word, and the word was with the light of day $i."; done > "$text"
-"$mpx" train --model gpt-tiny --text "$text" --max-steps 20 --eval-every 10 --out "$out/run" --no-progress > "$out/train.log"
+"$mpx" train --model gpt-tiny --text "$text" --max-steps 20 --eval-every 10 --record-samples --out "$out/run" --no-progress > "$out/train.log"
 grep -q "step 10: val loss" "$out/train.log" || { echo "no validation loss every 10 steps"; cat "$out/train.log"; exit 1; }
 python3 - "$out/run/summary.json" <<'PY'
 import json, sys
@@ -19,6 +19,12 @@ for key in ("val_loss", "tokens_per_second", "peak_bytes", "block_size"):
 assert s["status"] == "completed" and s["steps"] == 20, s
 assert 0 < s["val_loss"] < 5.6, s["val_loss"]  # below ln 256 = 5.55 (uniform over bytes) after 20 steps
 assert s["tokens_per_second"] > 0
+PY
+python3 - "$out/run/metrics.jsonl" <<'PY'
+import json, sys
+samples = [r for r in map(json.loads, open(sys.argv[1])) if r.get("type") == "samples"]
+assert [r["step"] for r in samples] == list(range(1, 21)), "one samples record per step"
+assert all(len(r["indices"]) == 12 for r in samples)  # batch 12
 PY
 "$mpx" inspect "$out/run/model.safetensors" > "$out/inspect.log"
 grep -q "transformer.h.3.attn.c_attn.weight" "$out/inspect.log" || { echo "no GPT-2 names in the model file"; exit 1; }

@@ -3,6 +3,7 @@
 // losses of the mixed presets follow FP32's within BF16/FP16 tolerance; a checkpoint resumes bit for bit.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <map>
@@ -89,6 +90,35 @@ TEST(GptTraining, MixedPrecisionLossesFollowFp32StepByStep) {
     EXPECT_NEAR(losses["bf16-mixed"][s], reference, 2e-2 * reference) << "step " << s + 1;
     EXPECT_NEAR(losses["16-mixed"][s], reference, 5e-3 * reference) << "step " << s + 1;
   }
+}
+
+// What --record-samples writes: a reference trained on these windows sees mpx's data in mpx's order.
+TEST(GptTraining, StepsReportTheWindowsTheyTrainedOnEachEpochAPermutationRepeatedBySeed) {
+  MPX_NEED_CORPUS();
+  const auto run = [&](std::uint64_t seed) {
+    TrainConfig c = gpt_tiny("32-true", 6);  // 36 windows, batch 12: two epochs of three steps
+    c.seed = seed;
+    Trainer trainer(c, windows(corpus()->train, 36), windows(corpus()->validation, 12));
+    std::vector<std::vector<std::int64_t>> steps;
+    Callbacks callbacks;
+    callbacks.on_step = [&](const StepReport& s) { steps.emplace_back(s.samples.begin(), s.samples.end()); };
+    trainer.run(callbacks);
+    return steps;
+  };
+  const auto steps = run(1);
+  ASSERT_EQ(steps.size(), 6u);
+  std::vector<std::int64_t> epochs[2];
+  for (std::size_t s = 0; s < steps.size(); ++s) {
+    ASSERT_EQ(steps[s].size(), 12u) << "step " << s + 1;
+    epochs[s / 3].insert(epochs[s / 3].end(), steps[s].begin(), steps[s].end());
+  }
+  EXPECT_NE(epochs[0], epochs[1]) << "each epoch is shuffled anew";
+  for (auto& e : epochs) {
+    std::sort(e.begin(), e.end());
+    for (std::int64_t i = 0; i < 36; ++i) EXPECT_EQ(e[static_cast<std::size_t>(i)], i);
+  }
+  EXPECT_EQ(run(1), steps) << "the same seed draws the same order";
+  EXPECT_NE(run(2), steps);
 }
 
 TEST(GptTraining, ACheckpointResumesBitForBit) {

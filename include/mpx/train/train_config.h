@@ -53,6 +53,9 @@ struct TrainConfig {
   std::int64_t vocab_size = 0;
   float dropout = -1.0f;
   int log_every = 50;
+  // metrics.jsonl also gets each step's sample indices ({"type": "samples"}), so that a reference
+  // implementation can train on the same data in the same order.
+  bool record_samples = false;
   // Numerics telemetry: statistics of every tensor every N steps (0: off; 1% of step time at the default,
   // docs/PERFORMANCE.md); a step that goes non-finite is replayed to find the op where it started.
   int numerics_every = 100;

@@ -36,6 +36,7 @@ struct StepReport {
   bool logged = false;  // run_training: this step went to metrics.jsonl
   double images_per_second = 0, elapsed_seconds = 0;  // images: samples (token windows for a GPT)
   double tokens_per_second = 0;                       // language models: predicted positions per second
+  std::span<const std::int64_t> samples;              // the step's sample indices (valid in the callback)
 };
 
 // How the model does on the held-out set: accuracy (classes, or next tokens predicted exactly) and the

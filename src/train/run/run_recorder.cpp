@@ -31,6 +31,9 @@ bool RunRecorder::step(const StepReport& r) {
     }
     run_.append_metrics(record);
   }
+  if (config_.record_samples) {
+    run_.append_metrics({{"type", "samples"}, {"step", r.step}, {"indices", std::vector<std::int64_t>(r.samples.begin(), r.samples.end())}});
+  }
   if (previous_scale_ != 0 && r.loss_scale != previous_scale_) {
     run_.append_metrics({{"type", "loss_scale"}, {"step", r.step},
                          {"event", r.loss_scale > previous_scale_ ? "growth" : "backoff"}, {"scale", r.loss_scale}});
