@@ -5,7 +5,7 @@ Writes one set of initial weights (GPT-2 initialisation, Hugging Face names and 
 mpx from them in each precision asked for with `--record-samples`, then trains the PyTorch model of
 torch_gpt.py in FP32 on exactly the windows mpx drew at each step, with mpx's recipe (AdamW betas 0.9/0.999,
 eps 1e-8, weight decay on the Linear weights and biases only, cosine schedule with linear warm-up, no
-clipping), and evaluates both on every validation window. Prints one JSON object. Not part of the product
+clipping), and evaluates both on every validation window (mpx's runs evaluate 240 unless told). Prints one JSON object. Not part of the product
 (torch is not a dependency of mpx).
 
     python3 scripts/reference/torch_gpt_quality.py build/bin/mpx data/bible-kjv.txt --steps 2000 \\
@@ -113,6 +113,12 @@ def main():
     init = os.path.join(work, "init.safetensors")
     write_safetensors(init, hf_weights(model, layers))
 
+    data = open(a.corpus, "rb").read()
+    tokens = torch.tensor(list(data), dtype=torch.long)
+    held_out = int(len(tokens) * VALIDATION_FRACTION)
+    train, val = tokens[:len(tokens) - held_out], tokens[len(tokens) - held_out:]
+    validation_windows = (len(val) - 1) // block  # every one of them, in mpx as here
+
     result = {"reference": "pytorch", "torch": torch.__version__, "threads": torch.get_num_threads(),
               "steps": a.steps, "batch": batch, "block": block, "mpx": {}}
     orders = {}
@@ -121,7 +127,7 @@ def main():
         start = time.perf_counter()
         subprocess.run([a.mpx, "train", "--model", "gpt-tiny", "--text", a.corpus, "--resume", init, "--precision",
                         precision, "--max-steps", str(a.steps), "--eval-every", str(a.steps), "--numerics-every", "0",
-                        "--record-samples", "--out", out, "--no-progress"], check=True, stdout=subprocess.DEVNULL)
+                        "--test-subset", str(validation_windows), "--record-samples", "--out", out, "--no-progress"], check=True, stdout=subprocess.DEVNULL)
         seconds = time.perf_counter() - start
         summary = json.load(open(os.path.join(out, "summary.json")))
         records = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
@@ -132,10 +138,6 @@ def main():
     if len(order) != a.steps or any(o != order for o in orders.values()):
         sys.exit("the mpx runs did not record the same samples for every step")
 
-    data = open(a.corpus, "rb").read()
-    tokens = torch.tensor(list(data), dtype=torch.long)
-    held_out = int(len(tokens) * VALIDATION_FRACTION)
-    train, val = tokens[:len(tokens) - held_out], tokens[len(tokens) - held_out:]
     decayed = [p for n, p in model.named_parameters() if n.startswith("blocks.") and ".ln_" not in n]
     others = [p for n, p in model.named_parameters() if not (n.startswith("blocks.") and ".ln_" not in n)]
     opt = torch.optim.AdamW([{"params": decayed, "weight_decay": decay}, {"params": others, "weight_decay": 0.0}],

@@ -59,6 +59,7 @@ PrecisionPolicy PrecisionPolicy::preset(std::string_view text) {
     p.loss_scaling = true;
   } else if (key == "bf16-true") {
     p.compute = p.activations = DType::bf16;
+    p.stochastic_weight_rounding = true;
   } else {
     throw InvalidArgument("unknown precision '" + std::string(text) +
                           "'; expected 32-true, 16-mixed, bf16-mixed, 16-true, bf16-true (or fp32, fp16, bf16)");

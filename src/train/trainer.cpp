@@ -22,7 +22,7 @@ std::unique_ptr<Dataset> images(const io::ImageSet& set, const io::ImageSet& tra
   return std::make_unique<ImageDataset>(set, io::pixel_normalisation(train), limit);
 }
 
-backend::OptimizerSettings optimizer_settings(const TrainConfig& c, bool loss_scaling, bool master_weights) {
+backend::OptimizerSettings optimizer_settings(const TrainConfig& c, bool loss_scaling, const amp::PrecisionPolicy& policy) {
   backend::OptimizerSettings s;
   s.algorithm = c.optimizer == OptimizerKind::adamw ? backend::OptimizerSettings::Algorithm::adamw
                                                     : backend::OptimizerSettings::Algorithm::sgd;
@@ -30,7 +30,9 @@ backend::OptimizerSettings optimizer_settings(const TrainConfig& c, bool loss_sc
   s.sgd = {c.momentum, c.weight_decay, true};
   s.clip_norm = c.clip_norm;
   s.loss_scaling = loss_scaling;
-  s.master_weights = master_weights;
+  s.master_weights = policy.master_weights;
+  s.stochastic_rounding = policy.stochastic_weight_rounding;
+  s.rounding_seed = c.seed;
   return s;
 }
 
@@ -94,7 +96,7 @@ Trainer::Trainer(const TrainConfig& config, std::unique_ptr<Dataset> train_set, 
     }
     tensors.push_back({p->value, p->grad, p->state1, p->state2, p->working, p->compute, p->decay});
   }
-  optimizer_ = ctx_.backend().make_optimizer(optimizer_settings(config_, loss_scaling_, ctx_.policy.master_weights),
+  optimizer_ = ctx_.backend().make_optimizer(optimizer_settings(config_, loss_scaling_, ctx_.policy),
                                              std::move(tensors));
   labels_.resize(static_cast<std::size_t>(config_.batch_size * train_set_->labels_per_sample()) *
                  size_bytes(train_set_->label_dtype()));

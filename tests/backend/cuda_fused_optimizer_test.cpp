@@ -10,11 +10,14 @@
 
 #include "../support/gpu.h"
 #include "mpx/amp/loss_scaler.h"
+#include "mpx/amp/detail/update_rules.h"
 #include "mpx/amp/optimizer.h"
 #include "mpx/backend/cuda.h"
 #include "mpx/backend/cuda_fused_optimizer.h"
 #include "mpx/core/error.h"
+#include "mpx/numeric/bfloat16.h"
 #include "mpx/numeric/convert.h"
+#include "mpx/numeric/stochastic_rounding.h"
 
 namespace mpx::cuda {
 namespace {
@@ -186,6 +189,54 @@ TEST(CudaFusedOptimizer, ReportsTheLossItWasGivenAndSkipsOnANonFiniteOne) {
   EXPECT_FALSE(r.applied);
   EXPECT_EQ(r.scaler.scale, config.scaler.init_scale * config.scaler.backoff_factor);
   EXPECT_EQ(r.optimizer_steps, 1);
+}
+
+// bf16-true: the device rounds the weights (no master copy) with the CPU's stochastic stream, indices
+// running on across tensors, so both backends agree bit for bit but for FMA-contraction ulps.
+TEST(CudaFusedOptimizer, Bf16TrueRoundsWeightsStochasticallyWithTheCpuStream) {
+  MPX_SKIP_WITHOUT_GPU();
+  const std::vector<std::size_t> sizes = {1000, 70001};
+  DeviceContext context;
+  std::vector<DeviceBuffer> buffers;
+  std::vector<DeviceParameter> params;
+  for (const std::size_t n : sizes) {
+    const std::vector<float> ones(n, 1.0f), zeros(n, 0.0f);
+    for (int k = 0; k < 4; ++k) buffers.emplace_back(n * 4);
+    buffers.emplace_back(n * 2);
+    auto* b = &buffers[buffers.size() - 5];
+    b[0].copy_from_host(ones.data(), n * 4);
+    b[1].copy_from_host(ones.data(), n * 4);  // every gradient +1: AdamW's first step is about -lr
+    b[2].copy_from_host(zeros.data(), n * 4);
+    b[3].copy_from_host(zeros.data(), n * 4);
+    params.push_back({static_cast<float*>(b[0].data()), b[1].data(), DType::f32, static_cast<float*>(b[2].data()),
+                      static_cast<float*>(b[3].data()), b[4].data(), DType::bf16, n, false, true});
+  }
+  FusedStepConfig config;
+  config.adamw.weight_decay = 0.0f;
+  config.stochastic_rounding = true;
+  config.rounding_seed = 11;
+  FusedOptimizer fused(context, config, params);
+  fused.step(1e-3f);
+  ASSERT_TRUE(fused.record().applied);
+  float m1 = 0, m2 = 0;
+  const float updated = amp::detail::adamw_update(1.0f, 1.0f, m1, m2, amp::detail::adamw_factors(config.adamw, 1e-3f, 1), 1.0f);
+  std::size_t first = 0, differ = 0, total = 0;
+  for (std::size_t t = 0; t < sizes.size(); ++t) {
+    const std::size_t n = sizes[t];
+    std::vector<numeric::BFloat16> want(n);
+    numeric::stochastic_round(std::vector<float>(n, updated), want, amp::detail::weight_rounding_stream(11, 1), first);
+    std::vector<std::uint16_t> working(n);
+    std::vector<float> master(n);
+    buffers[t * 5 + 4].copy_to_host(working.data(), n * 2);
+    buffers[t * 5].copy_to_host(master.data(), n * 4);
+    for (std::size_t i = 0; i < n; ++i) {
+      differ += working[i] != std::bit_cast<std::uint16_t>(want[i]);
+      ASSERT_EQ(master[i], static_cast<float>(std::bit_cast<numeric::BFloat16>(working[i]))) << "no master copy";
+    }
+    first += n;
+    total += n;
+  }
+  EXPECT_LE(differ, total / 4096) << "of " << total << " weights";  // a wrong stream differs in ~38%
 }
 
 TEST(CudaFusedOptimizer, RejectsAParameterWithoutState) {

@@ -18,6 +18,9 @@ struct PrecisionPolicy {
   DType activations = DType::f32;    // storage of activations and their gradients between layers
   bool master_weights = false;       // FP32 master weights, low-precision working copies
   bool loss_scaling = false;         // dynamic loss scaling by default (FP16 presets only)
+  // Without master weights, BF16 weights are rounded stochastically after each step (bf16-true); 16-true
+  // rounds to nearest, as PyTorch's half parameters do (FP16 keeps 3 more bits).
+  bool stochastic_weight_rounding = false;
   // FP32 products may round their inputs to TF32 (10-bit mantissa, FP32 accumulation) on tensor cores, as
   // torch.backends.cuda.matmul.allow_tf32. No preset sets it; only the CUDA engine has TF32.
   bool allow_tf32 = false;

@@ -74,6 +74,10 @@ struct OptimizerSettings {
   double clip_norm = 0;       // 0: no clipping
   bool loss_scaling = false;  // dynamic loss scaling (else scale 1; non-finite steps are still skipped)
   bool master_weights = true; // false (*-true): the FP32 value is kept rounded to the compute dtype
+  // Without master weights: round BF16 weights stochastically (amp::detail::weight_rounding_stream), else
+  // to nearest.
+  bool stochastic_rounding = false;
+  std::uint64_t rounding_seed = 0;
 };
 // One parameter's tensors on the backend's device (value, grad, states FP32; working: the operand copy).
 struct ParameterTensors {

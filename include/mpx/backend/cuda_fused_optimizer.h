@@ -41,6 +41,10 @@ struct FusedStepConfig {
   double clip_norm = 0;        // global-norm clipping of the unscaled gradients; 0: none
   bool loss_scaling = false;   // false: scale 1, non-finite steps are still skipped
   amp::LossScalerConfig scaler;
+  // Parameters with round_master and a BF16 working copy round stochastically (bf16-true), with the
+  // stream of amp::detail::weight_rounding_stream: the CPU backend's bits.
+  bool stochastic_rounding = false;
+  std::uint64_t rounding_seed = 0;
 };
 
 // What the device decided in the last step, with the scaler's state (read back for logs and checkpoints).

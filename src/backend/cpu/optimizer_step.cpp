@@ -5,7 +5,9 @@
 #include <span>
 #include <vector>
 
+#include "mpx/amp/detail/update_rules.h"
 #include "mpx/backend/cpu_backend.h"
+#include "mpx/numeric/stochastic_rounding.h"
 
 namespace mpx::backend {
 
@@ -16,8 +18,11 @@ class CpuOptimizerStep final : public OptimizerStep {
   CpuOptimizerStep(CpuBackend& backend, const OptimizerSettings& settings, std::vector<ParameterTensors> parameters)
       : backend_(backend), settings_(settings), parameters_(std::move(parameters)) {
     if (settings.loss_scaling) scaler_.emplace();
+    std::uint64_t first_index = 0;
     for (ParameterTensors& p : parameters_) {
       const auto n = static_cast<std::size_t>(p.value.numel());
+      first_index_.push_back(first_index);
+      first_index += n;
       grads_.emplace_back(p.grad.data_as<float>(), n);
       slots_.push_back({{p.value.data_as<float>(), n},
                         {p.grad.data_as<float>(), n},
@@ -28,7 +33,7 @@ class CpuOptimizerStep final : public OptimizerStep {
       if (settings.master_weights && p.working.defined() && p.working.dtype() == DType::bf16) {
         slots_.back().bf16_working = {static_cast<std::uint16_t*>(p.working.data()), n};
       } else if (p.compute != DType::f32) {
-        needs_refresh_.push_back(&p);
+        needs_refresh_.push_back(first_index_.size() - 1);
       }
     }
   }
@@ -48,9 +53,17 @@ class CpuOptimizerStep final : public OptimizerStep {
       amp::sgd_step(settings_.sgd, lr, slots_);
     }
     // The working copy is the FP32 value rounded once (and, without master weights, the value itself).
-    for (const ParameterTensors* p : needs_refresh_) {
-      backend_.round_for_compute(p->value, p->working, p->compute);
-      if (!settings_.master_weights) backend_.convert(p->working, p->value);
+    const std::uint64_t stream = amp::detail::weight_rounding_stream(settings_.rounding_seed, optimizer_steps_);
+    for (const std::size_t i : needs_refresh_) {
+      const ParameterTensors& p = parameters_[i];
+      if (!settings_.master_weights && settings_.stochastic_rounding && p.working.dtype() == DType::bf16) {
+        const auto n = static_cast<std::size_t>(p.value.numel());
+        numeric::stochastic_round({p.value.data_as<float>(), n}, {static_cast<numeric::BFloat16*>(p.working.data()), n},
+                                  stream, first_index_[i]);
+      } else {
+        backend_.round_for_compute(p.value, p.working, p.compute);
+      }
+      if (!settings_.master_weights) backend_.convert(p.working, p.value);
     }
     return true;
   }
@@ -70,7 +83,8 @@ class CpuOptimizerStep final : public OptimizerStep {
   std::optional<amp::LossScaler> scaler_;
   std::vector<std::span<float>> grads_;
   std::vector<amp::ParameterSlot> slots_;
-  std::vector<const ParameterTensors*> needs_refresh_;  // working copies the optimizer does not write
+  std::vector<std::size_t> needs_refresh_;     // parameters whose working copy the optimizer does not write
+  std::vector<std::uint64_t> first_index_;     // each parameter's first element in the list (rounding stream)
   std::int64_t optimizer_steps_ = 0;
 };
 

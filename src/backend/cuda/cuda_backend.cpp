@@ -40,6 +40,8 @@ class CudaOptimizerStep final : public OptimizerStep {
     config.sgd = s.sgd;
     config.clip_norm = s.clip_norm;
     config.loss_scaling = s.loss_scaling;
+    config.stochastic_rounding = s.stochastic_rounding;
+    config.rounding_seed = s.rounding_seed;
     std::vector<cuda::DeviceParameter> device;
     for (const ParameterTensors& p : parameters_) {
       const bool working = p.working.defined();

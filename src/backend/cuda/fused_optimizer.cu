@@ -20,8 +20,14 @@
 #include "mpx/backend/cuda_fused_optimizer.h"
 #include "mpx/backend/multi_tensor.h"
 #include "mpx/core/error.h"
+#include "mpx/numeric/detail/formats.h"
+#include "mpx/numeric/philox.h"
 
 namespace mpx::cuda {
+
+namespace elements::lanes {
+#include "../../numeric/kernels/stochastic_lanes.inl"
+}  // namespace elements::lanes
 
 namespace {
 
@@ -36,6 +42,7 @@ struct ParamDesc {
   void* working;
   std::uint8_t grad_kind, working_kind, has_working, decay, round_master;
   std::uint8_t aligned;  // every pointer 16-byte aligned: the update takes four elements at a time
+  std::uint64_t first_index;  // the parameter's first element in the list: its stochastic-rounding indices
 };
 
 struct ChunkPartial {
@@ -50,6 +57,8 @@ struct StepConfigDevice {
   double clip_norm;
   bool loss_scaling;
   amp::LossScalerConfig scaler;
+  bool stochastic_rounding;
+  std::uint64_t rounding_seed;
 };
 
 // Device-resident: the scaler, the counts and this step's decision.
@@ -170,13 +179,19 @@ struct ElementUpdate {
   amp::SgdConfig sgd;
   std::uint8_t working_kind;
   bool has_working, round_master;
-  __device__ std::uint16_t operator()(float raw_grad, float& value, float& m1, float& m2) const {
+  bool stochastic;        // round_master with a BF16 copy, stochastically (bf16-true)
+  std::uint64_t stream;   // this step's rounding stream
+  // `index`: the element's place in the whole parameter list.
+  __device__ std::uint16_t operator()(float raw_grad, float& value, float& m1, float& m2, std::uint64_t index) const {
     float g = raw_grad * inv_scale;
     if (clip != 1.0f) g *= clip;
     value = adamw ? amp::detail::adamw_update(value, g, m1, m2, f, decay_factor)
                   : amp::detail::sgd_update(value, g, m1, sgd, lr, sgd_decay);
     if (!has_working) return 0;  // FP32 weights (32-true): nothing to round
-    const std::uint16_t low = elements::narrow(value, working_kind);
+    const std::uint16_t low =
+        stochastic ? static_cast<std::uint16_t>(elements::lanes::bfloat16_stochastic_lane(__float_as_uint(value),
+                                                                                numeric::random_u32(stream, index)))
+                   : elements::narrow(value, working_kind);
     if (round_master) value = elements::load(&low, 0, working_kind);
     return low;
   }
@@ -199,7 +214,9 @@ __global__ void __launch_bounds__(kThreads) update_kernel(const ParamDesc* param
                              config.sgd,
                              static_cast<std::uint8_t>(p.has_working ? p.working_kind : elements::kBF16),
                              p.has_working != 0,
-                             p.round_master != 0};
+                             p.round_master != 0,
+                             config.stochastic_rounding && p.round_master != 0 && p.working_kind == elements::kBF16,
+                             amp::detail::weight_rounding_stream(config.rounding_seed, state->optimizer_steps)};
   float unused_m2 = 0.0f;
   // Four elements per thread step with 16-byte loads and stores where every pointer allows it (chunks
   // start at multiples of kChunkElements, so alignment is the tensors'); the tail one at a time.
@@ -211,8 +228,9 @@ __global__ void __launch_bounds__(kThreads) update_kernel(const ParamDesc* param
     float4 value = *reinterpret_cast<const float4*>(p.master + i);
     float4 m1 = *reinterpret_cast<const float4*>(p.state1 + i);
     float4 m2 = update.adamw ? *reinterpret_cast<const float4*>(p.state2 + i) : float4{};
-    const std::uint16_t low[4] = {update(g[0], value.x, m1.x, m2.x), update(g[1], value.y, m1.y, m2.y),
-                                  update(g[2], value.z, m1.z, m2.z), update(g[3], value.w, m1.w, m2.w)};
+    const std::uint64_t at = p.first_index + i;
+    const std::uint16_t low[4] = {update(g[0], value.x, m1.x, m2.x, at), update(g[1], value.y, m1.y, m2.y, at + 1),
+                                  update(g[2], value.z, m1.z, m2.z, at + 2), update(g[3], value.w, m1.w, m2.w, at + 3)};
     *reinterpret_cast<float4*>(p.master + i) = value;
     *reinterpret_cast<float4*>(p.state1 + i) = m1;
     if (update.adamw) *reinterpret_cast<float4*>(p.state2 + i) = m2;
@@ -225,7 +243,7 @@ __global__ void __launch_bounds__(kThreads) update_kernel(const ParamDesc* param
     const std::uint64_t i = c.begin + k;
     float value = p.master[i], m1 = p.state1[i];
     float& m2 = update.adamw ? p.state2[i] : unused_m2;
-    const std::uint16_t low = update(elements::load(p.grad, i, p.grad_kind), value, m1, m2);
+    const std::uint16_t low = update(elements::load(p.grad, i, p.grad_kind), value, m1, m2, p.first_index + i);
     p.master[i] = value;
     p.state1[i] = m1;
     if (p.has_working) static_cast<std::uint16_t*>(p.working)[i] = low;
@@ -264,7 +282,9 @@ FusedOptimizer::FusedOptimizer(DeviceContext& context, const FusedStepConfig& co
   const bool adamw = config.algorithm == FusedStepConfig::Algorithm::adamw;
   if (config.loss_scaling) amp::LossScaler validate(config.scaler);  // throws on bad settings
   if (!(config.clip_norm >= 0)) throw InvalidArgument("fused optimizer: clip norm must be >= 0");
-  impl_->config = {config.algorithm, config.adamw, config.sgd, config.clip_norm, config.loss_scaling, config.scaler};
+  impl_->config = {config.algorithm, config.adamw, config.sgd, config.clip_norm, config.loss_scaling, config.scaler,
+                   config.stochastic_rounding, config.rounding_seed};
+  std::uint64_t first_index = 0;
   std::vector<ParamDesc> descs;
   std::vector<std::size_t> sizes;
   for (std::size_t i = 0; i < parameters.size(); ++i) {
@@ -281,7 +301,8 @@ FusedOptimizer::FusedOptimizer(DeviceContext& context, const FusedStepConfig& co
     descs.push_back({p.master, p.grad, p.state1, p.state2, p.working, detail::kind_of(p.grad_dtype),
                      p.working != nullptr ? detail::kind_of(p.working_dtype) : std::uint8_t{0},
                      static_cast<std::uint8_t>(p.working != nullptr), static_cast<std::uint8_t>(p.decay),
-                     static_cast<std::uint8_t>(p.round_master), 0});
+                     static_cast<std::uint8_t>(p.round_master), 0, first_index});
+    first_index += p.count;
     auto aligned = [](const void* q) { return reinterpret_cast<std::uintptr_t>(q) % 16 == 0; };
     descs.back().aligned = aligned(p.master) && aligned(p.grad) && aligned(p.state1) &&
                            (!adamw || aligned(p.state2)) && (p.working == nullptr || aligned(p.working));

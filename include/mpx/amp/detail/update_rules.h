@@ -51,6 +51,15 @@ MPX_HOST_DEVICE inline float sgd_update(float value, float g, float& momentum_bu
   return value - lr * g;
 }
 
+// bf16-true keeps no FP32 master copy, so each step's new weights are rounded to BF16 stochastically:
+// an update smaller than half a BF16 ulp (2^-9 of the weight) still moves the weight by its size in
+// expectation, where rounding to nearest would drop it every step. Element i of the parameter list (all
+// parameters end to end, in order) draws numeric::random_u32(weight_rounding_stream(seed, step), i): the
+// same bits on every backend, and a resumed run rounds as the straight one did.
+MPX_HOST_DEVICE inline std::uint64_t weight_rounding_stream(std::uint64_t seed, std::int64_t step) {
+  return seed * 0x9E3779B97F4A7C15ull + static_cast<std::uint64_t>(step);
+}
+
 // The factor clip_grad_norm multiplies gradients by: 1 unless the (finite) norm exceeds max_norm.
 MPX_HOST_DEVICE inline float clip_factor(double norm, double max_norm) {
   if (max_norm > 0 && norm - norm == 0.0 && norm > max_norm) return static_cast<float>(max_norm / (norm + 1e-6));
