@@ -60,7 +60,9 @@ case "${1:-}" in
     failed=0
     while read -r p h; do
       want=$(grep -F "$key	$p	" "$file" | cut -f3)
-      if [[ "$h" == "$want" ]]; then echo "$p: same bytes ($h)"
+      # A preset whose numbers changed on purpose loses its entries for the machines nobody could re-record.
+      if [[ -z "$want" ]]; then echo "$p: no recorded hash for this machine: not compared ($h)"
+      elif [[ "$h" == "$want" ]]; then echo "$p: same bytes ($h)"
       else echo "$p: model.safetensors changed: $h, recorded $want"; failed=1; fi
     done < <(hashes "$mpx")
     exit $failed ;;
