@@ -37,15 +37,10 @@ DType product_dtype(const std::string& precision) {
 }
 
 void run_gpt_bench(const GptBenchOptions& o) {
-  // The machine's matmul rates first: the yardstick for model FLOPs utilisation. The best of three medians:
-  // what the machine can do (a shared machine's neighbours only ever slow it down).
-  std::map<DType, double> peak_gflops;
-  for (const DType d : {DType::f32, DType::bf16}) {
-    for (int trial = 0; trial < 3; ++trial) {
-      peak_gflops[d] = std::max(peak_gflops[d], bench::run_matmul_benchmark(d, o.peak_size, 5).engine_gflops);
-    }
-  }
-  const bool bf16_slower = peak_gflops[DType::bf16] < peak_gflops[DType::f32];
+  // The machine's matmul rates first: the yardstick for model FLOPs utilisation.
+  const bench::MatmulRates rates = bench::measure_matmul_rates(o.peak_size);
+  std::map<DType, double> peak_gflops = {{DType::f32, rates.f32_gflops}, {DType::bf16, rates.bf16_gflops}};
+  const bool bf16_slower = rates.bf16_slower();
   std::vector<std::vector<bench::TrainBenchResult>> runs(o.precisions.size());
   for (int round = 0; round < o.rounds; ++round) {
     for (std::size_t i = 0; i < o.precisions.size(); ++i) {
@@ -66,9 +61,7 @@ void run_gpt_bench(const GptBenchOptions& o) {
   if (!o.json) {
     fmt::print("{} batch {}: matmul {}^3 f32 {:.0f} GFLOP/s, bf16 {:.0f} GFLOP/s{}\n", o.model, o.batch_size, o.peak_size,
                peak_gflops[DType::f32], peak_gflops[DType::bf16],
-               bf16_slower ? " (BF16 products are slower than FP32 on this CPU: mixed precision buys memory and "
-                             "bandwidth here, not matmul speed)"
-                           : "");
+               bf16_slower ? fmt::format(" ({})", bench::kBf16SlowerNote) : "");
   }
   for (auto& r : runs) {
     std::sort(r.begin(), r.end(), [](const auto& a, const auto& b) { return a.ms_per_step < b.ms_per_step; });

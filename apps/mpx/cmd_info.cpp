@@ -1,6 +1,8 @@
 // `mpx info`: version, build options, CPU features and conversion paths, CUDA devices.
 #include <omp.h>
 
+#include <optional>
+
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -8,6 +10,7 @@
 
 #include "commands.h"
 #include "mpx/backend/cpu_backend.h"
+#include "mpx/bench/training.h"
 #include "mpx/backend/cuda.h"
 #include "mpx/build_info.h"
 #include "mpx/core/cpu_features.h"
@@ -19,6 +22,7 @@ namespace {
 
 struct InfoOptions {
   bool json = false;
+  bool measure = false;  // also time FP32 and BF16 products (about a second)
 };
 
 std::string gib(std::size_t bytes) { return fmt::format("{:.1f} GiB", static_cast<double>(bytes) / (1ull << 30)); }
@@ -32,6 +36,8 @@ void print_info(const InfoOptions& options) {
   const std::string no_gpu = gpus.empty() ? cuda::no_device_reason() : "";
   const cuda::RuntimeInfo runtime = cuda::runtime_info();
   const bool native_bf16 = backend::CpuBackend().native_bf16();
+  const std::optional<bench::MatmulRates> rates =
+      options.measure ? std::optional(bench::measure_matmul_rates(1024)) : std::nullopt;
 
   if (options.json) {
     nlohmann::json j;
@@ -42,6 +48,10 @@ void print_info(const InfoOptions& options) {
     j["cpu"] = {{"vendor", cpu.vendor}, {"brand", cpu.brand}, {"threads", omp_get_max_threads()},
                 {"features", cpu.names()}, {"conversion_paths", paths}, {"conversion_path", best},
                 {"onednn_bf16", native_bf16 ? "native" : "widened to f32"}};
+    if (rates) {
+      j["cpu"]["matmul_gflops"] = {{"size", rates->size}, {"f32", rates->f32_gflops}, {"bf16", rates->bf16_gflops},
+                                   {"bf16_slower_than_f32", rates->bf16_slower()}};
+    }
     nlohmann::json devices = nlohmann::json::array();
     for (const auto& d : gpus) {
       devices.push_back({{"index", d.index}, {"name", d.name},
@@ -67,6 +77,13 @@ void print_info(const InfoOptions& options) {
   fmt::print("        conversion paths: {} (using {})\n", fmt::join(paths, " "), best);
   fmt::print("        oneDNN BF16 products: {}\n",
              native_bf16 ? "native kernels" : "widened to FP32 and rounded once (no oneDNN BF16 kernels on this CPU)");
+  if (rates) {
+    fmt::print("        matmul {}^3: FP32 {:.0f} GFLOP/s, BF16 {:.0f} GFLOP/s ({:.2f}x FP32){}\n", rates->size,
+               rates->f32_gflops, rates->bf16_gflops, rates->bf16_gflops / rates->f32_gflops,
+               rates->bf16_slower() ? fmt::format("\n        {}", bench::kBf16SlowerNote) : "");
+  } else {
+    fmt::print("        (mpx info --measure times FP32 and BF16 products)\n");
+  }
   if (gpus.empty()) {
     fmt::print("cuda:   {}\n", no_gpu);
   } else {
@@ -87,6 +104,8 @@ void add_info_command(CLI::App& app) {
   auto options = std::make_shared<InfoOptions>();
   CLI::App* cmd = app.add_subcommand("info", "Show version, build options, CPU features and CUDA devices");
   cmd->add_flag("--json", options->json, "Print as JSON");
+  cmd->add_flag("--measure", options->measure,
+                "Also time FP32 and BF16 products (1024^3, about a second) and say which is faster here");
   cmd->callback([options] { print_info(*options); });
 }
 

@@ -57,6 +57,16 @@ MatmulBenchResult run_matmul_benchmark(DType dtype, std::int64_t size, int repea
   return result;
 }
 
+MatmulRates measure_matmul_rates(std::int64_t size) {
+  MatmulRates r;
+  r.size = size;
+  for (int trial = 0; trial < 3; ++trial) {
+    r.f32_gflops = std::max(r.f32_gflops, run_matmul_benchmark(DType::f32, size, 5).engine_gflops);
+    r.bf16_gflops = std::max(r.bf16_gflops, run_matmul_benchmark(DType::bf16, size, 5).engine_gflops);
+  }
+  return r;
+}
+
 namespace {
 // Random images of Fashion-MNIST's shape: throughput does not depend on the pixels.
 io::FashionMnist random_images() {

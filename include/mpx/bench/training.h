@@ -23,6 +23,18 @@ struct MatmulBenchResult {
 // A square product n x n x n, FP32 output, inputs f32 or bf16 (f16 is widened to f32 on the CPU).
 MatmulBenchResult run_matmul_benchmark(DType dtype, std::int64_t size, int repeats);
 
+// What this machine's products can do in FP32 and BF16 (n^3, the best of three medians of five: a shared
+// machine's neighbours only ever slow it down). On CPUs without AMX BF16 can be the slower one.
+struct MatmulRates {
+  std::int64_t size = 0;
+  double f32_gflops = 0, bf16_gflops = 0;
+  bool bf16_slower() const { return bf16_gflops < f32_gflops; }
+};
+MatmulRates measure_matmul_rates(std::int64_t size);
+// The sentence `mpx info --measure` and `mpx bench gpt` print when BF16 products are the slower ones.
+inline constexpr const char* kBf16SlowerNote =
+    "BF16 products are slower than FP32 on this CPU: mixed precision buys memory and bandwidth here, not matmul speed";
+
 struct TrainBenchResult {
   std::string model, precision, device;
   bool tf32 = false;  // FP32 products through TF32 (CUDA, when asked)
