@@ -53,16 +53,73 @@ MPX_VECTOR_CLONES void transpose_head(const float* x, std::int64_t tokens, std::
   }
 }
 
-// scores[j] = sum_d a[d] * bt[d, j] for j < count (bt: [d, tokens]).
-inline void row_times_transposed(const float* __restrict a, const float* __restrict bt, std::int64_t tokens,
-                                 std::int64_t head_dim, std::int64_t count, float* __restrict scores) {
-  for (std::int64_t j = 0; j < count; ++j) scores[j] = 0.0f;
-  for (std::int64_t d = 0; d < head_dim; ++d) {
-    const float ad = a[d];
-    const float* row = bt + d * tokens;
-#pragma omp simd
-    for (std::int64_t j = 0; j < count; ++j) scores[j] += ad * row[j];
+// The products of one head are small (T x T x d with T, d of 32..1024): each is computed in tiles of up to
+// 8 rows x 32 columns whose FP32 sums stay in registers (16 AVX-512 vectors) over the whole reduction, so
+// the loads are one vector of b and one broadcast of a per 8 x 32 multiply-adds.
+constexpr int kTileRows = 8, kTileColumns = 32;
+
+#define MPX_ALWAYS_INLINE inline __attribute__((always_inline))
+
+// c[r, n0 + w] = sum_{k in [k_begin, k_end)} a(r, k) * b[k, n0 + w] for r < R, w < 32, where a(r, k) is
+// a[r * lda + k], or a[k * lda + r] when kTransposedA.
+template <int R, bool kTransposedA>
+MPX_ALWAYS_INLINE void product_tile(const float* __restrict a, std::int64_t lda, const float* __restrict b,
+                                    std::int64_t ldb, std::int64_t n0, std::int64_t k_begin, std::int64_t k_end,
+                                    float* __restrict c, std::int64_t ldc) {
+  float acc[R][kTileColumns];
+  for (int r = 0; r < R; ++r) {
+    for (int w = 0; w < kTileColumns; ++w) acc[r][w] = 0.0f;
   }
+  for (std::int64_t k = k_begin; k < k_end; ++k) {
+    const float* bk = b + k * ldb + n0;
+    for (int r = 0; r < R; ++r) {
+      const float ar = kTransposedA ? a[k * lda + r] : a[r * lda + k];
+#pragma omp simd
+      for (int w = 0; w < kTileColumns; ++w) acc[r][w] += ar * bk[w];
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int w = 0; w < kTileColumns; ++w) c[r * ldc + n0 + w] = acc[r][w];
+  }
+}
+
+// c[r, n] = sum_{k in [k_begin, k_end)} a(r, k) * b[k, n] for r < rows (at most 8), n < cols; the columns
+// past the last whole tile take a plain loop.
+template <bool kTransposedA>
+MPX_ALWAYS_INLINE void product_rows(const float* __restrict a, std::int64_t lda, const float* __restrict b,
+                                    std::int64_t ldb, std::int64_t rows, std::int64_t cols, std::int64_t k_begin,
+                                    std::int64_t k_end, float* __restrict c, std::int64_t ldc) {
+  const auto row_of_a = [&](std::int64_t r) { return kTransposedA ? a + r : a + r * lda; };
+  std::int64_t n0 = 0;
+  for (; n0 + kTileColumns <= cols; n0 += kTileColumns) {
+    if (rows == kTileRows) {
+      product_tile<kTileRows, kTransposedA>(a, lda, b, ldb, n0, k_begin, k_end, c, ldc);
+    } else {
+      for (std::int64_t r = 0; r < rows; ++r) {
+        product_tile<1, kTransposedA>(row_of_a(r), lda, b, ldb, n0, k_begin, k_end, c + r * ldc, ldc);
+      }
+    }
+  }
+  for (; n0 < cols; ++n0) {
+    for (std::int64_t r = 0; r < rows; ++r) {
+      float sum = 0.0f;
+      for (std::int64_t k = k_begin; k < k_end; ++k) {
+        sum += (kTransposedA ? a[k * lda + r] : a[r * lda + k]) * b[k * ldb + n0];
+      }
+      c[r * ldc + n0] = sum;
+    }
+  }
+}
+
+// How far the row block [i0, i0 + rows) reaches: its last row attends to positions below `reach`; scores are
+// computed up to `columns` (whole tiles where the block allows; the masked ones are overwritten).
+struct RowBlock {
+  std::int64_t rows, reach, columns;
+};
+inline RowBlock row_block(std::int64_t i0, std::int64_t tokens) {
+  const std::int64_t rows = std::min<std::int64_t>(kTileRows, tokens - i0);
+  const std::int64_t reach = i0 + rows;
+  return {rows, reach, std::min(tokens, (reach + kTileColumns - 1) / kTileColumns * kTileColumns)};
 }
 
 // One head of one sequence: q, v FP32 [T, d], kt [d, T]; writes the probabilities (row i: T entries, zero
@@ -70,65 +127,63 @@ inline void row_times_transposed(const float* __restrict a, const float* __restr
 MPX_VECTOR_CLONES void head_forward(const float* __restrict q, const float* __restrict kt, const float* __restrict v,
                                     std::int64_t tokens, std::int64_t head_dim, float scale, float* __restrict probs,
                                     float* __restrict y) {
-  for (std::int64_t i = 0; i < tokens; ++i) {
-    float* p = probs + i * tokens;
-    const std::int64_t count = i + 1;
-    row_times_transposed(q + i * head_dim, kt, tokens, head_dim, count, p);
-    float max = -INFINITY;
-    for (std::int64_t j = 0; j < count; ++j) {
-      p[j] *= scale;
-      max = p[j] > max ? p[j] : max;
-    }
-    float sum = 0.0f;
+  for (std::int64_t i0 = 0; i0 < tokens; i0 += kTileRows) {
+    const RowBlock block = row_block(i0, tokens);
+    product_rows<false>(q + i0 * head_dim, head_dim, kt, tokens, block.rows, block.columns, 0, head_dim,
+                        probs + i0 * tokens, tokens);
+    for (std::int64_t i = i0; i < block.reach; ++i) {
+      float* p = probs + i * tokens;
+      const std::int64_t count = i + 1;
+      float max = -INFINITY;
+      for (std::int64_t j = 0; j < count; ++j) {
+        p[j] *= scale;
+        max = p[j] > max ? p[j] : max;
+      }
+      float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
-    for (std::int64_t j = 0; j < count; ++j) {
-      p[j] = exp_fast(p[j] - max);
-      sum += p[j];
-    }
-    const float inv = 1.0f / sum;
-    float* yi = y + i * head_dim;
-    for (std::int64_t d = 0; d < head_dim; ++d) yi[d] = 0.0f;
-    for (std::int64_t j = 0; j < count; ++j) {
-      p[j] *= inv;
-      const float pj = p[j];
-      const float* vj = v + j * head_dim;
+      for (std::int64_t j = 0; j < count; ++j) {
+        p[j] = exp_fast(p[j] - max);
+        sum += p[j];
+      }
+      const float inv = 1.0f / sum;
 #pragma omp simd
-      for (std::int64_t d = 0; d < head_dim; ++d) yi[d] += pj * vj[d];
+      for (std::int64_t j = 0; j < count; ++j) p[j] *= inv;
+      for (std::int64_t j = count; j < tokens; ++j) p[j] = 0.0f;  // the masked future
     }
-    for (std::int64_t j = count; j < tokens; ++j) p[j] = 0.0f;  // the masked future
+    product_rows<false>(probs + i0 * tokens, tokens, v, head_dim, block.rows, head_dim, 0, block.reach,
+                        y + i0 * head_dim, head_dim);
   }
 }
 
 // The gradients of one head: q, k, g = dy [T, d], vt [d, T] in; dq, dk, dv [T, d] out (overwritten);
-// ds: T floats of scratch.
+// ds: T x T floats of scratch (dP, then dS = P (dP - rowsum(P dP)) scale, zero past the diagonal).
 MPX_VECTOR_CLONES void head_backward(const float* __restrict q, const float* __restrict k, const float* __restrict vt,
                                      const float* __restrict g, const float* __restrict probs, std::int64_t tokens,
                                      std::int64_t head_dim, float scale, float* __restrict dq, float* __restrict dk,
                                      float* __restrict dv, float* __restrict ds) {
-  for (std::int64_t e = 0; e < tokens * head_dim; ++e) dq[e] = dk[e] = dv[e] = 0.0f;
-  for (std::int64_t i = 0; i < tokens; ++i) {
-    const float* p = probs + i * tokens;
-    const float* gi = g + i * head_dim;
-    const std::int64_t count = i + 1;
-    row_times_transposed(gi, vt, tokens, head_dim, count, ds);  // dP_ij
-    float weighted = 0.0f;  // sum_j P_ij dP_ij
+  for (std::int64_t i0 = 0; i0 < tokens; i0 += kTileRows) {
+    const RowBlock block = row_block(i0, tokens);
+    product_rows<false>(g + i0 * head_dim, head_dim, vt, tokens, block.rows, block.columns, 0, head_dim,
+                        ds + i0 * tokens, tokens);  // dP_ij
+    for (std::int64_t i = i0; i < block.reach; ++i) {
+      const float* p = probs + i * tokens;
+      float* dsi = ds + i * tokens;
+      const std::int64_t count = i + 1;
+      float weighted = 0.0f;  // sum_j P_ij dP_ij
 #pragma omp simd reduction(+ : weighted)
-    for (std::int64_t j = 0; j < count; ++j) weighted += p[j] * ds[j];
-    float* dqi = dq + i * head_dim;
-    const float* qi = q + i * head_dim;
-    for (std::int64_t j = 0; j < count; ++j) {
-      const float dsij = p[j] * (ds[j] - weighted) * scale;
-      const float pj = p[j];
-      const float* kj = k + j * head_dim;
-      float* dkj = dk + j * head_dim;
-      float* dvj = dv + j * head_dim;
+      for (std::int64_t j = 0; j < count; ++j) weighted += p[j] * dsi[j];
 #pragma omp simd
-      for (std::int64_t d = 0; d < head_dim; ++d) {
-        dqi[d] += dsij * kj[d];
-        dkj[d] += dsij * qi[d];
-        dvj[d] += pj * gi[d];
-      }
+      for (std::int64_t j = 0; j < count; ++j) dsi[j] = p[j] * (dsi[j] - weighted) * scale;
+      for (std::int64_t j = count; j < tokens; ++j) dsi[j] = 0.0f;
     }
+    product_rows<false>(ds + i0 * tokens, tokens, k, head_dim, block.rows, head_dim, 0, block.reach,
+                        dq + i0 * head_dim, head_dim);  // dq = dS k
+  }
+  // Column blocks of dS and P: rows i < j0 of a block's columns are zero (causal), so the sums start at j0.
+  for (std::int64_t j0 = 0; j0 < tokens; j0 += kTileRows) {
+    const std::int64_t rows = std::min<std::int64_t>(kTileRows, tokens - j0);
+    product_rows<true>(ds + j0, tokens, q, head_dim, rows, head_dim, j0, tokens, dk + j0 * head_dim, head_dim);
+    product_rows<true>(probs + j0, tokens, g, head_dim, rows, head_dim, j0, tokens, dv + j0 * head_dim, head_dim);
   }
 }
 
@@ -179,7 +234,7 @@ void CpuBackend::attention_backward(const Tensor& qkv, const Tensor& probabiliti
     {
       const auto head_size = static_cast<std::size_t>(s.tokens * s.head_dim);
       std::vector<float> q(head_size), k(head_size), v(head_size), g(head_size), dq(head_size), dk(head_size),
-          dv(head_size), vt(head_size), ds(static_cast<std::size_t>(s.tokens));
+          dv(head_size), vt(head_size), ds(static_cast<std::size_t>(s.tokens * s.tokens));
 #pragma omp for schedule(static)
       for (std::int64_t task = 0; task < s.batch * s.heads; ++task) {
         const std::int64_t n = task / s.heads, h = task % s.heads;

@@ -268,6 +268,33 @@ void CpuBackend::batch_norm_backward(const Tensor& x, const Tensor& dy, const Ba
 }
 
 namespace {
+// Rows [begin, end) of LayerNorm forward. Sums in double (vectorised: the reduction is reassociated across
+// the vector's lanes, in a fixed order), x-hat and the affine map in FP32.
+template <class T>
+MPX_VECTOR_CLONES void layer_norm_forward_rows(const T* in, const float* gamma, const float* beta, float eps,
+                                               std::int64_t features, std::int64_t begin, std::int64_t end,
+                                               float* mean_out, float* inv_std, T* out) {
+  for (std::int64_t r = begin; r < end; ++r) {
+    const T* row = in + r * features;
+    double sum = 0, sum_sq = 0;
+#pragma omp simd reduction(+ : sum, sum_sq)
+    for (std::int64_t c = 0; c < features; ++c) {
+      const double v = load(row[c]);
+      sum += v;
+      sum_sq += v * v;
+    }
+    const double mean = sum / static_cast<double>(features);
+    const double var = std::max(0.0, sum_sq / static_cast<double>(features) - mean * mean);
+    const auto istd = static_cast<float>(1.0 / std::sqrt(var + eps));
+    const auto m = static_cast<float>(mean);
+    mean_out[r] = m;
+    inv_std[r] = istd;
+    T* y = out + r * features;
+#pragma omp simd
+    for (std::int64_t c = 0; c < features; ++c) store(y + c, (load(row[c]) - m) * istd * gamma[c] + beta[c]);
+  }
+}
+
 template <class T>
 void layer_norm_forward_impl(const Tensor& x, const Tensor& gamma_t, const Tensor& beta_t, float eps,
                              const Tensor& mean_t, const Tensor& inv_std_t, const Tensor& y) {
@@ -279,28 +306,60 @@ void layer_norm_forward_impl(const Tensor& x, const Tensor& gamma_t, const Tenso
   T* out = mutable_elements<T>(y);
   float* mean_out = mean_t.data_as<float>();
   float* inv_std = inv_std_t.data_as<float>();
-#pragma omp parallel for if (rows > 64)
-  for (std::int64_t r = 0; r < rows; ++r) {
-    const T* row = in + r * features;
-    double sum = 0, sum_sq = 0;
+  mpx::detail::parallel_ranges(rows, 65, [&](std::int64_t begin, std::int64_t end) {
+    layer_norm_forward_rows(in, gamma, beta, eps, features, begin, end, mean_out, inv_std, out);
+  });
+}
+
+// Rows [begin, end) of dx: x-hat is recomputed from x, mean and inv_std exactly as forward computed it (no
+// FP32 copy kept); the two row sums in double, the rest in FP32.
+template <class T>
+MPX_VECTOR_CLONES void layer_norm_backward_rows(const T* in, const T* g, const float* mean, const float* inv_std,
+                                                const float* gamma, std::int64_t features, std::int64_t begin,
+                                                std::int64_t end, T* out) {
+  for (std::int64_t r = begin; r < end; ++r) {
+    const float m = mean[r], istd = inv_std[r];
+    const T* xr = in + r * features;
+    const T* gr = g + r * features;
+    double sum_g = 0, sum_g_xhat = 0;
+#pragma omp simd reduction(+ : sum_g, sum_g_xhat)
     for (std::int64_t c = 0; c < features; ++c) {
-      const double v = load(row[c]);
-      sum += v;
-      sum_sq += v * v;
+      const float xhat = (load(xr[c]) - m) * istd;
+      const double gx = static_cast<double>(load(gr[c]) * gamma[c]);
+      sum_g += gx;
+      sum_g_xhat += gx * xhat;
     }
-    const double mean = sum / static_cast<double>(features);
-    const double var = std::max(0.0, sum_sq / static_cast<double>(features) - mean * mean);
-    const auto istd = static_cast<float>(1.0 / std::sqrt(var + eps));
-    mean_out[r] = static_cast<float>(mean);
-    inv_std[r] = istd;
+    const auto mean_g = static_cast<float>(sum_g / static_cast<double>(features));
+    const auto mean_g_xhat = static_cast<float>(sum_g_xhat / static_cast<double>(features));
+    T* dx = out + r * features;
+#pragma omp simd
     for (std::int64_t c = 0; c < features; ++c) {
-      const float xhat = (load(row[c]) - mean_out[r]) * istd;
-      store(out + r * features + c, xhat * gamma[c] + beta[c]);
+      const float xhat = (load(xr[c]) - m) * istd;
+      store(dx + c, istd * (load(gr[c]) * gamma[c] - mean_g - xhat * mean_g_xhat));
     }
   }
 }
 
-// x-hat is recomputed from x, mean and inv_std exactly as forward computed it (no FP32 copy kept).
+// Columns [first, last) of dgamma and dbeta, each summed over the rows in order (the same sums whatever the
+// thread count).
+template <class T>
+MPX_VECTOR_CLONES void layer_norm_parameter_grads(const T* in, const T* g, const float* mean, const float* inv_std,
+                                                  std::int64_t rows, std::int64_t features, std::int64_t first,
+                                                  std::int64_t last, float* dgamma, float* dbeta) {
+  for (std::int64_t c = first; c < last; ++c) dgamma[c] = dbeta[c] = 0.0f;
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const float m = mean[r], istd = inv_std[r];
+    const T* xr = in + r * features;
+    const T* gr = g + r * features;
+#pragma omp simd
+    for (std::int64_t c = first; c < last; ++c) {
+      const float gi = load(gr[c]);
+      dgamma[c] += gi * ((load(xr[c]) - m) * istd);
+      dbeta[c] += gi;
+    }
+  }
+}
+
 template <class T>
 void layer_norm_backward_impl(const Tensor& x, const Tensor& dy, const Tensor& gamma_t, const Tensor& mean_t,
                               const Tensor& inv_std_t, const Tensor& dx, const Tensor& dgamma_t,
@@ -315,40 +374,13 @@ void layer_norm_backward_impl(const Tensor& x, const Tensor& dy, const Tensor& g
   float* dgamma = dgamma_t.data_as<float>();
   float* dbeta = dbeta_t.data_as<float>();
   T* out = mutable_elements<T>(dx);
-  // dx row by row, rows split between threads; dgamma and dbeta column by column, columns split, each
-  // column summed over the rows in order (the same sums as one thread would make).
+  // dx with the rows split between threads, then dgamma and dbeta with the columns split, in one region.
 #pragma omp parallel if (rows > 64)
   {
-    std::vector<float> xhat(static_cast<std::size_t>(features));
-#pragma omp for schedule(static)
-    for (std::int64_t r = 0; r < rows; ++r) {
-      double mean_g = 0, mean_g_xhat = 0;
-      for (std::int64_t c = 0; c < features; ++c) {
-        const std::int64_t i = r * features + c;
-        xhat[static_cast<std::size_t>(c)] = (load(in[i]) - mean[r]) * inv_std[r];
-        const double gx = static_cast<double>(load(g[i])) * gamma[c];
-        mean_g += gx;
-        mean_g_xhat += gx * xhat[static_cast<std::size_t>(c)];
-      }
-      mean_g /= static_cast<double>(features);
-      mean_g_xhat /= static_cast<double>(features);
-      for (std::int64_t c = 0; c < features; ++c) {
-        const std::int64_t i = r * features + c;
-        const double gi = load(g[i]);
-        store(out + i, static_cast<float>(inv_std[r] * (gi * gamma[c] - mean_g - xhat[static_cast<std::size_t>(c)] * mean_g_xhat)));
-      }
-    }
     const auto t = static_cast<std::int64_t>(omp_get_thread_num()), n = static_cast<std::int64_t>(omp_get_num_threads());
-    const std::int64_t first = features * t / n, last = features * (t + 1) / n;
-    for (std::int64_t c = first; c < last; ++c) dgamma[c] = dbeta[c] = 0.0f;
-    for (std::int64_t r = 0; r < rows; ++r) {
-      for (std::int64_t c = first; c < last; ++c) {
-        const std::int64_t i = r * features + c;
-        const float gi = load(g[i]);
-        dgamma[c] += gi * ((load(in[i]) - mean[r]) * inv_std[r]);
-        dbeta[c] += gi;
-      }
-    }
+    layer_norm_backward_rows(in, g, mean, inv_std, gamma, features, rows * t / n, rows * (t + 1) / n, out);
+    layer_norm_parameter_grads(in, g, mean, inv_std, rows, features, features * t / n, features * (t + 1) / n,
+                               dgamma, dbeta);
   }
 }
 }  // namespace
