@@ -12,6 +12,7 @@
 #include "mpx/core/error.h"
 #include "mpx/numeric/convert.h"
 #include "mpx/numeric/half.h"
+#include "../../common/vector_clones.h"
 #include "storage.h"
 
 namespace mpx::backend {
@@ -94,15 +95,22 @@ namespace {
 // Columns split between threads when the work is large, each summed over the rows in order: the same
 // sums whatever the thread count.
 template <class T>
+MPX_VECTOR_CLONES void column_sums_range(const T* __restrict d, std::int64_t rows, std::int64_t cols, std::int64_t first,
+                                         std::int64_t last, float* __restrict out) {
+  for (std::int64_t j = first; j < last; ++j) out[j] = 0.0f;
+  for (std::int64_t i = 0; i < rows; ++i) {
+    const T* row = d + i * cols;
+#pragma omp simd
+    for (std::int64_t j = first; j < last; ++j) out[j] += load(row[j]);
+  }
+}
+
+template <class T>
 void column_sums_of(const T* d, std::int64_t rows, std::int64_t cols, float* out) {
 #pragma omp parallel if (rows * cols > 65536 && cols >= 64)
   {
     const auto t = static_cast<std::int64_t>(omp_get_thread_num()), n = static_cast<std::int64_t>(omp_get_num_threads());
-    const std::int64_t first = cols * t / n, last = cols * (t + 1) / n;
-    for (std::int64_t j = first; j < last; ++j) out[j] = 0.0f;
-    for (std::int64_t i = 0; i < rows; ++i) {
-      for (std::int64_t j = first; j < last; ++j) out[j] += load(d[i * cols + j]);
-    }
+    column_sums_range(d, rows, cols, cols * t / n, cols * (t + 1) / n, out);
   }
 }
 }  // namespace
