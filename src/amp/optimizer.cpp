@@ -1,8 +1,10 @@
 #include "mpx/amp/optimizer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "../common/bf16_bits.h"
 #include "mpx/amp/detail/update_rules.h"
@@ -58,18 +60,34 @@ void sgd_step(const SgdConfig& c, float lr, std::span<const ParameterSlot> slots
 void adamw_step(const AdamWConfig& c, float lr, std::int64_t step, std::span<const ParameterSlot> slots) {
   if (step < 1) throw InvalidArgument("adamw_step: step counts from 1");
   const AdamWFactors f = detail::adamw_factors(c, lr, step);
+  // All tensors' elements in pieces of one parallel loop: a model of many small tensors (a GPT's biases,
+  // LayerNorms and 128-wide matrices) would otherwise update most of them on one thread. Elementwise, so
+  // the pieces change no result.
+  constexpr std::int64_t kPiece = 16384;
+  struct Piece {
+    const ParameterSlot* slot;
+    std::int64_t begin, end;
+  };
+  std::vector<Piece> pieces;
+  std::int64_t total = 0;
   for (const ParameterSlot& s : slots) {
     check_slot(s, true);
-    const float decay_factor = 1.0f - (s.decay ? f.lr_times_decay : 0.0f);
     const auto n = static_cast<std::int64_t>(s.value.size());
-    mpx::detail::parallel_ranges(n, 65536, [&](std::int64_t begin, std::int64_t end) {
-      if (s.bf16_working.empty()) {
-        adamw_range(s.value.data(), s.grad.data(), s.state1.data(), s.state2.data(), begin, end, f, decay_factor);
-      } else {
-        adamw_range_bf16_copy(s.value.data(), s.grad.data(), s.state1.data(), s.state2.data(), s.bf16_working.data(),
-                              begin, end, f, decay_factor);
-      }
-    });
+    for (std::int64_t b = 0; b < n; b += kPiece) pieces.push_back({&s, b, std::min(n, b + kPiece)});
+    total += n;
+  }
+  const auto count = static_cast<std::int64_t>(pieces.size());
+#pragma omp parallel for schedule(static) if (total > 65536)
+  for (std::int64_t k = 0; k < count; ++k) {
+    const Piece& p = pieces[static_cast<std::size_t>(k)];
+    const ParameterSlot& s = *p.slot;
+    const float decay_factor = 1.0f - (s.decay ? f.lr_times_decay : 0.0f);
+    if (s.bf16_working.empty()) {
+      adamw_range(s.value.data(), s.grad.data(), s.state1.data(), s.state2.data(), p.begin, p.end, f, decay_factor);
+    } else {
+      adamw_range_bf16_copy(s.value.data(), s.grad.data(), s.state1.data(), s.state2.data(), s.bf16_working.data(),
+                            p.begin, p.end, f, decay_factor);
+    }
   }
 }
 
