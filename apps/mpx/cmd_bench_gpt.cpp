@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
+#include "layer_times.h"
 #include "validators.h"
 #include "mpx/bench/training.h"
 #include "mpx/core/error.h"
@@ -69,12 +70,7 @@ void run_gpt_bench(const GptBenchOptions& o) {
     const double peak = peak_gflops[product_dtype(m.precision)];
     const double floor_ms = m.flops_per_step / (peak * 1e9) * 1e3;
     const double mfu = m.achieved_gflops / peak;
-    nlohmann::json layers = nlohmann::json::array();
-    for (const auto& t : m.layer_times) {
-      const double calls = static_cast<double>(std::max<std::int64_t>(1, t.calls));
-      layers.push_back({{"layer", t.name}, {"forward_ms", t.forward_seconds / calls * 1e3},
-                        {"backward_ms", t.backward_seconds / calls * 1e3}});
-    }
+    const nlohmann::json layers = layer_times_json(m.layer_times);
     all["results"].push_back({{"precision", m.precision}, {"ms_per_step", m.ms_per_step},
                               {"tokens_per_second", m.tokens_per_second}, {"tokens_per_step", m.tokens_per_step},
                               {"model_flops_per_step", m.flops_per_step}, {"achieved_gflops", m.achieved_gflops},
@@ -85,10 +81,7 @@ void run_gpt_bench(const GptBenchOptions& o) {
       fmt::print("  {:<11} {:>8.1f} ms/step {:>8.0f} tok/s  {:>6.1f} GFLOP/s  MFU {:>5.1f}%  GEMM floor {:.1f} ms  peak {:.1f} MiB\n",
                  m.precision, m.ms_per_step, m.tokens_per_second, m.achieved_gflops, 100 * mfu, floor_ms,
                  static_cast<double>(m.peak_bytes) / (1 << 20));
-      for (const auto& l : layers) {
-        fmt::print("      {:<28} forward {:7.3f} ms  backward {:7.3f} ms\n", l["layer"].get<std::string>(),
-                   l["forward_ms"].get<double>(), l["backward_ms"].get<double>());
-      }
+      print_layer_times(layers, 6, 28);
     }
   }
   if (o.json) fmt::print("{}\n", all.dump(2));

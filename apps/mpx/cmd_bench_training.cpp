@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
+#include "layer_times.h"
 #include "validators.h"
 #include "mpx/bench/gpu.h"
 #include "mpx/bench/training.h"
@@ -115,12 +116,7 @@ void run_train_bench(const TrainBenchOptions& o) {
   nlohmann::json all = nlohmann::json::array();
   for (const auto& r : medians) {
     const double speedup = fp32_images_per_second > 0 ? r.images_per_second / fp32_images_per_second : 0;
-    nlohmann::json layers = nlohmann::json::array();
-    for (const auto& t : r.layer_times) {
-      const double steps = static_cast<double>(std::max<std::int64_t>(1, t.calls));
-      layers.push_back({{"layer", t.name}, {"forward_ms", t.forward_seconds / steps * 1e3},
-                        {"backward_ms", t.backward_seconds / steps * 1e3}});
-    }
+    const nlohmann::json layers = layer_times_json(r.layer_times);
     if (o.json) {
       all.push_back({{"model", r.model}, {"precision", r.precision}, {"device", r.device}, {"steps", r.steps},
                      {"batch_size", r.batch_size}, {"rounds", o.rounds}, {"images_per_second", r.images_per_second},
@@ -134,10 +130,7 @@ void run_train_bench(const TrainBenchOptions& o) {
                  r.images_per_second, r.ms_per_step, static_cast<double>(r.peak_bytes) / (1 << 20),
                  speedup > 0 ? fmt::format("  {:.2f}x 32-true", speedup) : "",
                  r.real_data ? "" : " (random images: Fashion-MNIST not installed)");
-      for (const auto& l : layers) {
-        fmt::print("    {:<10} forward {:7.3f} ms  backward {:7.3f} ms\n", l["layer"].get<std::string>(),
-                   l["forward_ms"].get<double>(), l["backward_ms"].get<double>());
-      }
+      print_layer_times(layers, 4, 10);
     }
   }
   if (o.json) fmt::print("{}\n", all.dump(2));

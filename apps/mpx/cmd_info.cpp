@@ -1,8 +1,6 @@
 // `mpx info`: version, build options, CPU features and conversion paths, CUDA devices.
 #include <omp.h>
 
-#include <optional>
-
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -36,8 +34,7 @@ void print_info(const InfoOptions& options) {
   const std::string no_gpu = gpus.empty() ? cuda::no_device_reason() : "";
   const cuda::RuntimeInfo runtime = cuda::runtime_info();
   const bool native_bf16 = backend::CpuBackend().native_bf16();
-  const std::optional<bench::MatmulRates> rates =
-      options.measure ? std::optional(bench::measure_matmul_rates(1024)) : std::nullopt;
+  const bench::MatmulRates rates = options.measure ? bench::measure_matmul_rates(1024) : bench::MatmulRates{};
 
   if (options.json) {
     nlohmann::json j;
@@ -48,9 +45,9 @@ void print_info(const InfoOptions& options) {
     j["cpu"] = {{"vendor", cpu.vendor}, {"brand", cpu.brand}, {"threads", omp_get_max_threads()},
                 {"features", cpu.names()}, {"conversion_paths", paths}, {"conversion_path", best},
                 {"onednn_bf16", native_bf16 ? "native" : "widened to f32"}};
-    if (rates) {
-      j["cpu"]["matmul_gflops"] = {{"size", rates->size}, {"f32", rates->f32_gflops}, {"bf16", rates->bf16_gflops},
-                                   {"bf16_slower_than_f32", rates->bf16_slower()}};
+    if (options.measure) {
+      j["cpu"]["matmul_gflops"] = {{"size", rates.size}, {"f32", rates.f32_gflops}, {"bf16", rates.bf16_gflops},
+                                   {"bf16_slower_than_f32", rates.bf16_slower()}};
     }
     nlohmann::json devices = nlohmann::json::array();
     for (const auto& d : gpus) {
@@ -77,10 +74,10 @@ void print_info(const InfoOptions& options) {
   fmt::print("        conversion paths: {} (using {})\n", fmt::join(paths, " "), best);
   fmt::print("        oneDNN BF16 products: {}\n",
              native_bf16 ? "native kernels" : "widened to FP32 and rounded once (no oneDNN BF16 kernels on this CPU)");
-  if (rates) {
-    fmt::print("        matmul {}^3: FP32 {:.0f} GFLOP/s, BF16 {:.0f} GFLOP/s ({:.2f}x FP32){}\n", rates->size,
-               rates->f32_gflops, rates->bf16_gflops, rates->bf16_gflops / rates->f32_gflops,
-               rates->bf16_slower() ? fmt::format("\n        {}", bench::kBf16SlowerNote) : "");
+  if (options.measure) {
+    fmt::print("        matmul {}^3: FP32 {:.0f} GFLOP/s, BF16 {:.0f} GFLOP/s ({:.2f}x FP32){}\n", rates.size,
+               rates.f32_gflops, rates.bf16_gflops, rates.bf16_gflops / rates.f32_gflops,
+               rates.bf16_slower() ? fmt::format("\n        {}", bench::kBf16SlowerNote) : "");
   } else {
     fmt::print("        (mpx info --measure times FP32 and BF16 products)\n");
   }

@@ -90,7 +90,7 @@ TensorSpec CausalSelfAttention::plan(const TensorSpec& in, Context& ctx) {
     k_cache_ = ctx.zeros({cache_positions_, width_}, DType::f32, MemoryCategory::activations);
     v_cache_ = ctx.zeros({cache_positions_, width_}, DType::f32, MemoryCategory::activations);
   }
-  probabilities_ = ctx.allocate({n, heads_, tokens, tokens}, DType::f32, MemoryCategory::activations);
+  row_logsumexp_ = ctx.allocate({n, heads_, tokens}, DType::f32, MemoryCategory::activations);
   output_ = ctx.allocate({n, tokens, width_}, in.dtype, MemoryCategory::activations);
   grad_input_ = ctx.allocate(in.shape, in.dtype, MemoryCategory::activations);
   return {output_.shape(), in.dtype};
@@ -109,7 +109,7 @@ Tensor CausalSelfAttention::forward(const Tensor& qkv, Context& ctx, bool) {
     ctx.backend().attention_step(qkv, heads_, ctx.position_offset, k_cache_, v_cache_, y);
     return y;
   }
-  ctx.backend().attention_forward(qkv, heads_, probabilities_.first_rows(n), y);
+  ctx.backend().attention_forward(qkv, heads_, row_logsumexp_.first_rows(n), y);
   return y;
 }
 
@@ -117,7 +117,7 @@ Tensor CausalSelfAttention::backward(const Tensor& dy, Context& ctx) {
   detail::require_dtype(dy, output_.dtype(), name(), "gradient");
   const std::int64_t n = dy.dim(0);
   Tensor dx = grad_input_.first_rows(n);
-  ctx.backend().attention_backward(input_, probabilities_.first_rows(n), dy, heads_, dx);
+  ctx.backend().attention_backward(input_, row_logsumexp_.first_rows(n), dy, heads_, dx);
   return dx;
 }
 

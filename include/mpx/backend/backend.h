@@ -189,15 +189,16 @@ class Backend {
   // Causal multi-head self-attention as GPT-2 computes it. qkv [N, T, 3C] holds q, k and v side by side
   // (c_attn's output), each C = heads x head_dim; y [N, T, C] is, per head, softmax(q k^T / sqrt(head_dim)
   // with every later position masked) v, the heads concatenated. Scores, softmax and both products are FP32
-  // whatever qkv's storage; `probabilities` (FP32 [N, heads, T, T]) is kept for backward.
-  virtual void attention_forward(const Tensor& qkv, std::int64_t heads, const Tensor& probabilities,
+  // whatever qkv's storage. No T x T matrix is kept: `row_logsumexp` (FP32 [N, heads, T]) receives each
+  // row's log-sum-exp of its scaled scores, from which backward recomputes the probabilities.
+  virtual void attention_forward(const Tensor& qkv, std::int64_t heads, const Tensor& row_logsumexp,
                                  const Tensor& y) = 0;
   // Generation with a KV cache: one new position. qkv [1, 1, 3C]; its k and v go into row `position` of
   // k_cache and v_cache (FP32 [positions, C]); y [1, 1, C] is its q attending to rows 0..position.
   virtual void attention_step(const Tensor& qkv, std::int64_t heads, std::int64_t position, const Tensor& k_cache,
                               const Tensor& v_cache, const Tensor& y) = 0;
   // dqkv (qkv's shape and dtype) overwritten with the gradients of q, k and v.
-  virtual void attention_backward(const Tensor& qkv, const Tensor& probabilities, const Tensor& dy,
+  virtual void attention_backward(const Tensor& qkv, const Tensor& row_logsumexp, const Tensor& dy,
                                   std::int64_t heads, const Tensor& dqkv) = 0;
 
   // Softmax + cross-entropy over [N, classes] logits in FP32 (double-accumulated mean); labels [N], u8

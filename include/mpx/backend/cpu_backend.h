@@ -69,9 +69,9 @@ class CpuBackend final : public Backend {
                            const Tensor& dbeta) override;
   void embedding_forward(const Tensor& ids, const Tensor& table, const Tensor& y) override;
   void embedding_backward(const Tensor& ids, const Tensor& dy, const Tensor& dtable, bool accumulate) override;
-  void attention_forward(const Tensor& qkv, std::int64_t heads, const Tensor& probabilities,
+  void attention_forward(const Tensor& qkv, std::int64_t heads, const Tensor& row_logsumexp,
                          const Tensor& y) override;
-  void attention_backward(const Tensor& qkv, const Tensor& probabilities, const Tensor& dy, std::int64_t heads,
+  void attention_backward(const Tensor& qkv, const Tensor& row_logsumexp, const Tensor& dy, std::int64_t heads,
                           const Tensor& dqkv) override;
   void attention_step(const Tensor& qkv, std::int64_t heads, std::int64_t position, const Tensor& k_cache,
                       const Tensor& v_cache, const Tensor& y) override;

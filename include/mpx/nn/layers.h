@@ -258,7 +258,7 @@ class CausalSelfAttention : public Layer {
 
  private:
   std::int64_t width_, heads_, cache_positions_ = 0;
-  Tensor input_, probabilities_, output_, grad_input_;
+  Tensor input_, row_logsumexp_, output_, grad_input_;  // row_logsumexp_: FP32 [N, heads, T], for backward
   Tensor k_cache_, v_cache_;
 };
 

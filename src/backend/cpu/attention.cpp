@@ -1,7 +1,7 @@
 // Causal multi-head self-attention on the CPU: one (sequence, head) pair per task, its q, k and v widened
-// to FP32 once, scores and products accumulated in FP32, the softmax max-subtracted in FP32. The T x T
-// probabilities are kept for backward (GPT-2 on a CPU trains with short blocks; the CUDA path is where a
-// streaming kernel pays).
+// to FP32 once, scores and products accumulated in FP32, the softmax max-subtracted in FP32. Streaming:
+// eight rows at a time, so no T x T matrix is kept; forward keeps each row's log-sum-exp and backward
+// recomputes the probabilities from it (GPT-2's block of 1024 would otherwise keep 4 MB per head).
 #include <algorithm>
 #include <cmath>
 #include <string>
@@ -65,7 +65,7 @@ constexpr int kTileRows = 8, kTileColumns = 32;
 template <int R, bool kTransposedA>
 MPX_ALWAYS_INLINE void product_tile(const float* __restrict a, std::int64_t lda, const float* __restrict b,
                                     std::int64_t ldb, std::int64_t n0, std::int64_t k_begin, std::int64_t k_end,
-                                    float* __restrict c, std::int64_t ldc) {
+                                    float* __restrict c, std::int64_t ldc, bool accumulate) {
   float acc[R][kTileColumns];
   for (int r = 0; r < R; ++r) {
     for (int w = 0; w < kTileColumns; ++w) acc[r][w] = 0.0f;
@@ -79,24 +79,25 @@ MPX_ALWAYS_INLINE void product_tile(const float* __restrict a, std::int64_t lda,
     }
   }
   for (int r = 0; r < R; ++r) {
-    for (int w = 0; w < kTileColumns; ++w) c[r * ldc + n0 + w] = acc[r][w];
+    for (int w = 0; w < kTileColumns; ++w) c[r * ldc + n0 + w] = acc[r][w] + (accumulate ? c[r * ldc + n0 + w] : 0.0f);
   }
 }
 
-// c[r, n] = sum_{k in [k_begin, k_end)} a(r, k) * b[k, n] for r < rows (at most 8), n < cols; the columns
-// past the last whole tile take a plain loop.
+// c[r, n] (+)= sum_{k in [k_begin, k_end)} a(r, k) * b[k, n] for r < rows (at most 8), n < cols (added to
+// c when `accumulate`); the columns past the last whole tile take a plain loop.
 template <bool kTransposedA>
 MPX_ALWAYS_INLINE void product_rows(const float* __restrict a, std::int64_t lda, const float* __restrict b,
                                     std::int64_t ldb, std::int64_t rows, std::int64_t cols, std::int64_t k_begin,
-                                    std::int64_t k_end, float* __restrict c, std::int64_t ldc) {
+                                    std::int64_t k_end, float* __restrict c, std::int64_t ldc,
+                                    bool accumulate = false) {
   const auto row_of_a = [&](std::int64_t r) { return kTransposedA ? a + r : a + r * lda; };
   std::int64_t n0 = 0;
   for (; n0 + kTileColumns <= cols; n0 += kTileColumns) {
     if (rows == kTileRows) {
-      product_tile<kTileRows, kTransposedA>(a, lda, b, ldb, n0, k_begin, k_end, c, ldc);
+      product_tile<kTileRows, kTransposedA>(a, lda, b, ldb, n0, k_begin, k_end, c, ldc, accumulate);
     } else {
       for (std::int64_t r = 0; r < rows; ++r) {
-        product_tile<1, kTransposedA>(row_of_a(r), lda, b, ldb, n0, k_begin, k_end, c + r * ldc, ldc);
+        product_tile<1, kTransposedA>(row_of_a(r), lda, b, ldb, n0, k_begin, k_end, c + r * ldc, ldc, accumulate);
       }
     }
   }
@@ -106,7 +107,7 @@ MPX_ALWAYS_INLINE void product_rows(const float* __restrict a, std::int64_t lda,
       for (std::int64_t k = k_begin; k < k_end; ++k) {
         sum += (kTransposedA ? a[k * lda + r] : a[r * lda + k]) * b[k * ldb + n0];
       }
-      c[r * ldc + n0] = sum;
+      c[r * ldc + n0] = sum + (accumulate ? c[r * ldc + n0] : 0.0f);
     }
   }
 }
@@ -122,78 +123,111 @@ inline RowBlock row_block(std::int64_t i0, std::int64_t tokens) {
   return {rows, reach, std::min(tokens, (reach + kTileColumns - 1) / kTileColumns * kTileColumns)};
 }
 
-// One head of one sequence: q, v FP32 [T, d], kt [d, T]; writes the probabilities (row i: T entries, zero
-// past i) and y = P v ([T, d]).
-MPX_VECTOR_CLONES void head_forward(const float* __restrict q, const float* __restrict kt, const float* __restrict v,
-                                    std::int64_t tokens, std::int64_t head_dim, float scale, float* __restrict probs,
-                                    float* __restrict y) {
-  for (std::int64_t i0 = 0; i0 < tokens; i0 += kTileRows) {
-    const RowBlock block = row_block(i0, tokens);
-    product_rows<false>(q + i0 * head_dim, head_dim, kt, tokens, block.rows, block.columns, 0, head_dim,
-                        probs + i0 * tokens, tokens);
-    for (std::int64_t i = i0; i < block.reach; ++i) {
-      float* p = probs + i * tokens;
-      const std::int64_t count = i + 1;
+// The scaled, causally masked scores of rows [i0, reach) of a head, as probabilities p (rows of T floats,
+// zero past each row's position): exp(scale s - lse) with the rows' log-sum-exp `lse`, or (forward, when
+// `lse_out` is given) max-subtracted and normalised, writing the rows' log-sum-exp there.
+MPX_ALWAYS_INLINE void block_probabilities(const float* __restrict q, const float* __restrict kt, std::int64_t tokens,
+                                           std::int64_t head_dim, float scale, std::int64_t i0, const RowBlock& block,
+                                           const float* __restrict lse_in, float* __restrict lse_out,
+                                           float* __restrict p) {
+  product_rows<false>(q + i0 * head_dim, head_dim, kt, tokens, block.rows, block.columns, 0, head_dim, p, tokens);
+  for (std::int64_t i = i0; i < block.reach; ++i) {
+    float* pi = p + (i - i0) * tokens;
+    const std::int64_t count = i + 1;
+    if (lse_out == nullptr) {
+      const float lse = lse_in[i];
+#pragma omp simd
+      for (std::int64_t j = 0; j < count; ++j) pi[j] = exp_fast(pi[j] * scale - lse);
+    } else {
       float max = -INFINITY;
       for (std::int64_t j = 0; j < count; ++j) {
-        p[j] *= scale;
-        max = p[j] > max ? p[j] : max;
+        pi[j] *= scale;
+        max = pi[j] > max ? pi[j] : max;
       }
       float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
       for (std::int64_t j = 0; j < count; ++j) {
-        p[j] = exp_fast(p[j] - max);
-        sum += p[j];
+        pi[j] = exp_fast(pi[j] - max);
+        sum += pi[j];
       }
       const float inv = 1.0f / sum;
 #pragma omp simd
-      for (std::int64_t j = 0; j < count; ++j) p[j] *= inv;
-      for (std::int64_t j = count; j < tokens; ++j) p[j] = 0.0f;  // the masked future
+      for (std::int64_t j = 0; j < count; ++j) pi[j] *= inv;
+      lse_out[i] = max + std::log(sum);
     }
-    product_rows<false>(probs + i0 * tokens, tokens, v, head_dim, block.rows, head_dim, 0, block.reach,
-                        y + i0 * head_dim, head_dim);
+    for (std::int64_t j = count; j < tokens; ++j) pi[j] = 0.0f;  // the masked future
   }
 }
 
-// The gradients of one head: q, k, g = dy [T, d], vt [d, T] in; dq, dk, dv [T, d] out (overwritten);
-// ds: T x T floats of scratch (dP, then dS = P (dP - rowsum(P dP)) scale, zero past the diagonal).
-MPX_VECTOR_CLONES void head_backward(const float* __restrict q, const float* __restrict k, const float* __restrict vt,
-                                     const float* __restrict g, const float* __restrict probs, std::int64_t tokens,
-                                     std::int64_t head_dim, float scale, float* __restrict dq, float* __restrict dk,
-                                     float* __restrict dv, float* __restrict ds) {
+// One head of one sequence, streaming: q, v FP32 [T, d], kt [d, T]; y = P v ([T, d]) and each row's
+// log-sum-exp of its scaled scores (T floats) out; p: 8 x T floats of scratch (one row block's probabilities).
+MPX_VECTOR_CLONES void head_forward(const float* __restrict q, const float* __restrict kt, const float* __restrict v,
+                                    std::int64_t tokens, std::int64_t head_dim, float scale, float* __restrict lse,
+                                    float* __restrict y, float* __restrict p) {
   for (std::int64_t i0 = 0; i0 < tokens; i0 += kTileRows) {
     const RowBlock block = row_block(i0, tokens);
-    product_rows<false>(g + i0 * head_dim, head_dim, vt, tokens, block.rows, block.columns, 0, head_dim,
-                        ds + i0 * tokens, tokens);  // dP_ij
-    for (std::int64_t i = i0; i < block.reach; ++i) {
-      const float* p = probs + i * tokens;
-      float* dsi = ds + i * tokens;
-      const std::int64_t count = i + 1;
-      float weighted = 0.0f;  // sum_j P_ij dP_ij
-#pragma omp simd reduction(+ : weighted)
-      for (std::int64_t j = 0; j < count; ++j) weighted += p[j] * dsi[j];
-#pragma omp simd
-      for (std::int64_t j = 0; j < count; ++j) dsi[j] = p[j] * (dsi[j] - weighted) * scale;
-      for (std::int64_t j = count; j < tokens; ++j) dsi[j] = 0.0f;
-    }
-    product_rows<false>(ds + i0 * tokens, tokens, k, head_dim, block.rows, head_dim, 0, block.reach,
-                        dq + i0 * head_dim, head_dim);  // dq = dS k
+    block_probabilities(q, kt, tokens, head_dim, scale, i0, block, nullptr, lse, p);
+    product_rows<false>(p, tokens, v, head_dim, block.rows, head_dim, 0, block.reach, y + i0 * head_dim, head_dim);
   }
-  // Column blocks of dS and P: rows i < j0 of a block's columns are zero (causal), so the sums start at j0.
-  for (std::int64_t j0 = 0; j0 < tokens; j0 += kTileRows) {
-    const std::int64_t rows = std::min<std::int64_t>(kTileRows, tokens - j0);
-    product_rows<true>(ds + j0, tokens, q, head_dim, rows, head_dim, j0, tokens, dk + j0 * head_dim, head_dim);
-    product_rows<true>(probs + j0, tokens, g, head_dim, rows, head_dim, j0, tokens, dv + j0 * head_dim, head_dim);
+}
+
+// Backward takes the query rows 64 at a time: their recomputed probabilities and dS (64 x T floats each)
+// are the sums' depth for dk and dv, which a block of 8 rows would leave too shallow to pay for the tiles.
+constexpr std::int64_t kBackwardRows = 64;
+
+// The gradients of one head: q, k, g = dy [T, d], kt, vt [d, T] and the rows' log-sum-exp in; dq, dk, dv
+// [T, d] out (overwritten). Chunk by chunk of query rows, the probabilities are recomputed from the scores
+// and the log-sum-exp (no T x T matrix is kept); p and ds: 64 x T floats of scratch each.
+MPX_VECTOR_CLONES void head_backward(const float* __restrict q, const float* __restrict k, const float* __restrict kt,
+                                     const float* __restrict vt, const float* __restrict g, const float* __restrict lse,
+                                     std::int64_t tokens, std::int64_t head_dim, float scale, float* __restrict dq,
+                                     float* __restrict dk, float* __restrict dv, float* __restrict p,
+                                     float* __restrict ds) {
+  for (std::int64_t e = 0; e < tokens * head_dim; ++e) dk[e] = dv[e] = 0.0f;
+  for (std::int64_t c0 = 0; c0 < tokens; c0 += kBackwardRows) {
+    const std::int64_t chunk_end = std::min(tokens, c0 + kBackwardRows);
+    for (std::int64_t i0 = c0; i0 < chunk_end; i0 += kTileRows) {
+      const RowBlock block = row_block(i0, tokens);
+      float* pb = p + (i0 - c0) * tokens;
+      float* dsb = ds + (i0 - c0) * tokens;
+      block_probabilities(q, kt, tokens, head_dim, scale, i0, block, lse, nullptr, pb);
+      product_rows<false>(g + i0 * head_dim, head_dim, vt, tokens, block.rows, block.columns, 0, head_dim, dsb,
+                          tokens);  // dP_ij
+      for (std::int64_t i = i0; i < block.reach; ++i) {
+        const float* pi = pb + (i - i0) * tokens;
+        float* dsi = dsb + (i - i0) * tokens;
+        const std::int64_t count = i + 1;
+        float weighted = 0.0f;  // sum_j P_ij dP_ij
+#pragma omp simd reduction(+ : weighted)
+        for (std::int64_t j = 0; j < count; ++j) weighted += pi[j] * dsi[j];
+#pragma omp simd
+        for (std::int64_t j = 0; j < count; ++j) dsi[j] = pi[j] * (dsi[j] - weighted) * scale;
+        for (std::int64_t j = count; j < tokens; ++j) dsi[j] = 0.0f;
+      }
+      product_rows<false>(dsb, tokens, k, head_dim, block.rows, head_dim, 0, block.reach, dq + i0 * head_dim,
+                          head_dim);  // dq = dS k
+    }
+    // dk += dS^T q and dv += P^T dy over the chunk's rows, for the positions they reach (rows before a
+    // position are zero in its column: the sums start there).
+    const std::int64_t chunk_rows = chunk_end - c0;
+    for (std::int64_t j0 = 0; j0 < chunk_end; j0 += kTileRows) {
+      const std::int64_t rows = std::min<std::int64_t>(kTileRows, chunk_end - j0);
+      const std::int64_t first = std::max<std::int64_t>(0, j0 - c0);
+      product_rows<true>(ds + j0, tokens, q + c0 * head_dim, head_dim, rows, head_dim, first, chunk_rows,
+                         dk + j0 * head_dim, head_dim, true);
+      product_rows<true>(p + j0, tokens, g + c0 * head_dim, head_dim, rows, head_dim, first, chunk_rows,
+                         dv + j0 * head_dim, head_dim, true);
+    }
   }
 }
 
 }  // namespace
 
-void CpuBackend::attention_forward(const Tensor& qkv, std::int64_t heads, const Tensor& probabilities,
+void CpuBackend::attention_forward(const Tensor& qkv, std::int64_t heads, const Tensor& row_logsumexp,
                                    const Tensor& y) {
   const AttentionShape s = attention_shape(qkv, heads, "attention");
   const float scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
-  float* probs = probabilities.data_as<float>();
+  float* lse = row_logsumexp.data_as<float>();
   with_storage(qkv.dtype(), [&](auto tag) {
     using T = decltype(tag);
     const T* in = elements<T>(qkv);
@@ -201,14 +235,14 @@ void CpuBackend::attention_forward(const Tensor& qkv, std::int64_t heads, const 
 #pragma omp parallel
     {
       std::vector<float> q(static_cast<std::size_t>(s.tokens * s.head_dim)), k(q.size()), v(q.size()), kt(q.size()),
-          acc(q.size());
+          acc(q.size()), p(static_cast<std::size_t>(kTileRows * s.tokens));
 #pragma omp for schedule(static)
       for (std::int64_t task = 0; task < s.batch * s.heads; ++task) {
         const std::int64_t n = task / s.heads, h = task % s.heads;
         load_head(in, s, n, h, q.data(), k.data(), v.data());
         transpose_head(k.data(), s.tokens, s.head_dim, kt.data());
-        head_forward(q.data(), kt.data(), v.data(), s.tokens, s.head_dim, scale, probs + task * s.tokens * s.tokens,
-                     acc.data());
+        head_forward(q.data(), kt.data(), v.data(), s.tokens, s.head_dim, scale, lse + task * s.tokens, acc.data(),
+                     p.data());
         for (std::int64_t i = 0; i < s.tokens; ++i) {
           T* yi = out + (n * s.tokens + i) * s.width + h * s.head_dim;
           for (std::int64_t d = 0; d < s.head_dim; ++d) store(yi + d, acc[static_cast<std::size_t>(i * s.head_dim + d)]);
@@ -220,11 +254,11 @@ void CpuBackend::attention_forward(const Tensor& qkv, std::int64_t heads, const 
 
 // With S = scale q k^T and P = softmax(S) row by row: dP = dy v^T, dS = P (dP - rowsum(P dP)),
 // dq = scale dS k, dk = scale dS^T q, dv = P^T dy.
-void CpuBackend::attention_backward(const Tensor& qkv, const Tensor& probabilities, const Tensor& dy,
+void CpuBackend::attention_backward(const Tensor& qkv, const Tensor& row_logsumexp, const Tensor& dy,
                                     std::int64_t heads, const Tensor& dqkv) {
   const AttentionShape s = attention_shape(qkv, heads, "attention backward");
   const float scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
-  const float* probs = probabilities.data_as<float>();
+  const float* lse = row_logsumexp.data_as<float>();
   with_storage(qkv.dtype(), [&](auto tag) {
     using T = decltype(tag);
     const T* in = elements<T>(qkv);
@@ -234,7 +268,8 @@ void CpuBackend::attention_backward(const Tensor& qkv, const Tensor& probabiliti
     {
       const auto head_size = static_cast<std::size_t>(s.tokens * s.head_dim);
       std::vector<float> q(head_size), k(head_size), v(head_size), g(head_size), dq(head_size), dk(head_size),
-          dv(head_size), vt(head_size), ds(static_cast<std::size_t>(s.tokens * s.tokens));
+          dv(head_size), kt(head_size), vt(head_size),
+          p(static_cast<std::size_t>(std::min(kBackwardRows, s.tokens) * s.tokens)), ds(p.size());
 #pragma omp for schedule(static)
       for (std::int64_t task = 0; task < s.batch * s.heads; ++task) {
         const std::int64_t n = task / s.heads, h = task % s.heads;
@@ -243,9 +278,10 @@ void CpuBackend::attention_backward(const Tensor& qkv, const Tensor& probabiliti
           const T* row = grad_out + (n * s.tokens + t) * s.width + h * s.head_dim;
           for (std::int64_t d = 0; d < s.head_dim; ++d) g[static_cast<std::size_t>(t * s.head_dim + d)] = load(row[d]);
         }
+        transpose_head(k.data(), s.tokens, s.head_dim, kt.data());
         transpose_head(v.data(), s.tokens, s.head_dim, vt.data());
-        head_backward(q.data(), k.data(), vt.data(), g.data(), probs + task * s.tokens * s.tokens, s.tokens, s.head_dim,
-                      scale, dq.data(), dk.data(), dv.data(), ds.data());
+        head_backward(q.data(), k.data(), kt.data(), vt.data(), g.data(), lse + task * s.tokens, s.tokens, s.head_dim,
+                      scale, dq.data(), dk.data(), dv.data(), p.data(), ds.data());
         for (std::int64_t t = 0; t < s.tokens; ++t) {
           T* row = grad_in + (n * s.tokens + t) * 3 * s.width + h * s.head_dim;
           for (std::int64_t d = 0; d < s.head_dim; ++d) {
