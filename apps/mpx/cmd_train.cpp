@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <functional>
 #include <thread>
 
@@ -26,6 +27,7 @@ struct TrainOptions {
   std::string optimizer = "adamw", schedule = "onecycle", device = "cpu";  // parsed in run_train
   int threads = 0;
   bool no_progress = false;
+  std::string init_from;  // a model file whose weights start a fresh run
   // Flags given on the command line (GPT runs take nanoGPT's recipe for those left out).
   std::function<bool(const char*)> given;
 };
@@ -62,6 +64,13 @@ void run_train(TrainOptions& o) {
                "training runs slower (often many times slower); use --threads {} or 0 (all)\n", o.threads, cores, cores);
   }
   apply_gpt_defaults(o);
+  if (!o.init_from.empty()) {
+    if (std::filesystem::is_directory(o.init_from) || train::is_checkpoint(o.init_from)) {
+      throw InvalidArgument("--init-from takes a model file, whose weights start a new run; " + o.init_from +
+                            " is a run directory or a checkpoint: continue it with --resume");
+    }
+    o.run.resume = o.init_from;
+  }
   const bool language_model = nn::is_gpt_model(o.run.config.model);
   o.run.config.optimizer = train::parse_optimizer(o.optimizer);
   o.run.config.schedule = train::parse_schedule(o.schedule);
@@ -214,8 +223,12 @@ void add_train_command(CLI::App& app) {
       ->check(non_negative());
   cmd->add_option("--serving-dtype", o->run.serving_dtype,
                   "Also write RUN/model-<dtype>.safetensors: fp16, bf16 or fp8 (see mpx convert)");
-  cmd->add_option("--resume", o->run.resume, "Continue from a run directory's checkpoint (or a checkpoint file); given a model file (mpx's or PyTorch's "
+  CLI::Option* resume = cmd->add_option("--resume", o->run.resume, "Continue from a run directory's checkpoint (or a checkpoint file); given a model file (mpx's or PyTorch's "
                   "state dict), start from its weights");
+  cmd->add_option("--init-from", o->init_from,
+                  "Start a new run from a model file's weights: mpx's, a PyTorch state dict, or a Hugging Face GPT-2 "
+                  "safetensors file (names with or without 'transformer.')")
+      ->excludes(resume);
   cmd->add_option("--max-steps", c.max_steps, "Stop after N steps in total (the schedule still spans --epochs)")
       ->check(non_negative());
   cmd->add_option("--metrics-port", o->run.metrics_port, "Serve Prometheus metrics on this port while training (0: off)")

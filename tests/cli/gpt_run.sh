@@ -35,4 +35,15 @@ long=$(printf 'a%.0s' $(seq 1 100))
 "$mpx" generate "$out/run" --prompt "$long" --max-new-tokens 5 > /dev/null 2> "$out/long.err"
 grep -q "the prompt's 100 tokens exceed the model's context of 64: the last 64 are kept" "$out/long.err" ||
   { echo "no note about the cut prompt"; cat "$out/long.err"; exit 1; }
+# --init-from: a new run from the model file's weights; a run directory is refused (that is --resume's job).
+"$mpx" train --model gpt-tiny --text "$text" --init-from "$out/run/model.safetensors" --max-steps 2 --eval-every 0 \
+  --out "$out/warm" --no-progress > "$out/warm.log"
+python3 -c 'import json, sys; s = json.load(open(sys.argv[1])); assert s["steps"] == 2 and s["status"] == "completed", s' \
+  "$out/warm/summary.json"
+if "$mpx" train --model gpt-tiny --text "$text" --init-from "$out/run" --max-steps 2 --out "$out/bad" --no-progress \
+    > /dev/null 2> "$out/bad.err"; then
+  echo "--init-from a run directory was accepted"; exit 1
+fi
+grep -q "continue it with --resume" "$out/bad.err" || { echo "no --resume hint"; cat "$out/bad.err"; exit 1; }
+[ ! -e "$out/bad" ] || { echo "a refused run left a directory"; exit 1; }
 echo "gpt run and generation: ok"

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <map>
 #include <optional>
+#include <string>
 #include <unistd.h>
 
 #include "mpx/io/token_corpus.h"
@@ -119,6 +120,43 @@ TEST(GptTraining, StepsReportTheWindowsTheyTrainedOnEachEpochAPermutationRepeate
   }
   EXPECT_EQ(run(1), steps) << "the same seed draws the same order";
   EXPECT_NE(run(2), steps);
+}
+
+// The CNN's numerics telemetry and drills, unchanged for a GPT: samples every N steps name the GPT-2
+// layers, an injected inf inside a residual block is traced to its layer and the step is skipped, and
+// --detect-anomaly stops there.
+TEST(GptTraining, DrillsAndNumericsTraceANonFiniteToTheGptLayerWhereItBegan) {
+  MPX_NEED_CORPUS();
+  for (const char* precision : {"bf16-mixed", "16-mixed"}) {
+    TrainConfig c = gpt_tiny(precision, 6);
+    c.numerics_every = 3;
+    c.inject_nonfinite = "transformer.h.1.mlp.c_fc:forward:4:2";
+    Trainer trainer(c, windows(corpus()->train, 0), windows(corpus()->validation, 12));
+    int samples = 0;
+    bool saw_layer = false;
+    Callbacks callbacks;
+    callbacks.on_numerics = [&](const telemetry::NumericsSample& sample) {
+      ++samples;
+      for (const auto& t : sample.tensors) saw_layer = saw_layer || t.tensor.rfind("transformer.h.1.mlp.c_fc", 0) == 0;
+    };
+    const TrainResult r = trainer.run(callbacks);
+    EXPECT_EQ(samples, 2) << precision;
+    EXPECT_TRUE(saw_layer) << precision << ": the samples name GPT-2's layers";
+    EXPECT_EQ(r.skipped_steps, 1) << precision;
+    ASSERT_EQ(r.nonfinite_origins.size(), 1u) << precision;
+    EXPECT_EQ(r.nonfinite_origins[0].step, 4);
+    EXPECT_EQ(r.nonfinite_origins[0].layer, "transformer.h.1.mlp.c_fc");
+    EXPECT_EQ(r.nonfinite_origins[0].pass, "forward");
+  }
+  TrainConfig c = gpt_tiny("bf16-mixed", 6);
+  c.detect_anomaly = true;
+  c.inject_nonfinite = "transformer.h.0.attn.c_proj:backward:2:1:nan";
+  try {
+    Trainer(c, windows(corpus()->train, 0), windows(corpus()->validation, 12)).run();
+    FAIL() << "--detect-anomaly let the run go on";
+  } catch (const TrainingDiverged& e) {
+    EXPECT_NE(std::string(e.what()).find("transformer.h.0.attn.c_proj backward"), std::string::npos) << e.what();
+  }
 }
 
 TEST(GptTraining, ACheckpointResumesBitForBit) {
