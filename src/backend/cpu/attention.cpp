@@ -124,12 +124,13 @@ inline RowBlock row_block(std::int64_t i0, std::int64_t tokens) {
 }
 
 // The scaled, causally masked scores of rows [i0, reach) of a head, as probabilities p (rows of T floats,
-// zero past each row's position): exp(scale s - lse) with the rows' log-sum-exp `lse`, or (forward, when
-// `lse_out` is given) max-subtracted and normalised, writing the rows' log-sum-exp there.
+// zero from each row's next position up to `zero_to`, as far as the products that follow read):
+// exp(scale s - lse) with the rows' log-sum-exp `lse`, or (forward, when `lse_out` is given) max-subtracted
+// and normalised, writing the rows' log-sum-exp there.
 MPX_ALWAYS_INLINE void block_probabilities(const float* __restrict q, const float* __restrict kt, std::int64_t tokens,
                                            std::int64_t head_dim, float scale, std::int64_t i0, const RowBlock& block,
-                                           const float* __restrict lse_in, float* __restrict lse_out,
-                                           float* __restrict p) {
+                                           std::int64_t zero_to, const float* __restrict lse_in,
+                                           float* __restrict lse_out, float* __restrict p) {
   product_rows<false>(q + i0 * head_dim, head_dim, kt, tokens, block.rows, block.columns, 0, head_dim, p, tokens);
   for (std::int64_t i = i0; i < block.reach; ++i) {
     float* pi = p + (i - i0) * tokens;
@@ -140,9 +141,10 @@ MPX_ALWAYS_INLINE void block_probabilities(const float* __restrict q, const floa
       for (std::int64_t j = 0; j < count; ++j) pi[j] = exp_fast(pi[j] * scale - lse);
     } else {
       float max = -INFINITY;
+#pragma omp simd reduction(max : max)
       for (std::int64_t j = 0; j < count; ++j) {
         pi[j] *= scale;
-        max = pi[j] > max ? pi[j] : max;
+        max = std::max(max, pi[j]);
       }
       float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
@@ -155,7 +157,7 @@ MPX_ALWAYS_INLINE void block_probabilities(const float* __restrict q, const floa
       for (std::int64_t j = 0; j < count; ++j) pi[j] *= inv;
       lse_out[i] = max + std::log(sum);
     }
-    for (std::int64_t j = count; j < tokens; ++j) pi[j] = 0.0f;  // the masked future
+    for (std::int64_t j = count; j < zero_to; ++j) pi[j] = 0.0f;  // the masked future
   }
 }
 
@@ -166,7 +168,8 @@ MPX_VECTOR_CLONES void head_forward(const float* __restrict q, const float* __re
                                     float* __restrict y, float* __restrict p) {
   for (std::int64_t i0 = 0; i0 < tokens; i0 += kTileRows) {
     const RowBlock block = row_block(i0, tokens);
-    block_probabilities(q, kt, tokens, head_dim, scale, i0, block, nullptr, lse, p);
+    // P v reads each row up to the block's reach.
+    block_probabilities(q, kt, tokens, head_dim, scale, i0, block, block.reach, nullptr, lse, p);
     product_rows<false>(p, tokens, v, head_dim, block.rows, head_dim, 0, block.reach, y + i0 * head_dim, head_dim);
   }
 }
@@ -190,7 +193,9 @@ MPX_VECTOR_CLONES void head_backward(const float* __restrict q, const float* __r
       const RowBlock block = row_block(i0, tokens);
       float* pb = p + (i0 - c0) * tokens;
       float* dsb = ds + (i0 - c0) * tokens;
-      block_probabilities(q, kt, tokens, head_dim, scale, i0, block, lse, nullptr, pb);
+      // dS k reads each row up to the block's reach; dS^T q and P^T dy read the chunk's columns.
+      const std::int64_t zero_to = std::max(block.reach, chunk_end);
+      block_probabilities(q, kt, tokens, head_dim, scale, i0, block, zero_to, lse, nullptr, pb);
       product_rows<false>(g + i0 * head_dim, head_dim, vt, tokens, block.rows, block.columns, 0, head_dim, dsb,
                           tokens);  // dP_ij
       for (std::int64_t i = i0; i < block.reach; ++i) {
@@ -202,7 +207,7 @@ MPX_VECTOR_CLONES void head_backward(const float* __restrict q, const float* __r
         for (std::int64_t j = 0; j < count; ++j) weighted += pi[j] * dsi[j];
 #pragma omp simd
         for (std::int64_t j = 0; j < count; ++j) dsi[j] = pi[j] * (dsi[j] - weighted) * scale;
-        for (std::int64_t j = count; j < tokens; ++j) dsi[j] = 0.0f;
+        for (std::int64_t j = count; j < zero_to; ++j) dsi[j] = 0.0f;
       }
       product_rows<false>(dsb, tokens, k, head_dim, block.rows, head_dim, 0, block.reach, dq + i0 * head_dim,
                           head_dim);  // dq = dS k
