@@ -1,6 +1,7 @@
 // `mpx bench gpt`: GPT training throughput per precision on this machine: ms/step, tokens/s, the model's
 // FLOP rate against the machine's measured matmul rate (model FLOPs utilisation), the GEMM floor (model
-// FLOPs / that rate), peak bytes. The matmul rate is measured in the same call (oneDNN, 1024^3), so the
+// FLOPs / that rate), peak bytes. The matmul rate is measured in the same call (oneDNN on the CPU, cuBLASLt
+// with --device cuda), so the
 // figures compare within one run on one machine.
 #include <fmt/format.h>
 
@@ -12,6 +13,7 @@
 #include "commands.h"
 #include "layer_times.h"
 #include "validators.h"
+#include "mpx/bench/gpu.h"
 #include "mpx/bench/training.h"
 #include "mpx/core/error.h"
 #include "mpx/nn/gpt.h"
@@ -29,25 +31,42 @@ struct GptBenchOptions {
   int rounds = 1;
   std::int64_t peak_size = 1024;
   bool json = false, profile = false;
+  std::string device = "cpu";
 };
 
-// What a precision's products run in on the CPU: BF16 for the bf16 presets, FP32 otherwise (FP16 values
-// are multiplied as FP32 there).
-DType product_dtype(const std::string& precision) {
-  return precision.find("bf16") != std::string::npos ? DType::bf16 : DType::f32;
+// What a precision's products run in: BF16 for the bf16 presets; FP16 for the 16 ones on CUDA (the CPU
+// multiplies FP16 values as FP32); FP32 otherwise.
+DType product_dtype(const std::string& precision, bool cuda) {
+  if (precision.find("bf16") != std::string::npos) return DType::bf16;
+  return cuda && precision.rfind("16-", 0) == 0 ? DType::f16 : DType::f32;
+}
+
+// The yardstick of model FLOPs utilisation, in GFLOP/s per product dtype: oneDNN on the CPU, cuBLASLt on
+// the GPU (n^3, measured in this call).
+std::map<DType, double> matmul_peaks(bool cuda, std::int64_t size) {
+  if (!cuda) {
+    const bench::MatmulRates rates = bench::measure_matmul_rates(size);
+    return {{DType::f32, rates.f32_gflops}, {DType::bf16, rates.bf16_gflops}};
+  }
+  std::map<DType, double> peaks;
+  for (DType t : {DType::f32, DType::bf16, DType::f16}) {
+    peaks[t] = bench::run_gpu_matmul_benchmark(t, size, 20, /*allow_tf32=*/false).tflops * 1e3;
+  }
+  return peaks;
 }
 
 void run_gpt_bench(const GptBenchOptions& o) {
   // The machine's matmul rates first: the yardstick for model FLOPs utilisation.
-  const bench::MatmulRates rates = bench::measure_matmul_rates(o.peak_size);
-  std::map<DType, double> peak_gflops = {{DType::f32, rates.f32_gflops}, {DType::bf16, rates.bf16_gflops}};
-  const bool bf16_slower = rates.bf16_slower();
+  const bool cuda = o.device == "cuda";
+  std::map<DType, double> peak_gflops = matmul_peaks(cuda, o.peak_size);
+  const bool bf16_slower = peak_gflops[DType::bf16] < peak_gflops[DType::f32];
   std::vector<std::vector<bench::TrainBenchResult>> runs(o.precisions.size());
   for (int round = 0; round < o.rounds; ++round) {
     for (std::size_t i = 0; i < o.precisions.size(); ++i) {
       train::TrainConfig config;
       config.model = o.model;
       config.precision = o.precisions[i];
+      config.device = train::parse_device(o.device);
       config.batch_size = o.batch_size;
       config.block_size = o.block_size;
       config.numerics_every = 0;
@@ -57,17 +76,18 @@ void run_gpt_bench(const GptBenchOptions& o) {
   }
   nlohmann::json all = {{"model", o.model}, {"batch_size", o.batch_size}, {"rounds", o.rounds},
                         {"matmul_gflops", {{"f32", peak_gflops[DType::f32]}, {"bf16", peak_gflops[DType::bf16]}}},
+                        {"matmul_library", cuda ? "cuBLASLt" : "oneDNN"},
                         {"matmul_size", o.peak_size}, {"bf16_matmul_slower_than_f32", bf16_slower},
                         {"results", nlohmann::json::array()}};
   if (!o.json) {
     fmt::print("{} batch {}: matmul {}^3 f32 {:.0f} GFLOP/s, bf16 {:.0f} GFLOP/s{}\n", o.model, o.batch_size, o.peak_size,
                peak_gflops[DType::f32], peak_gflops[DType::bf16],
-               bf16_slower ? fmt::format(" ({})", bench::kBf16SlowerNote) : "");
+               bf16_slower && !cuda ? fmt::format(" ({})", bench::kBf16SlowerNote) : "");
   }
   for (auto& r : runs) {
     std::sort(r.begin(), r.end(), [](const auto& a, const auto& b) { return a.ms_per_step < b.ms_per_step; });
     const bench::TrainBenchResult& m = r[r.size() / 2];
-    const double peak = peak_gflops[product_dtype(m.precision)];
+    const double peak = peak_gflops[product_dtype(m.precision, cuda)];
     const double floor_ms = m.flops_per_step / (peak * 1e9) * 1e3;
     const double mfu = m.achieved_gflops / peak;
     const nlohmann::json layers = layer_times_json(m.layer_times);
@@ -84,6 +104,7 @@ void run_gpt_bench(const GptBenchOptions& o) {
       print_layer_times(layers, 6, 28);
     }
   }
+  if (cuda) all["matmul_gflops"]["f16"] = peak_gflops[DType::f16];
   if (o.json) fmt::print("{}\n", all.dump(2));
 }
 
@@ -105,6 +126,9 @@ void add_bench_gpt_command(CLI::App& bench) {
       ->capture_default_str();
   cmd->add_option("--peak-size", o->peak_size, "n of the n^3 matmul that measures the machine's rate")
       ->check(CLI::Range(64, 8192))
+      ->capture_default_str();
+  cmd->add_option("--device", o->device, "cpu, or cuda (the yardstick is then cuBLASLt's n^3 rate)")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
   cmd->add_flag("--profile", o->profile, "Also time every layer's forward and backward (mean per step)");
   cmd->add_flag("--json", o->json, "Print JSON");

@@ -19,7 +19,7 @@ namespace mpx::cli {
 namespace {
 
 struct GenerateOptions {
-  std::string model, prompt, prompt_tokens, precision = "fp32", logits_out;
+  std::string model, prompt, prompt_tokens, precision = "fp32", logits_out, device = "cpu";
   std::int64_t heads = 0;
   artifacts::SamplingOptions sampling;
 };
@@ -45,7 +45,7 @@ void run_generate(const GenerateOptions& o) {
   const std::string path = std::filesystem::is_directory(o.model)
                                ? (std::filesystem::path(o.model) / "model.safetensors").string()
                                : o.model;
-  artifacts::Generator generator(path, o.precision, o.heads);
+  artifacts::Generator generator(path, o.precision, o.heads, o.device == "cuda" ? Device::cuda : Device::cpu);
   std::vector<std::int32_t> prompt;
   if (!o.prompt_tokens.empty()) {
     prompt = parse_token_list(o.prompt_tokens);
@@ -112,6 +112,7 @@ void add_generate_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--n-head", o->heads, "Attention heads of a file without mpx's metadata (default: width / 64, as GPT-2)")
       ->check(positive());
+  cmd->add_option("--device", o->device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
   cmd->add_option("--logits-out", o->logits_out, "Write the logits after each prompt position (f32) to this safetensors file");
   cmd->callback([o] { run_generate(*o); });
 }

@@ -6,6 +6,7 @@
 #include <random>
 
 #include "mpx/amp/precision_policy.h"
+#include "mpx/backend/backend.h"
 #include "mpx/core/error.h"
 #include "mpx/io/safetensors.h"
 #include "mpx/numeric/convert.h"
@@ -23,6 +24,7 @@ std::string preset_for(const std::string& precision) {
 }  // namespace
 
 struct Generator::Impl {
+  explicit Impl(Device device) : ctx(backend::make_backend(device)) {}
   nn::GptConfig config;
   bool byte_level = false;
   nn::Context ctx;
@@ -46,8 +48,8 @@ struct Generator::Impl {
   }
 };
 
-Generator::Generator(const std::string& path, const std::string& precision, std::int64_t heads)
-    : impl_(std::make_unique<Impl>()) {
+Generator::Generator(const std::string& path, const std::string& precision, std::int64_t heads, Device device)
+    : impl_(std::make_unique<Impl>(device)) {
   const std::string preset = preset_for(precision);
   {
     const io::SafetensorsFile file = io::SafetensorsFile::read(path);

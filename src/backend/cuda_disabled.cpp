@@ -4,6 +4,7 @@
 #include "mpx/backend/cuda_fused_optimizer.h"
 #include "mpx/backend/cuda_kernels.h"
 #include "mpx/backend/cuda_matmul.h"
+#include "mpx/backend/cuda_transformer_kernels.h"
 #include "mpx/core/error.h"
 #include "cuda_factory.h"
 
@@ -98,10 +99,23 @@ void gelu_backward(DeviceContext&, const void*, const void*, DType, std::int64_t
 void add(DeviceContext&, const void*, const void*, DType, std::int64_t, void*) { not_built(); }
 void convert_elements(DeviceContext&, const void*, DType, void*, DType, std::int64_t) { not_built(); }
 void fill_zero(DeviceContext&, void*, std::size_t) { not_built(); }
-void cross_entropy_forward(DeviceContext&, const void*, DType, const std::uint8_t*, std::int64_t, std::int64_t, float*,
+void fill_bytes(DeviceContext&, void*, std::uint8_t, std::size_t) { not_built(); }
+void cross_entropy_forward(DeviceContext&, const void*, DType, const void*, DType, std::int64_t, std::int64_t, float*,
                            double*) { not_built(); }
-void cross_entropy_backward(DeviceContext&, const float*, const std::uint8_t*, std::int64_t, std::int64_t, float,
-                            void*, DType) { not_built(); }
+void cross_entropy_backward(DeviceContext&, const float*, const void*, DType, std::int64_t, std::int64_t, float, void*,
+                            DType) { not_built(); }
+void embedding_forward(DeviceContext&, const std::int32_t*, std::int64_t, const float*, std::int64_t, std::int64_t,
+                       void*, DType, std::int32_t*) { not_built(); }
+std::size_t embedding_backward_workspace_bytes(std::int64_t, std::int64_t) { not_built(); }
+void embedding_backward(DeviceContext&, const std::int32_t*, std::int64_t, const void*, DType, std::int64_t,
+                        std::int64_t, float*, void*, std::size_t) { not_built(); }
+void attention_forward(DeviceContext&, const AttentionShape&, const void*, DType, float*, void*) { not_built(); }
+std::size_t attention_backward_workspace_floats(const AttentionShape&) { not_built(); }
+void attention_backward(DeviceContext&, const AttentionShape&, const void*, const float*, const void*, DType, float*,
+                        void*) { not_built(); }
+void attention_step(DeviceContext&, const AttentionShape&, const void*, DType, std::int64_t, float*, float*, void*) {
+  not_built();
+}
 void copy(DeviceContext&, void*, const void*, std::size_t) { not_built(); }
 void dropout_forward(DeviceContext&, const DropoutArgs&, const std::uint64_t*, const void*, DType, std::int64_t, void*,
                      std::uint8_t*) { not_built(); }

@@ -58,6 +58,10 @@ std::vector<LayerCase> layer_cases() {
          body->add(std::make_unique<nn::GELU>("block.gelu"));
          return std::unique_ptr<Layer>(std::make_unique<nn::Residual>("block", std::move(body)));
        }, {5, 16}},
+      {"position_embedding", [] { return make_unique<nn::PositionEmbedding>("wpe", 12, 16, 8); }, {2, 9, 16}},
+      // Attention: heads of 8 over 5 positions; heads of 32 over 45 (a whole 32-row tile and a leftover).
+      {"causal_self_attention", [] { return make_unique<nn::CausalSelfAttention>("attn", 16, 2); }, {2, 5, 48}},
+      {"causal_self_attention_tiles", [] { return make_unique<nn::CausalSelfAttention>("attn", 64, 2); }, {1, 45, 192}},
       {"embedding", [] { return make_unique<nn::Embedding>("wte", 50, 16, 7); }, {3, 5}, true},
       {"tied_embedding_and_lm_head", [] {
          auto model = std::make_unique<nn::Sequential>();

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "mpx/nn/gpt.h"
+#include "mpx/tensor/tensor.h"
 
 namespace mpx::artifacts {
 
@@ -33,7 +34,9 @@ class Generator {
   // or fp16 (the weights rounded to it, products in it, FP32 accumulation and softmax). Throws IoError for a
   // file that holds no GPT, InvalidArgument for an unknown precision.
   // `heads` overrides the head count of a file without mpx's metadata (inferred as width / 64, GPT-2's).
-  Generator(const std::string& model, const std::string& precision, std::int64_t heads = 0);
+  // `device`: the backend it runs on (CUDA: NotAvailable when there is no device).
+  Generator(const std::string& model, const std::string& precision, std::int64_t heads = 0,
+            Device device = Device::cpu);
   ~Generator();
   const nn::GptConfig& config() const;
   bool byte_level() const;  // a byte-level model (vocabulary 256): text in, text out

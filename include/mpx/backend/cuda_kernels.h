@@ -73,14 +73,16 @@ void gelu_backward(DeviceContext& ctx, const void* x, const void* dy, DType dtyp
 void add(DeviceContext& ctx, const void* a, const void* b, DType dtype, std::int64_t count, void* sum);
 // dst = src between f32, f16 and bf16 (nearest-even, NaN kept: the CPU conversions' bits), on the stream.
 void convert_elements(DeviceContext& ctx, const void* src, DType from, void* dst, DType to, std::int64_t count);
-// Softmax + cross-entropy as the CPU backend computes it: probabilities (FP32) and each row's loss (double,
-// NaN for a label outside the classes); backward: grad = (p - onehot) * factor in `dtype`.
-void cross_entropy_forward(DeviceContext& ctx, const void* logits, DType dtype, const std::uint8_t* labels,
+// Softmax + cross-entropy as the CPU backend computes it, one block per row (a GPT-2 row has 50,304
+// classes): probabilities (FP32) and each row's loss (double, NaN for a label outside the classes); backward:
+// grad = (p - onehot) * factor in `dtype`. Labels u8 (classes) or i32 (token ids): `label_dtype`.
+void cross_entropy_forward(DeviceContext& ctx, const void* logits, DType dtype, const void* labels, DType label_dtype,
                            std::int64_t rows, std::int64_t classes, float* probabilities, double* row_loss);
-void cross_entropy_backward(DeviceContext& ctx, const float* probabilities, const std::uint8_t* labels,
+void cross_entropy_backward(DeviceContext& ctx, const float* probabilities, const void* labels, DType label_dtype,
                             std::int64_t rows, std::int64_t classes, float factor, void* grad, DType dtype);
 // Asynchronous zero fill and device-to-device copy on the stream (capturable).
 void fill_zero(DeviceContext& ctx, void* data, std::size_t bytes);
+void fill_bytes(DeviceContext& ctx, void* data, std::uint8_t value, std::size_t bytes);
 void copy(DeviceContext& ctx, void* dst, const void* src, std::size_t bytes);
 
 // dx = dy where y > 0 (y: the ReLU's output), else 0.

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,7 @@
 #include "mpx/backend/cuda_fused_optimizer.h"
 #include "mpx/backend/cuda_kernels.h"
 #include "mpx/backend/cuda_matmul.h"
+#include "mpx/backend/cuda_transformer_kernels.h"
 #include "mpx/core/error.h"
 
 namespace mpx::backend {
@@ -88,8 +90,7 @@ class CudaBackend final : public Backend {
   Device device() const override { return Device::cuda; }
   std::string device_name() const override { return context_.name(); }
   bool supports(Op op, DType dtype) const override {
-    // No device kernels yet for the transformer's token ops: GPT models are refused on CUDA at plan time.
-    if (op == Op::embedding || op == Op::attention) return false;
+    if (op == Op::embedding && dtype == DType::i32) return true;  // the ids' dtype
     return is_float(dtype);
   }
   bool can_capture() const override { return true; }
@@ -234,32 +235,70 @@ class CudaBackend final : public Backend {
                                  reduction_scratch(s.rows, s.features), dx.data(), f32(dgamma), f32(dbeta));
   }
 
-  void embedding_forward(const Tensor&, const Tensor&, const Tensor&) override { refuse(Op::embedding); }
-  void embedding_backward(const Tensor&, const Tensor&, const Tensor&, bool) override { refuse(Op::embedding); }
-  void attention_forward(const Tensor&, std::int64_t, const Tensor&, const Tensor&) override { refuse(Op::attention); }
-  void attention_backward(const Tensor&, const Tensor&, const Tensor&, std::int64_t, const Tensor&) override {
-    refuse(Op::attention);
+  // An id outside the table is found on the device; its position comes back with one 4-byte copy (the
+  // CPU backend's check, at the cost of one wait per call).
+  void embedding_forward(const Tensor& ids, const Tensor& table, const Tensor& y) override {
+    require_ids(ids, "embedding");
+    const std::int64_t vocabulary = table.dim(0), dim = table.dim(1);
+    auto* bad = static_cast<std::int32_t*>(scratch(Slot::bad_position, sizeof(std::int32_t)));
+    kernels::fill_bytes(context_, bad, 0x7F, sizeof(std::int32_t));
+    kernels::embedding_forward(context_, ids.data_as<std::int32_t>(), ids.numel(), f32(table), vocabulary, dim, y.data(),
+                               y.dtype(), bad);
+    std::int32_t position = kernels::kNoBadPosition;
+    context_.download(&position, bad, sizeof(position));
+    if (position != kernels::kNoBadPosition) {
+      std::int32_t id = 0;
+      context_.download(&id, ids.data_as<std::int32_t>() + position, sizeof(id));
+      throw InvalidArgument("token id " + std::to_string(id) + " at position " + std::to_string(position) +
+                            " is outside the vocabulary of " + std::to_string(vocabulary));
+    }
   }
-  void attention_step(const Tensor&, std::int64_t, std::int64_t, const Tensor&, const Tensor&, const Tensor&) override {
-    refuse(Op::attention);
+  void embedding_backward(const Tensor& ids, const Tensor& dy, const Tensor& dtable, bool accumulate) override {
+    require_ids(ids, "embedding backward");
+    const std::int64_t vocabulary = dtable.dim(0), dim = dtable.dim(1);
+    if (!accumulate) fill_zero(dtable);
+    const std::size_t bytes = kernels::embedding_backward_workspace_bytes(ids.numel(), vocabulary);
+    kernels::embedding_backward(context_, ids.data_as<std::int32_t>(), ids.numel(), dy.data(), dy.dtype(), vocabulary,
+                                dim, f32(dtable), scratch(Slot::sort, bytes), bytes);
+  }
+  void attention_forward(const Tensor& qkv, std::int64_t heads, const Tensor& row_logsumexp,
+                         const Tensor& y) override {
+    kernels::attention_forward(context_, attention_shape(qkv, heads, "attention"), qkv.data(), qkv.dtype(),
+                               f32(row_logsumexp), y.data());
+  }
+  void attention_backward(const Tensor& qkv, const Tensor& row_logsumexp, const Tensor& dy, std::int64_t heads,
+                          const Tensor& dqkv) override {
+    const kernels::AttentionShape s = attention_shape(qkv, heads, "attention backward");
+    auto* weighted = static_cast<float*>(
+        scratch(Slot::attention_rows, kernels::attention_backward_workspace_floats(s) * sizeof(float)));
+    kernels::attention_backward(context_, s, qkv.data(), f32(row_logsumexp), dy.data(), qkv.dtype(), weighted,
+                                dqkv.data());
+  }
+  void attention_step(const Tensor& qkv, std::int64_t heads, std::int64_t position, const Tensor& k_cache,
+                      const Tensor& v_cache, const Tensor& y) override {
+    const kernels::AttentionShape s = attention_shape(qkv, heads, "attention step");
+    if (s.batch != 1 || s.tokens != 1 || position < 0 || position >= k_cache.dim(0) || k_cache.dim(1) != s.width()) {
+      throw InvalidArgument("attention step: qkv " + to_string(qkv.shape()) + " at position " + std::to_string(position) +
+                            " does not fit a cache of " + to_string(k_cache.shape()));
+    }
+    kernels::attention_step(context_, s, qkv.data(), qkv.dtype(), position, f32(k_cache), f32(v_cache), y.data());
   }
 
   // The rows' losses come back to the host and are added in double, as the CPU backend adds them.
   float cross_entropy_forward(const Tensor& logits, const Tensor& labels, const Tensor& probabilities) override {
-    require_class_labels(labels);
     const std::int64_t rows = logits.dim(0), classes = logits.dim(1);
     auto* row_loss = static_cast<double*>(scratch(Slot::row_losses, static_cast<std::size_t>(rows) * sizeof(double)));
-    kernels::cross_entropy_forward(context_, logits.data(), logits.dtype(), labels.data_as<std::uint8_t>(), rows,
-                                   classes, f32(probabilities), row_loss);
+    kernels::cross_entropy_forward(context_, logits.data(), logits.dtype(), labels.data(), labels.dtype(), rows, classes,
+                                   f32(probabilities), row_loss);
     std::vector<double> host(static_cast<std::size_t>(rows));
     context_.download(host.data(), row_loss, host.size() * sizeof(double));
     double total = 0.0;
     for (std::size_t r = 0; r < host.size(); ++r) {
       if (std::isnan(host[r])) {
-        std::vector<std::uint8_t> label(host.size());
-        context_.download(label.data(), labels.data(), label.size());
-        throw InvalidArgument("label " + std::to_string(label[r]) + " at row " + std::to_string(r) +
-                              " is out of range for " + std::to_string(classes) + " classes");
+        if (const std::optional<std::int64_t> label = label_outside(labels, r, classes)) {
+          throw InvalidArgument("label " + std::to_string(*label) + " at row " + std::to_string(r) +
+                                " is out of range for " + std::to_string(classes) + " classes");
+        }
       }
       total += host[r];
     }
@@ -267,9 +306,8 @@ class CudaBackend final : public Backend {
   }
   void cross_entropy_backward(const Tensor& probabilities, const Tensor& labels, float scale,
                               const Tensor& grad) override {
-    require_class_labels(labels);
     const std::int64_t rows = grad.dim(0), classes = grad.dim(1);
-    kernels::cross_entropy_backward(context_, f32(probabilities), labels.data_as<std::uint8_t>(), rows, classes,
+    kernels::cross_entropy_backward(context_, f32(probabilities), labels.data(), labels.dtype(), rows, classes,
                                     scale / static_cast<float>(rows), grad.data(), grad.dtype());
   }
 
@@ -284,7 +322,7 @@ class CudaBackend final : public Backend {
   }
 
  private:
-  enum class Slot { columns, column_gradients, reduction, row_losses };
+  enum class Slot { columns, column_gradients, reduction, row_losses, bad_position, sort, attention_rows };
   struct Gemm {
     std::int64_t rows, patch;
   };
@@ -296,15 +334,33 @@ class CudaBackend final : public Backend {
     const std::int64_t channels = st.gamma.numel();
     return {x.numel() / channels, channels, args.eps, args.momentum, args.relu};
   }
-  // The loss kernels read u8 class labels; token ids (i32) wait for the transformer's device kernels.
-  void require_class_labels(const Tensor& labels) const {
-    if (labels.dtype() != DType::u8) {
-      throw NotAvailable("the " + device_name() + " backend's cross_entropy reads u8 class labels, not " +
-                         std::string(name(labels.dtype())) + " token ids");
+  static void require_ids(const Tensor& ids, const char* what) {
+    if (ids.dtype() != DType::i32) {
+      throw InvalidArgument(std::string(what) + " reads i32 token ids, got " + std::string(name(ids.dtype())));
     }
   }
-  [[noreturn]] void refuse(Op op) const {
-    throw NotAvailable("the " + device_name() + " backend has no " + std::string(name(op)) + " kernel");
+  static kernels::AttentionShape attention_shape(const Tensor& qkv, std::int64_t heads, const char* what) {
+    if (qkv.shape().size() != 3 || qkv.dim(2) % 3 != 0 || heads <= 0 || (qkv.dim(2) / 3) % heads != 0) {
+      throw InvalidArgument(std::string(what) + ": qkv must be [N, T, 3C] with C a multiple of " +
+                            std::to_string(heads) + " heads, got " + to_string(qkv.shape()));
+    }
+    return {qkv.dim(0), qkv.dim(1), heads, qkv.dim(2) / 3 / heads};
+  }
+  // Row r's label when it lies outside [0, classes) (the rows whose loss came back NaN), else nullopt: a NaN
+  // loss from NaN logits is a numeric fault the step's checks report, not a bad label.
+  std::optional<std::int64_t> label_outside(const Tensor& labels, std::size_t r, std::int64_t classes) const {
+    std::int64_t label = 0;
+    if (labels.dtype() == DType::i32) {
+      std::int32_t id = 0;
+      context_.download(&id, labels.data_as<std::int32_t>() + r, sizeof(id));
+      label = id;
+    } else {
+      std::uint8_t value = 0;
+      context_.download(&value, labels.data_as<std::uint8_t>() + r, sizeof(value));
+      label = value;
+    }
+    if (label >= 0 && label < classes) return std::nullopt;
+    return label;
   }
 
   // A workspace of at least `bytes` for `slot`, grown (never shrunk) from the pool.

@@ -56,48 +56,7 @@ __global__ void convert_kernel(const void* src, std::uint8_t from, void* dst, st
   MPX_GRID_STRIDE(i, count) { elements::store(dst, i, to, elements::load(src, i, from)); }
 }
 
-// One thread per row, in the CPU backend's order: max, double sum of exponentials, probabilities, the row's
-// loss (the host adds the rows' losses in double). A label outside the classes marks the row NaN.
-__global__ void cross_entropy_forward_kernel(const void* logits, std::uint8_t kind, const std::uint8_t* labels,
-                                             std::int64_t rows, std::int64_t classes, float* p, double* row_loss) {
-  MPX_GRID_STRIDE(r, rows) {
-    float max = elements::load(logits, r * classes, kind);
-    for (std::int64_t c = 1; c < classes; ++c) max = fmaxf(max, elements::load(logits, r * classes + c, kind));
-    double sum = 0.0;
-    for (std::int64_t c = 0; c < classes; ++c) {
-      sum += exp(static_cast<double>(elements::load(logits, r * classes + c, kind)) - max);
-    }
-    const double log_sum = log(sum) + max;
-    for (std::int64_t c = 0; c < classes; ++c) {
-      p[r * classes + c] = static_cast<float>(exp(elements::load(logits, r * classes + c, kind) - log_sum));
-    }
-    row_loss[r] = labels[r] < classes ? log_sum - elements::load(logits, r * classes + labels[r], kind) : nan("");
-  }
-}
-
-__global__ void cross_entropy_backward_kernel(const float* p, const std::uint8_t* labels, std::int64_t rows,
-                                              std::int64_t classes, float factor, void* grad, std::uint8_t kind) {
-  MPX_GRID_STRIDE(i, rows * classes) {
-    const std::int64_t r = i / classes, c = i % classes;
-    elements::store(grad, i, kind, (p[i] - (c == labels[r] ? 1.0f : 0.0f)) * factor);
-  }
-}
-
 }  // namespace
-
-void cross_entropy_forward(DeviceContext& ctx, const void* logits, DType dtype, const std::uint8_t* labels,
-                           std::int64_t rows, std::int64_t classes, float* probabilities, double* row_loss) {
-  cross_entropy_forward_kernel<<<blocks_for(rows), kThreads, 0, stream_of(ctx)>>>(logits, kind_of(dtype), labels, rows,
-                                                                                  classes, probabilities, row_loss);
-  MPX_CUDA_CHECK_LAUNCH("cross_entropy_forward", rows);
-}
-
-void cross_entropy_backward(DeviceContext& ctx, const float* probabilities, const std::uint8_t* labels,
-                            std::int64_t rows, std::int64_t classes, float factor, void* grad, DType dtype) {
-  cross_entropy_backward_kernel<<<blocks_for(rows * classes), kThreads, 0, stream_of(ctx)>>>(
-      probabilities, labels, rows, classes, factor, grad, kind_of(dtype));
-  MPX_CUDA_CHECK_LAUNCH("cross_entropy_backward", rows * classes);
-}
 
 void relu_forward(DeviceContext& ctx, const void* x, DType dtype, std::int64_t count, void* y) {
   relu_forward_kernel<<<blocks_for(count), kThreads, 0, stream_of(ctx)>>>(x, kind_of(dtype), count, y);
@@ -130,6 +89,11 @@ void convert_elements(DeviceContext& ctx, const void* src, DType from, void* dst
 void fill_zero(DeviceContext& ctx, void* data, std::size_t bytes) {
   if (bytes == 0) return;
   MPX_CUDA_CHECK(cudaMemsetAsync(data, 0, bytes, stream_of(ctx)));
+}
+
+void fill_bytes(DeviceContext& ctx, void* data, std::uint8_t value, std::size_t bytes) {
+  if (bytes == 0) return;
+  MPX_CUDA_CHECK(cudaMemsetAsync(data, value, bytes, stream_of(ctx)));
 }
 
 void copy(DeviceContext& ctx, void* dst, const void* src, std::size_t bytes) {
