@@ -45,7 +45,10 @@ case "${1:-}" in
       # PyTorch's FP32 CNN runs its convolutions in TF32 (cuDNN's default): the like-for-like figure.
       "$run" mpx bench train --device cuda --precision 32-true --tf32 --steps 400 --rounds 3 --data "$MPX_FASHION_MNIST_DIR" \
       --json > "$OUT/train_tf32.json" || true
-      (cd "$OUT" && FMNIST="$MPX_FASHION_MNIST_DIR" timeout 300 python3 "$here/torch_reference.py" cast gemm optim fmnist) \
+      # GPT-2 124M, batch 16 x 1024 (llm.c's H100 setting; PyTorch's "gpt2" section below is the same step).
+      "$run" mpx bench gpt --device cuda --model gpt2 --batch-size 16 --precision bf16-mixed 32-true --steps 10 \
+      --peak-size 8192 --json > "$OUT/gpt2.json" || true
+      (cd "$OUT" && FMNIST="$MPX_FASHION_MNIST_DIR" timeout 300 python3 "$here/torch_reference.py" cast gemm gpt2 optim fmnist) \
       > "$OUT/torch.txt" 2>&1 || true
     fi
     if [ "$part" = all ] || [ "$part" = train ]; then
