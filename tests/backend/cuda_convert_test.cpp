@@ -52,9 +52,11 @@ TEST(CudaConvert, EveryNarrowPatternWidensBitIdenticalToCpu) {
   MPX_SKIP_WITHOUT_GPU();
   std::vector<std::uint16_t> patterns(65536 + 3);  // +3: a tail that is not a whole vector
   for (std::size_t i = 0; i < patterns.size(); ++i) patterns[i] = static_cast<std::uint16_t>(i);
-  DeviceBuffer device_in(patterns.size() * 2), device_out(patterns.size() * 4);
+  // The FP8 directions read the patterns' bytes as 2 x as many elements, each widened to 4 bytes.
+  const std::size_t out_bytes = patterns.size() * 2 * 4;
+  DeviceBuffer device_in(patterns.size() * 2), device_out(out_bytes);
   device_in.copy_from_host(patterns.data(), patterns.size() * 2);
-  std::vector<unsigned char> gpu_out(patterns.size() * 4), cpu_out(patterns.size() * 4);
+  std::vector<unsigned char> gpu_out(out_bytes), cpu_out(out_bytes);
   const std::pair<DType, DType> directions[] = {{DType::f16, DType::f32},     {DType::bf16, DType::f32},
                                                 {DType::f8_e4m3, DType::f32}, {DType::f8_e5m2, DType::f32},
                                                 {DType::f16, DType::bf16},    {DType::bf16, DType::f16}};

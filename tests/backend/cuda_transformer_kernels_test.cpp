@@ -31,7 +31,11 @@ std::vector<float> random_floats(std::size_t n, std::uint32_t seed, float scale 
 Tensor put(Backend& b, const Shape& shape, DType dtype, const std::vector<float>& values) {
   Tensor t = b.allocate(shape, dtype, MemoryCategory::activations);
   std::vector<std::uint8_t> bytes(t.bytes());
-  numeric::convert(values.data(), DType::f32, bytes.data(), dtype, values.size());
+  if (dtype == DType::f32) {
+    std::memcpy(bytes.data(), values.data(), bytes.size());
+  } else {
+    numeric::convert(values.data(), DType::f32, bytes.data(), dtype, values.size());
+  }
   b.upload(t, bytes.data());
   return t;
 }
@@ -44,7 +48,11 @@ std::vector<float> get(Backend& b, const Tensor& t) {
   std::vector<std::uint8_t> bytes(t.bytes());
   b.download(t, bytes.data());
   std::vector<float> out(static_cast<std::size_t>(t.numel()));
-  numeric::convert(bytes.data(), t.dtype(), out.data(), DType::f32, out.size());
+  if (t.dtype() == DType::f32) {
+    std::memcpy(out.data(), bytes.data(), bytes.size());
+  } else {
+    numeric::convert(bytes.data(), t.dtype(), out.data(), DType::f32, out.size());
+  }
   return out;
 }
 

@@ -1,18 +1,27 @@
 #!/usr/bin/env python3
-"""Rewrites a CUDA kernel file (src/backend/cuda/*.cu) into C++ that launch.cuh here runs on host threads:
-`kernel<<<grid, block, shared, stream>>>(args);` becomes an emulated::launch call, dynamic shared memory
-a pointer into the emulated block's, and cub's header is dropped (launch.cuh has its stand-in)."""
+"""Rewrites a CUDA source file (src/backend/cuda/*.cu) into C++ for the emulated build: each launch
+`kernel<<<grid, block, shared, stream>>>(args);` becomes emulated::launch(config, kernel, args) (arguments
+taken by value at the launch), dynamic shared memory a pointer into the emulated block's, and includes
+relative to the source file absolute paths. include/cuda_runtime.h here supplies the rest."""
+import os
 import re
 import sys
 
 source, target = sys.argv[1], sys.argv[2]
+folder = os.path.dirname(os.path.abspath(source))
 text = open(source, encoding="utf-8").read()
-text = text.replace("#include <cub/device/device_radix_sort.cuh>", "")
-text = re.sub(r"extern __shared__ float (\w+)\[\];",
-              r"float* \1 = reinterpret_cast<float*>(emulated::block->dynamic_shared.data());", text)
-text = re.sub(r"(\w+)<<<(.*?)>>>\((.*?)\);",
-              lambda m: "emulated::launch(emulated::Config(%s), [&] { %s(%s); });" % (m.group(2), m.group(1), m.group(3)),
-              text, flags=re.S)
+text = re.sub(r'#include "(\.\./[^"]+)"', lambda m: '#include "%s"' % os.path.normpath(os.path.join(folder, m.group(1))), text)
+text = re.sub(r"extern __shared__ (\w+) (\w+)\[\];",
+              r"\1* \2 = reinterpret_cast<\1*>(emulated::block->dynamic_shared.data());", text)
+
+
+def launch(m):
+    kernel, config, args = m.group(1), m.group(2), m.group(3).strip()
+    call = "emulated::launch(emulated::Config(%s), [](auto... a) { %s(a...); }" % (config, kernel)
+    return call + (", %s);" % args if args else ");")
+
+
+text = re.sub(r"([\w:]+(?:<[^<>;]*>)?)<<<(.*?)>>>\((.*?)\);", launch, text, flags=re.S)
 if "<<<" in text:
     sys.exit("transform_kernels.py: a launch in %s was not rewritten" % source)
 with open(target, "w", encoding="utf-8") as out:

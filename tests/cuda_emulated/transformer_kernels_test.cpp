@@ -1,5 +1,5 @@
 // The CUDA engine's language-model kernels (attention.cu, token_kernels.cu), their own source run on host
-// threads (launch.cuh here), against references computed in double: streaming attention forward and
+// threads (the emulated engine: include/cuda_runtime.h here), against references computed in double: streaming attention forward and
 // backward at whole-tile, leftover, 8- and 128-wide-head shapes and the KV-cache step; embedding gather,
 // the bad-id report and the position-ordered scatter-add (bit for bit); cross-entropy over a GPT-2
 // vocabulary with token ids and with u8 class labels. The GPU itself runs these in the `gpu`-labelled tests
@@ -11,7 +11,8 @@
 #include <string>
 #include <vector>
 
-#include "launch.cuh"
+#include "mpx/backend/cuda_context.h"
+#include "mpx/core/error.h"
 #include "mpx/backend/cuda_kernels.h"
 #include "mpx/backend/cuda_transformer_kernels.h"
 
