@@ -1,14 +1,16 @@
 // The CUDA runtime as the emulated build sees it (tests/cuda_emulated): device memory is host memory, every
 // stream is one in-order queue that runs at once, a graph capture records what is enqueued and a graph
-// launch replays it, and kernels run on host threads, one std::thread per CUDA thread of a block, blocks one
-// after another (so `static` stands in for __shared__). __syncthreads and the warp shuffles are barriers:
-// a shuffle that not all 32 lanes reach hangs rather than passes (ctest's timeout reports it).
+// launch replays it, and kernels run on the calling thread with one fiber (ucontext) per CUDA thread of a
+// block, blocks one after another (so `static` stands in for __shared__). __syncthreads and the warp
+// shuffles are barriers where the fibers switch: a shuffle or barrier that not every thread reaches
+// aborts as a deadlock rather than passing.
 // What it cannot show: speed, concurrent blocks' memory ordering, cub's and cuBLASLt's own code.
 #pragma once
 
 #include <algorithm>
 #include <atomic>
-#include <barrier>
+#include <cstdio>
+#include <ucontext.h>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -16,7 +18,6 @@
 #include <cstring>
 #include <functional>
 #include <memory>
-#include <thread>
 #include <tuple>
 #include <vector>
 
@@ -75,13 +76,47 @@ inline void enqueue(Work work) {
   }
 }
 
+struct Fiber {
+  ucontext_t context;
+  std::unique_ptr<char[]> stack;
+  dim3 thread;
+  bool done = false;
+  int waiting = -1;  // the barrier it waits at, -1 when it can run
+};
+
+// One block's CUDA threads as fibers on the calling thread, switched at barriers: barrier 0 is
+// __syncthreads, barrier 1 + w warp w's (the shuffles).
 struct Block {
-  std::unique_ptr<std::barrier<>> all;
-  std::vector<std::unique_ptr<std::barrier<>>> warps;
+  std::vector<Fiber> fibers;
+  ucontext_t scheduler;
+  unsigned current = 0;
+  std::vector<unsigned> arrived, size;
   std::vector<std::uint64_t> exchange;  // one slot per thread for the shuffles
   std::vector<std::uint64_t> dynamic_shared;
+  const std::function<void()>* body = nullptr;
 };
-inline Block* block = nullptr;
+inline thread_local Block* block = nullptr;
+
+inline void wait_at(int barrier) {
+  Block& b = *block;
+  if (++b.arrived[barrier] == b.size[barrier]) {
+    b.arrived[barrier] = 0;
+    for (Fiber& f : b.fibers) {
+      if (f.waiting == barrier) f.waiting = -1;
+    }
+    return;
+  }
+  Fiber& self = b.fibers[b.current];
+  self.waiting = barrier;
+  swapcontext(&self.context, &b.scheduler);
+}
+
+inline void fiber_main() {
+  Block& b = *block;
+  (*b.body)();
+  b.fibers[b.current].done = true;
+  swapcontext(&b.fibers[b.current].context, &b.scheduler);
+}
 
 struct Config {
   dim3 grid, threads;
@@ -89,34 +124,68 @@ struct Config {
   Config(dim3 g, dim3 b, std::size_t shared = 0, cudaStream_t = nullptr) : grid(g), threads(b), shared_bytes(shared) {}
 };
 
-// The threads of one block walk every block of the grid in order, meeting at a barrier between blocks.
+// The threads of one block walk every block of the grid in order, meeting at a barrier between blocks. A
+// pass in which no thread can run while some wait is a deadlock (a barrier or shuffle that not every
+// thread reaches): it aborts, naming the kernel's shape.
 inline void run_grid(const Config& c, const std::function<void()>& kernel) {
-  const unsigned n = c.threads.x * c.threads.y * c.threads.z;
+  constexpr std::size_t kStackBytes = 256 * 1024;
+  const unsigned n = c.threads.x * c.threads.y * c.threads.z, warps = (n + 31) / 32;
   Block b;
-  b.all = std::make_unique<std::barrier<>>(n);
-  for (unsigned w = 0; w < (n + 31) / 32; ++w) b.warps.push_back(std::make_unique<std::barrier<>>(std::min(32u, n - 32 * w)));
+  b.fibers.resize(n);
+  b.arrived.assign(1 + warps, 0);
+  b.size.assign(1 + warps, 0);
+  b.size[0] = n;
+  for (unsigned w = 0; w < warps; ++w) b.size[1 + w] = std::min(32u, n - 32 * w);
   b.exchange.resize(n);
   b.dynamic_shared.assign(c.shared_bytes / 8 + 1, 0xDEADBEEFDEADBEEFull);  // garbage, as uninitialised shared memory
-  block = &b;
-  std::vector<std::thread> threads;
-  for (unsigned t = 0; t < n; ++t) {
-    threads.emplace_back([&, t] {
-      threadIdx = dim3(t % c.threads.x, t / c.threads.x % c.threads.y, t / (c.threads.x * c.threads.y));
-      blockDim = c.threads;
-      gridDim = c.grid;
-      for (unsigned z = 0; z < c.grid.z; ++z) {
-        for (unsigned y = 0; y < c.grid.y; ++y) {
-          for (unsigned x = 0; x < c.grid.x; ++x) {
-            blockIdx = dim3(x, y, z);
-            kernel();
-            b.all->arrive_and_wait();
-          }
+  const std::function<void()> body = [&] {
+    for (unsigned z = 0; z < c.grid.z; ++z) {
+      for (unsigned y = 0; y < c.grid.y; ++y) {
+        for (unsigned x = 0; x < c.grid.x; ++x) {
+          blockIdx = dim3(x, y, z);
+          kernel();
+          wait_at(0);
         }
       }
-    });
+    }
+  };
+  b.body = &body;
+  Block* outer = block;
+  block = &b;
+  blockDim = c.threads;
+  gridDim = c.grid;
+  for (unsigned t = 0; t < n; ++t) {
+    Fiber& f = b.fibers[t];
+    f.thread = dim3(t % c.threads.x, t / c.threads.x % c.threads.y, t / (c.threads.x * c.threads.y));
+    f.stack.reset(new char[kStackBytes]);
+    getcontext(&f.context);
+    f.context.uc_stack.ss_sp = f.stack.get();
+    f.context.uc_stack.ss_size = kStackBytes;
+    f.context.uc_link = nullptr;
+    makecontext(&f.context, fiber_main, 0);
   }
-  for (auto& t : threads) t.join();
-  block = nullptr;
+  for (unsigned finished = 0; finished < n;) {
+    bool ran = false;
+    finished = 0;
+    for (unsigned t = 0; t < n; ++t) {
+      Fiber& f = b.fibers[t];
+      if (f.done) {
+        ++finished;
+        continue;
+      }
+      if (f.waiting >= 0) continue;
+      b.current = t;
+      threadIdx = f.thread;
+      swapcontext(&b.scheduler, &f.context);
+      ran = true;
+    }
+    if (!ran && finished < n) {
+      std::fprintf(stderr, "emulated CUDA: deadlock in a kernel of %u x %u x %u blocks of %u threads\n", c.grid.x,
+                   c.grid.y, c.grid.z, n);
+      std::abort();
+    }
+  }
+  block = outer;
 }
 
 // kernel<<<config>>>(args...): the arguments are taken by value when the launch is enqueued, as CUDA does.
@@ -134,10 +203,10 @@ T shuffle_from(T value, int source_lane) {
   std::uint64_t bits = 0;
   std::memcpy(&bits, &value, sizeof(T));
   block->exchange[linear] = bits;
-  block->warps[warp]->arrive_and_wait();
+  wait_at(static_cast<int>(1 + warp));
   T out;
   std::memcpy(&out, &block->exchange[warp * 32 + static_cast<unsigned>(source_lane)], sizeof(T));
-  block->warps[warp]->arrive_and_wait();
+  wait_at(static_cast<int>(1 + warp));
   return out;
 }
 
@@ -146,7 +215,7 @@ constexpr std::size_t kDeviceBytes = std::size_t{16} << 30;  // what the emulate
 
 }  // namespace emulated
 
-inline void __syncthreads() { emulated::block->all->arrive_and_wait(); }
+inline void __syncthreads() { emulated::wait_at(0); }
 template <class T>
 T __shfl_sync(unsigned, T v, int lane) {
   return emulated::shuffle_from(v, lane);
