@@ -2,9 +2,13 @@
 // flags and prints progress; the run (its directory, exporters, training and files) is
 // mpx::train::run_training's.
 #include <omp.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <functional>
 #include <thread>
@@ -14,6 +18,7 @@
 #include "commands.h"
 #include "validators.h"
 #include "mpx/core/error.h"
+#include "mpx/distributed/world.h"
 #include "mpx/io/token_corpus.h"
 #include "mpx/nn/gpt.h"
 #include "mpx/train/run/training_run.h"
@@ -24,7 +29,7 @@ namespace {
 
 struct TrainOptions {
   train::RunOptions run;
-  std::string optimizer = "adamw", schedule = "onecycle", device = "cpu";  // parsed in run_train
+  std::string optimizer = "adamw", schedule = "onecycle", device = "cpu", grad_comm = "fp32";  // parsed in run_train
   int threads = 0;
   bool no_progress = false;
   std::string init_from;  // a model file whose weights start a fresh run
@@ -48,6 +53,21 @@ void apply_gpt_defaults(TrainOptions& o) {
   if (!o.given("--warmup-steps")) c.warmup_steps = std::min<std::int64_t>(100, std::max<std::int64_t>(c.schedule_steps, c.max_steps) / 10);
   if (!o.given("--eval-every")) c.eval_every = c.max_steps > 0 ? std::max<std::int64_t>(1, c.max_steps / 8) : 0;
   if (!o.given("--log-every")) c.log_every = 10;
+}
+
+// Ranks other than 0 write what they print to RUN/rank-K.log; the terminal's stderr stays for the one line
+// that says why a rank stops.
+int g_terminal_stderr = STDERR_FILENO;
+void log_to_rank_file(const std::string& out, int rank) {
+  const std::string path = out + "/rank-" + std::to_string(rank) + ".log";
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  if (fd < 0) throw IoError("cannot write " + path + ": " + std::strerror(errno));
+  std::fflush(stdout);
+  std::fflush(stderr);
+  g_terminal_stderr = ::dup(STDERR_FILENO);
+  ::dup2(fd, STDOUT_FILENO);
+  ::dup2(fd, STDERR_FILENO);
+  ::close(fd);
 }
 
 std::string format_duration(double seconds) {
@@ -75,12 +95,17 @@ void run_train(TrainOptions& o) {
   o.run.config.optimizer = train::parse_optimizer(o.optimizer);
   o.run.config.schedule = train::parse_schedule(o.schedule);
   o.run.config.device = train::parse_device(o.device);
+  o.run.config.grad_comm = distributed::parse_grad_comm(o.grad_comm);
+  o.run.world = distributed::world_from_environment();
   const bool terminal = !o.no_progress && ::isatty(STDERR_FILENO);
   train::TrainConfig config;
   train::RunEvents events;
   std::string last_val;  // the latest validation loss, for the progress line
+  std::string out_dir;
   events.on_start = [&](const train::RunStart& s) {
     config = s.config;
+    out_dir = s.out;
+    if (s.rank > 0) log_to_rank_file(s.out, s.rank);
     for (const std::string& warning : s.warnings) fmt::print(stderr, "warning: {}\n", warning);
     if (!s.resumed_from.empty()) fmt::print("resuming from {}\n", s.resumed_from);
     if (!s.notice.empty()) fmt::print(stderr, "note: {}\n", s.notice);
@@ -94,6 +119,10 @@ void run_train(TrainOptions& o) {
                config.precision, length, config.batch_size, name(config.optimizer), name(config.schedule), config.lr,
                config.device == train::DeviceChoice::cpu ? fmt::format("{} threads", omp_get_max_threads()) : s.device_name, s.out);
     if (!s.metrics_url.empty()) fmt::print("metrics: {}\n", s.metrics_url);
+    if (s.world_size > 1) {
+      fmt::print("data parallel: rank {} of {}, global batch {}, gradients all-reduced in {} (buckets of {} MB)\n", s.rank,
+                 s.world_size, config.batch_size * s.world_size, distributed::name(config.grad_comm), config.bucket_mb);
+    }
     std::fflush(stdout);
   };
   events.training.on_step = [&](const train::StepReport& r) {
@@ -147,7 +176,22 @@ void run_train(TrainOptions& o) {
     fmt::print("metrics: serving the final values for {} s more\n", seconds);
     std::fflush(stdout);
   };
-  const train::RunOutcome outcome = train::run_training(o.run, events);
+  train::RunOutcome outcome;
+  try {
+    outcome = train::run_training(o.run, events);
+  } catch (const distributed::CommunicationError& e) {
+    // One line on every surviving rank, then out at once: a collective may still hold threads in Gloo.
+    std::string line = fmt::format("mpx: error: {}", e.what());
+    if (!out_dir.empty() && config.checkpoint_every > 0) {
+      line += fmt::format("; the last checkpoint in {} is intact: continue with --resume {}", out_dir, out_dir);
+    }
+    line += "\n";
+    std::fflush(stdout);
+    if (g_terminal_stderr != STDERR_FILENO && ::write(STDERR_FILENO, line.data(), line.size()) < 0) { /* the log is gone */ }
+    if (::write(g_terminal_stderr, line.data(), line.size()) < 0) { /* nowhere left to say it */ }
+    std::_Exit(2);
+  }
+  if (o.run.world.rank > 0) return;  // rank 0 reports the run
   const train::TrainResult& result = outcome.result;
   if (language_model) {
     fmt::print("done: val loss {:.4f} in {:.1f} s ({:.0f} tokens/s), {} skipped steps; summary in {}\n", result.test_loss,
@@ -243,6 +287,18 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--inject-nonfinite", c.inject_nonfinite,
                   "Drill: make one layer's output non-finite, LAYER:forward|backward:STEP[:COUNT[:nan]]")
       ->check(non_empty());
+  cmd->add_option("--grad-comm", o->grad_comm,
+                  "Data parallel (mpirun -np N / torchrun): how gradients are all-reduced: fp32, bf16, fp16, or "
+                  "bf16+ef / fp16+ef (16-bit with error feedback)")
+      ->check(CLI::IsMember({"fp32", "bf16", "fp16", "bf16+ef", "fp16+ef"}))
+      ->capture_default_str();
+  cmd->add_option("--bucket-mb", c.bucket_mb, "Data parallel: gradient bucket size in MB of FP32 gradients")
+      ->check(CLI::Range(0.001, 4096.0))
+      ->capture_default_str();
+  cmd->add_option("--comm-timeout", c.comm_timeout_seconds,
+                  "Data parallel: seconds a collective waits for a rank before the run names it and stops")
+      ->check(CLI::Range(1.0, 86400.0))
+      ->capture_default_str();
   o->given = [cmd](const char* flag) { return cmd->count(flag) > 0; };
   cmd->callback([o] { run_train(*o); });
 }

@@ -56,7 +56,10 @@ Tensor Dropout::forward(const Tensor& x, Context& ctx, bool training) {
   last_training_ = training && probability_ > 0.0f;
   if (!last_training_) return x;
   Tensor y = output_.first_rows(x.dim(0));
-  const backend::DropoutArgs args{probability_, key(ctx.seed), static_cast<std::uint64_t>(keep_.numel()), ctx.step};
+  // Data parallel: the masks of the rows one process with the global batch would draw for these rows.
+  const auto per_row = static_cast<std::uint64_t>(keep_.numel() / std::max<std::int64_t>(1, keep_.dim(0)));
+  const backend::DropoutArgs args{probability_, key(ctx.seed), static_cast<std::uint64_t>(keep_.numel()) * ctx.replicas,
+                                  ctx.step, ctx.first_row * per_row};
   ctx.backend().dropout_forward(x, args, keep_.first_rows(x.dim(0)), y);
   return y;
 }

@@ -68,6 +68,17 @@ struct PrometheusExporter::Impl {
   // a value equal to a boundary lands in the bucket above it); NaNs are not observed.
   prometheus::Family<prometheus::Histogram>& magnitude =
       prometheus::BuildHistogram().Name("mpx_tensor_magnitude").Help("|x| of sampled activations and gradients").Register(*registry);
+  // Data parallel: the gradient all-reduce (M9 is the relative error against an FP32 all-reduce).
+  prometheus::Family<prometheus::Counter>& allreduce_bytes =
+      BuildCounter().Name("mpx_allreduce_bytes_total").Help("Gradient bytes this rank sent in all-reduces, by --grad-comm mode").Register(*registry);
+  prometheus::Family<prometheus::Counter>& allreduce_seconds =
+      BuildCounter().Name("mpx_allreduce_seconds_total").Help("Time in gradient all-reduces (overlapped with backward)").Register(*registry);
+  prometheus::Family<prometheus::Counter>& allreduce_wait =
+      BuildCounter().Name("mpx_allreduce_wait_seconds_total").Help("Time backward waited for all-reduces (not hidden)").Register(*registry);
+  prometheus::Family<prometheus::Gauge>& allreduce_error =
+      BuildGauge().Name("mpx_allreduce_relative_error").Help("||AR16 - AR32|| / ||AR32|| of one bucket at the last numerics sample").Register(*registry);
+  prometheus::Family<prometheus::Gauge>& residual_norm =
+      BuildGauge().Name("mpx_allreduce_residual_norm").Help("L2 norm of the error-feedback residual").Register(*registry);
   prometheus::Family<prometheus::Gauge>& sample_step =
       BuildGauge().Name("mpx_numerics_sample_step").Help("Step of the last numerics sample").Register(*registry);
 };
@@ -111,6 +122,16 @@ void PrometheusExporter::record_step(std::int64_t, double loss, double lr, doubl
   }
   m.last_scale = loss_scale;
   m.scale.Add({}).Set(loss_scale);
+}
+
+void PrometheusExporter::record_allreduce(const std::string& mode, double bytes, double seconds, double wait_seconds,
+                                          std::optional<double> relative_error, double residual_norm) {
+  Impl& m = *impl_;
+  m.allreduce_bytes.Add({{"mode", mode}}).Increment(bytes);
+  m.allreduce_seconds.Add({{"mode", mode}}).Increment(seconds);
+  m.allreduce_wait.Add({{"mode", mode}}).Increment(wait_seconds);
+  m.residual_norm.Add({{"mode", mode}}).Set(residual_norm);
+  if (relative_error) m.allreduce_error.Add({{"mode", mode}}).Set(*relative_error);
 }
 
 void PrometheusExporter::record_epoch(int epoch, double train_loss, double test_accuracy) {

@@ -66,6 +66,10 @@ TrainConfig resolve(TrainConfig c) {
   }
   if (!(c.momentum >= 0 && c.momentum < 1)) throw InvalidArgument("momentum must be in [0, 1)");
   if (c.log_every < 1) c.log_every = 1;
+  if (!(c.bucket_mb > 0 && c.bucket_mb <= 4096)) throw InvalidArgument("--bucket-mb must be in (0, 4096]");
+  if (!(c.comm_timeout_seconds >= 1 && c.comm_timeout_seconds <= 86400)) {
+    throw InvalidArgument("--comm-timeout must be between 1 and 86400 seconds");
+  }
   if (c.numerics_every < 0) throw InvalidArgument("--numerics-every must be >= 0 (0: off)");
   if (!c.inject_nonfinite.empty()) {
     const auto injector = telemetry::NonFiniteInjector::parse(c.inject_nonfinite);  // validates the spec

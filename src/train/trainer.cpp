@@ -118,9 +118,32 @@ Trainer::Trainer(const TrainConfig& config, std::unique_ptr<Dataset> train_set, 
 
 Trainer::~Trainer() = default;
 
+void Trainer::join(distributed::ProcessGroup& group) {
+  if (train_set_->size() < group.size()) {
+    throw InvalidArgument("the training set's " + std::to_string(train_set_->size()) + " samples cannot be shared out among " +
+                          std::to_string(group.size()) + " ranks (each needs at least one): use fewer ranks or more data");
+  }
+  group_ = &group;
+  ctx_.replicas = static_cast<std::uint64_t>(group.size());
+  sync_ = std::make_unique<distributed::GradientSync>(
+      group, model_,
+      distributed::GradientSync::Settings{config_.grad_comm, static_cast<std::size_t>(config_.bucket_mb * (1 << 20))});
+  ctx_.observers.push_back(sync_.get());  // after the monitor and drills: it sees the gradients they saw
+}
+
+std::int64_t steps_per_epoch(std::int64_t samples, std::int64_t rank_batch, int world) {
+  const std::int64_t batch = rank_batch * world;
+  std::int64_t steps = (samples + batch - 1) / batch;
+  if (samples % batch != 0 && samples % batch < world) --steps;
+  return steps;
+}
+
+std::int64_t Trainer::steps_per_epoch() const {
+  return train::steps_per_epoch(train_set_->size(), config_.batch_size, world_size());
+}
+
 void Trainer::warn_about_a_drill_without_effect() {
-  const std::int64_t steps_per_epoch = (train_set_->size() + config_.batch_size - 1) / config_.batch_size;
-  const std::int64_t epoch_steps = steps_per_epoch * config_.epochs;
+  const std::int64_t epoch_steps = steps_per_epoch() * config_.epochs;
   const std::int64_t total = config_.max_steps > 0 ? std::min(epoch_steps, config_.max_steps) : epoch_steps;
   const std::string drill = "--inject-nonfinite " + config_.inject_nonfinite;
   if (injector_->step() > total) {
@@ -192,10 +215,17 @@ bool Trainer::step(const Tensor& batch, std::int64_t global_step, float lr, floa
   if (divergence_->loss_is_fatal(loss)) {
     divergence_->stop_for_loss(loss, step_number, locate_nonfinite(batch, step_number, scale, false));
   }
-  model_.backward(loss_.backward(scale), ctx_);
+  if (sync_) sync_->begin_step(share_, scale, sample);
+  model_.backward(loss_.backward(scale), ctx_);  // data parallel: the buckets go out as layers finish
   if (sample) pending_sample_ = monitor_.take_sample();  // activations and their gradients
+  bool nonfinite_on_a_rank = false;
+  if (sync_) {  // the averaged gradients, the global batch's loss, and whether any rank saw inf/NaN
+    const distributed::GradientSync::Reduced reduced = sync_->finish(loss);
+    loss = reduced.loss;
+    nonfinite_on_a_rank = reduced.nonfinite;
+  }
 
-  const bool found_inf = optimizer_->unscale_and_check(loss, lr);
+  const bool found_inf = optimizer_->unscale_and_check(loss, lr) || nonfinite_on_a_rank;
   if (found_inf) {
     pending_origin_ = locate_nonfinite(batch, step_number, scale, true);
     if (!pending_origin_) pending_origin_ = telemetry::NonFiniteOrigin{step_number, "loss", "forward", {}, {}};
@@ -205,6 +235,7 @@ bool Trainer::step(const Tensor& batch, std::int64_t global_step, float lr, floa
   }
   const bool apply = optimizer_->apply(found_inf, lr);
   model_.end_step(ctx_, apply);  // BatchNorm's running statistics: only a step that applied moves them
+  if (sync_) sync_->end_step(apply);
   if (sample) {  // weights, gradients and optimizer state after the update
     monitor_.begin(Mode::sample, step_number, scale);
     monitor_.record_parameters(params_, ctx_.policy.master_weights, ctx_.backend());
@@ -258,7 +289,8 @@ Evaluation Trainer::evaluate() {
   std::int64_t correct = 0, rows_seen = 0;
   double loss_sum = 0;
   std::vector<float> z;  // FP32 view of f32 or low-precision logits
-  for (std::int64_t first = 0; first < total; first += config_.batch_size) {
+  // Data parallel: rank k evaluates batches k, k + world, ...; the counts are summed at the end.
+  for (std::int64_t first = rank() * config_.batch_size; first < total; first += global_batch()) {
     const std::int64_t samples = std::min<std::int64_t>(config_.batch_size, total - first);
     load_batch(set, {}, first, samples);
     const Tensor device_logits = model_.forward(input_.first_rows(samples), ctx_, false);
@@ -278,13 +310,20 @@ Evaluation Trainer::evaluate() {
     }
     rows_seen += rows;
   }
+  if (group_) {
+    double counts[3] = {static_cast<double>(correct), loss_sum, static_cast<double>(rows_seen)};
+    group_->allreduce_sum(std::span<double>(counts, 3));
+    correct = static_cast<std::int64_t>(counts[0]);
+    loss_sum = counts[1];
+    rows_seen = static_cast<std::int64_t>(counts[2]);
+  }
   return {static_cast<double>(correct) / static_cast<double>(rows_seen), loss_sum / static_cast<double>(rows_seen)};
 }
 
 TrainResult Trainer::run(const Callbacks& callbacks) {
   const Dataset& set = *train_set_;
   const std::int64_t images = set.size();
-  const std::int64_t steps_per_epoch = (images + config_.batch_size - 1) / config_.batch_size;
+  const std::int64_t steps_per_epoch = this->steps_per_epoch();
   const std::int64_t epoch_steps = steps_per_epoch * config_.epochs;
   const std::int64_t schedule_steps = config_.schedule_steps > 0 ? config_.schedule_steps : epoch_steps;
   const std::int64_t total_steps = config_.max_steps > 0 ? std::min(epoch_steps, config_.max_steps) : epoch_steps;
@@ -313,8 +352,15 @@ TrainResult Trainer::run(const Callbacks& callbacks) {
     std::int64_t loss_count = 0, epoch_images = 0, skipped_before = result.skipped_steps;
     const std::int64_t first_step = epoch == position_.epoch ? position_.step_in_epoch : 0;
     for (std::int64_t s = first_step; s < steps_per_epoch && global_step < total_steps; ++s, ++global_step) {
-      const std::int64_t first = s * config_.batch_size;
-      const std::int64_t rows = std::min<std::int64_t>(config_.batch_size, images - first);
+      // The global batch s; data parallel: this rank's share of it, the rows in order (a short last batch
+      // split as evenly as it goes).
+      const std::int64_t global_first = s * global_batch();
+      const std::int64_t global_rows = std::min<std::int64_t>(global_batch(), images - global_first);
+      const std::int64_t base = global_rows / world_size(), extra = global_rows % world_size();
+      const std::int64_t first = global_first + rank() * base + std::min<std::int64_t>(rank(), extra);
+      const std::int64_t rows = base + (rank() < extra ? 1 : 0);
+      share_ = static_cast<double>(rows) / static_cast<double>(global_rows);
+      ctx_.first_row = static_cast<std::uint64_t>(first - global_first);
       const float lr = lr_at(global_step, schedule_steps);
       float loss = 0;
       load_batch(set, order, first, rows);
@@ -337,8 +383,8 @@ TrainResult Trainer::run(const Callbacks& callbacks) {
         loss_sum += loss;
         ++loss_count;
       }
-      images_seen += rows;
-      epoch_images += rows;
+      images_seen += global_rows;
+      epoch_images += global_rows;
       if (callbacks.on_step) {
         StepReport r;
         r.epoch = epoch;
@@ -353,6 +399,7 @@ TrainResult Trainer::run(const Callbacks& callbacks) {
         r.images_per_second = static_cast<double>(images_seen) / r.elapsed_seconds;
         r.tokens_per_second = r.images_per_second * tokens_per_sample;
         r.samples = {batch_indices_.data(), static_cast<std::size_t>(rows)};
+        if (sync_) r.comm = &sync_->last();
         callbacks.on_step(r);
       }
       if (config_.eval_every > 0 && (global_step + 1) % config_.eval_every == 0) {

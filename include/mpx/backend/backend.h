@@ -42,12 +42,14 @@ enum class Op : std::uint8_t {
 };
 const char* name(Op op);
 
-// Element i of step s keeps when Philox(key, s * planned_elements + i) >= probability * 2^32.
+// Element i of step s keeps when Philox(key, s * planned_elements + element_offset + i) >= probability * 2^32
+// (data parallel: planned_elements is the global batch's and element_offset where this rank's rows begin).
 struct DropoutArgs {
   float probability = 0;
   std::uint64_t key = 0;               // the layer's Philox key (Dropout::key(seed))
   std::uint64_t planned_elements = 0;  // elements of the planned (largest) batch
   std::uint64_t step = 0;              // the training step
+  std::uint64_t element_offset = 0;    // of this rank's first row in the global batch
 };
 
 struct BatchNormArgs {

@@ -64,6 +64,9 @@ struct Context {
   amp::PrecisionPolicy policy = amp::PrecisionPolicy::preset("32-true");
   std::uint64_t seed = 0;
   std::uint64_t step = 0;  // training step: with the seed, it keys dropout's counter-based randomness
+  // Data parallel: the ranks (global batch = replicas x the planned batch) and where this rank's rows
+  // begin in the global batch, so that dropout draws what one process with the global batch would.
+  std::uint64_t replicas = 1, first_row = 0;
   // What a training forward pass does with BatchNorm's running statistics: blend the batch's in at once
   // (update); blend them into a pending copy that end_step() commits only for an applied step (defer: the
   // trainer, so that a skipped step changes nothing); or leave them as they are (keep: the replay that

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "mpx/telemetry/numerics_monitor.h"
@@ -23,6 +24,9 @@ class PrometheusExporter {
 
   void record_step(std::int64_t step, double loss, double lr, double loss_scale, bool skipped, std::int64_t images,
                    double step_seconds);
+  // One step's gradient all-reduce (data parallel); relative_error on the steps that measure it.
+  void record_allreduce(const std::string& mode, double bytes, double seconds, double wait_seconds,
+                        std::optional<double> relative_error, double residual_norm);
   void record_epoch(int epoch, double train_loss, double test_accuracy);
   void record_sample(const NumericsSample& sample);
   void record_nonfinite(const NonFiniteOrigin& origin);

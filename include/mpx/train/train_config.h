@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "mpx/distributed/gradient_sync.h"
 #include "mpx/nn/gpt.h"
 #include "mpx/nn/model.h"
 
@@ -71,6 +72,12 @@ struct TrainConfig {
   // FP32 products (32-true, and FP32 layers) through TF32 tensor cores on CUDA (PrecisionPolicy::allow_tf32).
   // InvalidArgument with device cpu; automatic resolving to the CPU turns it off.
   bool tf32 = false;
+  // Data parallel (mpirun -np N, torchrun): how gradients travel between the ranks, the size of a
+  // gradient bucket (MB of FP32 gradients) and how long a collective may wait for a rank before the run
+  // names it and stops. batch_size is each rank's; the global batch is batch_size times the world size.
+  distributed::GradComm grad_comm = distributed::GradComm::fp32;
+  double bucket_mb = 25;
+  double comm_timeout_seconds = 30;
 };
 
 // Resolves defaults (precision) and checks ranges; throws InvalidArgument naming the setting.

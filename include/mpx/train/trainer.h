@@ -37,6 +37,7 @@ struct StepReport {
   double images_per_second = 0, elapsed_seconds = 0;  // images: samples (token windows for a GPT)
   double tokens_per_second = 0;                       // language models: predicted positions per second
   std::span<const std::int64_t> samples;              // the step's sample indices (valid in the callback)
+  const distributed::CommStats* comm = nullptr;       // data parallel: the step's gradient communication
 };
 
 // How the model does on the held-out set: accuracy (classes, or next tokens predicted exactly) and the
@@ -83,6 +84,17 @@ class Trainer {
   // Any datasets of samples the model takes; the subsets are the datasets' business here.
   Trainer(const TrainConfig& config, std::unique_ptr<Dataset> train_set, std::unique_ptr<Dataset> test_set);
   ~Trainer();
+  // Data parallel: this trainer is one rank of `group` (which must outlive it). Call before
+  // load_checkpoint and run(): each step then trains on this rank's share of a global batch of
+  // batch_size x group.size() samples (the rows one process with that batch would take, in order) and the
+  // gradients are averaged across the ranks as config().grad_comm says; evaluation is shared out.
+  void join(distributed::ProcessGroup& group);
+  int rank() const { return group_ ? group_->rank() : 0; }
+  int world_size() const { return group_ ? group_->size() : 1; }
+  std::int64_t global_batch() const { return config_.batch_size * world_size(); }
+  std::int64_t steps_per_epoch() const;
+  // Error feedback's residuals are each rank's own: written beside the checkpoint (checkpoint-ef-rank-K).
+  std::string residual_path(const std::string& checkpoint) const;
   TrainResult run(const Callbacks& callbacks = {});
   Evaluation evaluate();  // on the test (validation) set
   const TrainConfig& config() const { return config_; }
@@ -103,6 +115,8 @@ class Trainer {
   const MemoryTracker& memory() const;  // the engine's memory by category (device memory on CUDA)
   // What the settings make pointless, said before training (e.g. a drill past the last step).
   const std::vector<std::string>& warnings() const { return warnings_; }
+  // What resuming a checkpoint changed on the way ("" when nothing): another world size or --grad-comm.
+  const std::string& resume_notice() const { return resume_notice_; }
   // Where the run stands (after load_checkpoint: where it resumes): steps done, and the epoch it is in.
   std::int64_t steps_done() const { return position_.global_step; }
   int epoch() const { return position_.epoch; }
@@ -144,6 +158,12 @@ class Trainer {
   std::optional<telemetry::NonFiniteInjector> injector_;
   std::optional<telemetry::NumericsSample> pending_sample_;   // handed to the callbacks after the step
   std::optional<telemetry::NonFiniteOrigin> pending_origin_;
+  distributed::ProcessGroup* group_ = nullptr;
+  double share_ = 1;  // this rank's rows over the global batch's, in the current step
+  std::unique_ptr<distributed::GradientSync> sync_;
+  std::string resume_notice_;  // what load_checkpoint changed on the way (another world size or --grad-comm)
+  void save_residuals(const std::string& checkpoint);
+  void load_residuals(const std::string& checkpoint, const std::string& written_with, int written_world);
   std::unique_ptr<DivergenceRule> divergence_;  // one rule for every device
   std::vector<std::string> warnings_;
   // Where run() starts (after load_checkpoint) and where it is (for save_checkpoint).
@@ -169,6 +189,10 @@ class TrainingDiverged : public Error {
  private:
   telemetry::NonFiniteOrigin origin_;
 };
+
+// Steps in an epoch of `samples` with `world` ranks of `rank_batch` each: a last global batch too small to
+// give every rank a sample is left out.
+std::int64_t steps_per_epoch(std::int64_t samples, std::int64_t rank_batch, int world);
 
 // Whether `path` is a Trainer checkpoint (else, for --resume, a model file to start from). Throws IoError
 // when it is no readable safetensors file.

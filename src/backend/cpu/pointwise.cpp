@@ -85,7 +85,7 @@ void CpuBackend::dropout_forward(const Tensor& x, const DropoutArgs& args, const
   const auto threshold = static_cast<std::uint32_t>(static_cast<double>(args.probability) * 4294967296.0);
   // Counter-based: the mask depends on (key, element counter) only, never on threads.
   const std::uint64_t key = args.key;
-  const std::uint64_t base = args.step * args.planned_elements;
+  const std::uint64_t base = args.step * args.planned_elements + args.element_offset;
   const std::int64_t n = x.numel();
   // Element i takes word (base + i) % 4 of Philox block (base + i) / 4, as random_u32 does: one block
   // computed per four elements instead of per element.

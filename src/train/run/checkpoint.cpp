@@ -3,9 +3,12 @@
 // metadata under "mpx.checkpoint". Written atomically; the data's SHA-256 is verified on load. Weights and their
 // optimizer state are in PyTorch's layout, as in the model file (pytorch_layout.h).
 #include <cmath>
+#include <cstring>
+#include <filesystem>
 #include <cstdint>
 #include <span>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "../divergence_rule.h"
@@ -109,8 +112,56 @@ std::vector<CheckpointTensor> checkpoint_tensors(nn::Sequential& model, const st
 
 }  // namespace
 
+std::string Trainer::residual_path(const std::string& checkpoint) const {
+  const std::string suffix = ".safetensors";
+  const bool ends = checkpoint.size() > suffix.size() && checkpoint.ends_with(suffix);
+  return (ends ? checkpoint.substr(0, checkpoint.size() - suffix.size()) : checkpoint) + "-ef-rank-" +
+         std::to_string(rank()) + suffix;
+}
+
+void Trainer::save_residuals(const std::string& checkpoint) {
+  std::vector<io::TensorToWrite> tensors;
+  for (const auto& [name, r] : sync_->residuals()) {
+    tensors.push_back({name, DType::f32, {static_cast<std::int64_t>(r.size())}, r.data()});
+  }
+  io::write_safetensors(residual_path(checkpoint), tensors,
+                        {{"mpx.ef.step", std::to_string(position_.global_step)},
+                         {"mpx.ef.scale", fmt::format("{:.9g}", sync_->residual_scale())},
+                         {"mpx.ef.grad_comm", distributed::name(config_.grad_comm)},
+                         {"mpx.ef.rank", std::to_string(rank())}});
+}
+
+void Trainer::load_residuals(const std::string& checkpoint, const std::string& written_with, int written_world) {
+  const std::string mode = distributed::name(config_.grad_comm);
+  const auto restart = [&](const std::string& why) {
+    resume_notice_ += (resume_notice_.empty() ? "" : "; ") + why + ": the error-feedback residuals start from zero";
+  };
+  if (written_with != mode) return restart("--grad-comm is " + mode + ", the checkpoint's run had " + written_with);
+  if (written_world != world_size()) return restart("the world size changed");
+  const std::string path = residual_path(checkpoint);
+  if (!std::filesystem::exists(path)) return restart(path + " is missing");
+  const io::SafetensorsFile file = io::SafetensorsFile::read(path);
+  const auto step = file.metadata().find("mpx.ef.step");
+  if (step == file.metadata().end() || step->second != std::to_string(position_.global_step)) {
+    return restart(path + " is from another step than the checkpoint");
+  }
+  for (const auto& [name, r] : sync_->residuals()) {
+    const io::SafetensorsEntry* e = file.find(name);
+    if (!e || e->dtype != DType::f32 || e->shape != Shape{static_cast<std::int64_t>(r.size())}) {
+      throw IoError(path + ": residual '" + name + "' is missing or has another shape than this model's " + name);
+    }
+    std::memcpy(r.data(), file.data(*e).data(), r.size() * sizeof(float));
+  }
+  sync_->set_residual_scale(std::stof(file.metadata().at("mpx.ef.scale")));
+}
+
 void Trainer::save_checkpoint(const std::string& path) {
   if (path.empty()) throw InvalidArgument("checkpointing needs a path (TrainConfig::checkpoint_path)");
+  if (sync_ && distributed::error_feedback(config_.grad_comm)) save_residuals(path);  // every rank its own
+  if (rank() != 0) {  // rank 0 writes the checkpoint; the barrier: a step's files are all there or it did not end
+    group_->barrier();
+    return;
+  }
   std::vector<io::TensorToWrite> tensors;
   nn::Sequential& model = this->model();  // in host memory (a device run's copy, brought up to date)
   FileOrder order(model);  // holds the reordered copies until the file is written
@@ -128,6 +179,8 @@ void Trainer::save_checkpoint(const std::string& path) {
                           {"train_seconds", position_.train_seconds},
                           {"last_loss", telemetry::json_number(position_.last_loss)},
                           {"consecutive_nonfinite", divergence_->in_a_row()},
+                          {"world_size", world_size()},
+                          {"grad_comm", distributed::name(config_.grad_comm)},
                           {"settings", settings_of(config_)}};
   if (loss_scaling_) {
     const amp::LossScalerState s = optimizer_->scaler_state();
@@ -137,6 +190,7 @@ void Trainer::save_checkpoint(const std::string& path) {
   const std::string text = state.dump();
   io::write_safetensors(path, tensors, {{kStateKey, text}, {kStateSha256Key, state_sha256(text)}, {"format", "pt"},
                                         {kLayoutKey, kPytorchLayout}});
+  if (group_) group_->barrier();
 }
 
 void Trainer::load_checkpoint(const std::string& path) {
@@ -184,7 +238,10 @@ void Trainer::load_checkpoint(const std::string& path) {
   // add up, the loss scale is a positive finite number.
   const StateReader in(state, path);
   const std::int64_t images = train_set_->size();
-  const std::int64_t steps_per_epoch = (images + config_.batch_size - 1) / config_.batch_size;
+  // Written by another world size: its position is validated in its own steps, then carried over below.
+  const int written_world = state.contains("world_size") ? static_cast<int>(in.integer("world_size", 1, 1 << 16)) : 1;
+  const std::int64_t written_batch = config_.batch_size * written_world;
+  const std::int64_t steps_per_epoch = train::steps_per_epoch(images, config_.batch_size, written_world);
   const std::int64_t schedule_steps = steps_per_epoch * config_.epochs;
   Position p;
   p.epoch = static_cast<int>(in.integer("epoch", 1, static_cast<std::int64_t>(config_.epochs) + 1));
@@ -194,7 +251,7 @@ void Trainer::load_checkpoint(const std::string& path) {
   if (p.global_step > schedule_steps) in.fail("global_step", state["global_step"], "is past the run's last step");
   p.skipped_steps = in.integer("skipped_steps", 0, p.global_step);
   p.nonfinite_steps = in.integer("nonfinite_steps", 0, p.global_step);
-  const std::int64_t seen = (p.epoch - 1) * images + p.step_in_epoch * config_.batch_size;
+  const std::int64_t seen = (p.epoch - 1) * images + p.step_in_epoch * written_batch;
   p.images_seen = in.integer("images_seen", seen, seen);
   p.train_seconds = in.real("train_seconds", 0, 1e12);
   if (state.contains("last_loss") && state["last_loss"].is_number()) p.last_loss = state["last_loss"].get<float>();
@@ -223,7 +280,28 @@ void Trainer::load_checkpoint(const std::string& path) {
       }
     }
   }
+  resume_notice_.clear();
+  if (written_world != world_size()) {
+    // The data order is the global one: continue the epoch at the first sample the old world had not reached.
+    const std::int64_t samples = p.step_in_epoch * written_batch;
+    p.step_in_epoch = std::min(samples / global_batch(), std::max<std::int64_t>(0, this->steps_per_epoch() - 1));
+    resume_notice_ = fmt::format("the checkpoint was written by {} rank{} (global batch {}), this run has {} (global batch "
+                                 "{}): the data order stays the same, epoch {} continues at sample {}{}",
+                                 written_world, written_world == 1 ? "" : "s", written_batch, world_size(),
+                                 global_batch(), p.epoch, p.step_in_epoch * global_batch(),
+                                 samples % global_batch() ? fmt::format(" ({} samples again)", samples % global_batch()) : "");
+  }
   position_ = p;
+  if (sync_ && distributed::error_feedback(config_.grad_comm)) {
+    load_residuals(path, state.contains("grad_comm") && state["grad_comm"].is_string() ? state["grad_comm"].get<std::string>()
+                                                                                       : "fp32",
+                   written_world);
+  } else if (state.contains("grad_comm") && state["grad_comm"].is_string() &&
+             state["grad_comm"].get<std::string>() != distributed::name(config_.grad_comm) && world_size() > 1) {
+    resume_notice_ += (resume_notice_.empty() ? "" : "; ") + std::string("--grad-comm is ") +
+                      distributed::name(config_.grad_comm) + ", the checkpoint's run had " +
+                      state["grad_comm"].get<std::string>();
+  }
   divergence_->restore(in_a_row);
   optimizer_->load(ls, optimizer_steps);
   copy_state_to_device();  // and the working copies from the masters

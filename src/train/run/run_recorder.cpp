@@ -25,11 +25,28 @@ bool RunRecorder::step(const StepReport& r) {
     nlohmann::json record = {{"type", "step"}, {"step", r.step}, {"epoch", r.epoch}, {"loss", json_number(r.loss)},
                              {"lr", r.lr}, {"loss_scale", r.loss_scale}, {"skipped", r.skipped},
                              {"images_per_second", r.images_per_second}, {"elapsed_seconds", r.elapsed_seconds}};
+    if (r.comm) {
+      record["comm"] = {{"mode", distributed::name(config_.grad_comm)}, {"bytes_sent", r.comm->bytes_sent},
+                        {"seconds", r.comm->comm_seconds}, {"wait_seconds", r.comm->wait_seconds},
+                        {"buckets", r.comm->buckets}};
+    }
     if (r.tokens_per_second > 0) {
       record["tokens_per_second"] = r.tokens_per_second;
       tensorboard_.scalar("train/tokens_per_second", r.tokens_per_second, r.step);
     }
     run_.append_metrics(record);
+  }
+  if (r.comm) {
+    const distributed::CommStats& c = *r.comm;
+    metrics_.record_allreduce(distributed::name(config_.grad_comm), static_cast<double>(c.bytes_sent), c.comm_seconds,
+                              c.wait_seconds, c.relative_error, c.residual_norm);
+    if (c.relative_error) {  // M9: every --numerics-every steps
+      tensorboard_.scalar("comm/allreduce_relative_error", *c.relative_error, r.step);
+      run_.append_metrics({{"type", "allreduce"}, {"step", r.step}, {"mode", distributed::name(config_.grad_comm)},
+                           {"relative_error", *c.relative_error}, {"residual_norm", c.residual_norm},
+                           {"bytes_sent", c.bytes_sent}, {"payload_bytes", c.payload_bytes},
+                           {"comm_seconds", c.comm_seconds}, {"wait_seconds", c.wait_seconds}, {"buckets", c.buckets}});
+    }
   }
   if (config_.record_samples) {
     run_.append_metrics({{"type", "samples"}, {"step", r.step}, {"indices", std::vector<std::int64_t>(r.samples.begin(), r.samples.end())}});

@@ -14,6 +14,7 @@
 #include "mpx/artifacts/convert.h"
 #include "mpx/build_info.h"
 #include "mpx/core/error.h"
+#include "mpx/distributed/process_group.h"
 #include "mpx/numeric/convert.h"
 #include "mpx/telemetry/prometheus_exporter.h"
 #include "mpx/telemetry/tensorboard_writer.h"
@@ -92,7 +93,8 @@ nlohmann::json config_json(const RunOptions& o, const TrainConfig& c) {
           {"schedule", name(c.schedule)}, {"clip_norm", c.clip_norm}, {"seed", c.seed}, {"device", name(c.device)},
           {"tf32", c.tf32}, {"threads", omp_get_max_threads()}, {"data", o.data}, {"train_subset", c.train_subset},
           {"test_subset", c.test_subset}, {"mpx_version", build::kVersion},
-          {"cpu_conversion_path", std::string(numeric::name(numeric::best_cpu_path()))}};
+          {"cpu_conversion_path", std::string(numeric::name(numeric::best_cpu_path()))},
+          {"world_size", o.world.size}, {"grad_comm", distributed::name(c.grad_comm)}, {"bucket_mb", c.bucket_mb}};
   if (const auto gpt = gpt_config(c)) {
     j.erase("data");
     j["text"] = o.tokens.empty() ? (o.text.empty() ? io::kDefaultTextCorpus : o.text) : "";
@@ -104,6 +106,31 @@ nlohmann::json config_json(const RunOptions& o, const TrainConfig& c) {
     j["eval_every"] = c.eval_every;
   }
   return j;
+}
+
+// Every rank must train the same model the same way: each sends its settings, and a difference names the
+// setting and the rank (on every rank, so that all stop with the same message).
+void check_same_settings(distributed::ProcessGroup& group, const RunOptions& o, const TrainConfig& c) {
+  nlohmann::json mine = config_json(o, c);
+  mine.erase("threads");  // a rank may use fewer cores
+  mine["resume"] = o.resume;
+  mine["comm_timeout"] = c.comm_timeout_seconds;
+  mine["checkpoint_every"] = c.checkpoint_every;
+  mine["numerics_every"] = c.numerics_every;
+  mine["max_steps"] = c.max_steps;
+  mine["inject_nonfinite"] = c.inject_nonfinite;
+  const std::vector<std::string> all = group.exchange("settings", mine.dump());
+  const nlohmann::json first = nlohmann::json::parse(all.front());
+  for (std::size_t r = 1; r < all.size(); ++r) {
+    const nlohmann::json other = nlohmann::json::parse(all[r]);
+    for (const auto& [key, value] : first.items()) {
+      if (!other.contains(key) || other[key] != value) {
+        throw InvalidArgument(fmt::format("rank {} was started with {} = {}, rank 0 with {}: every rank must run with the same "
+                                          "settings (start them all with one command)",
+                                          r, key, other.contains(key) ? other[key].dump() : "(unset)", value.dump()));
+      }
+    }
+  }
 }
 
 // The serving copy: the FP32 model converted (normalisation kept in FP32), overflow clamped and counted.
@@ -132,24 +159,39 @@ RunOutcome run_training(const RunOptions& o, const RunEvents& events) {
   const bool resume_dir = !o.resume.empty() && std::filesystem::is_directory(o.resume);
   const std::string resume_file = resume_dir ? o.resume + "/checkpoint.safetensors" : o.resume;
   const TrainConfig resolved = resolve(settings);
+  // Data parallel: the ranks connect first, agree on the settings and take rank 0's run directory.
+  std::unique_ptr<distributed::ProcessGroup> group;
+  if (o.world.distributed()) {
+    group = std::make_unique<distributed::ProcessGroup>(distributed::ProcessGroup::Options{
+        o.world.rank, o.world.size, o.world.master_addr, o.world.master_port,
+        std::chrono::milliseconds(static_cast<std::int64_t>(resolved.comm_timeout_seconds * 1000))});
+    check_same_settings(*group, o, resolved);
+  }
+  const bool writer = !group || group->rank() == 0;  // rank 0 writes the run's files
   RunOutcome outcome;
   outcome.out = !o.out.empty() ? o.out : resume_dir ? o.resume : default_run_name(resolved);
+  if (group) outcome.out = group->broadcast("run_directory", outcome.out);
   settings.checkpoint_path = (std::filesystem::path(outcome.out) / "checkpoint.safetensors").string();
   TrainConfig config = resolve(settings);
   // Every setting is checked before anything slow or anything written.
   const bool serving = !o.serving_dtype.empty();
   const DType serving_dtype = serving ? artifacts::parse_target_dtype(o.serving_dtype, "--serving-dtype") : DType::f16;
-  RunDirectory run(outcome.out);  // fails before loading data or training if it cannot be written
+  std::optional<RunDirectory> run;  // fails before loading data or training if it cannot be written
+  if (writer) run.emplace(outcome.out);
   // Also before any training: a port in use is a clear error now, not after the data is loaded.
-  telemetry::PrometheusExporter metrics(o.metrics_bind, o.metrics_port);
+  telemetry::PrometheusExporter metrics(o.metrics_bind, writer ? o.metrics_port : 0);
   RunData data = load_run_data(o, config);
   Trainer trainer(config, std::move(data.train), std::move(data.test));
+  if (group) trainer.join(*group);
   RunStart start;
   start.data_description = data.description;
+  start.rank = o.world.rank;
+  start.world_size = o.world.size;
   std::optional<RunDirectory::Resume> continued;  // resumed from this directory's own checkpoint
   if (!resume_file.empty() && is_checkpoint(resume_file)) {
     trainer.load_checkpoint(resume_file);
     start.resumed_from = resume_file;
+    start.notice = trainer.resume_notice();
     std::error_code ec;
     if (std::filesystem::equivalent(std::filesystem::path(resume_file).parent_path(), outcome.out, ec)) {
       continued = RunDirectory::Resume{trainer.steps_done(), trainer.epoch()};
@@ -159,9 +201,15 @@ RunOutcome run_training(const RunOptions& o, const RunEvents& events) {
     start.warm_started_from = resume_file;
   }
   // Everything checked: the first writes into the run directory.
-  run.begin(continued);
-  telemetry::TensorBoardWriter tensorboard(run.file("tensorboard"));
-  write_json_atomic(run.file("config.json"), config_json(o, config));
+  std::optional<telemetry::TensorBoardWriter> tensorboard;
+  std::optional<RunRecorder> recorder;
+  if (writer) {
+    run->begin(continued);
+    tensorboard.emplace(run->file("tensorboard"));
+    write_json_atomic(run->file("config.json"), config_json(o, config));
+    recorder.emplace(*run, metrics, *tensorboard, config);
+  }
+  if (group) group->barrier();  // the run directory is there before any rank writes into it
   start.config = config;
   start.out = outcome.out;
   start.device_name = trainer.device_name();
@@ -169,28 +217,27 @@ RunOutcome run_training(const RunOptions& o, const RunEvents& events) {
   start.metrics_url = metrics.url();
   if (events.on_start) events.on_start(start);
 
-  RunRecorder recorder(run, metrics, tensorboard, config);
   const Callbacks& user = events.training;
   Callbacks callbacks;
   callbacks.on_step = [&](const StepReport& r) {
     StepReport reported = r;
-    reported.logged = recorder.step(r);
+    reported.logged = recorder ? recorder->step(r) : r.step % config.log_every == 0 || r.step == r.total_steps;
     if (user.on_step) user.on_step(reported);
   };
   callbacks.on_epoch = [&](const EpochReport& e) {
     if (user.on_epoch) user.on_epoch(e);
-    recorder.epoch(e, trainer.memory());
+    if (recorder) recorder->epoch(e, trainer.memory());
   };
   callbacks.on_eval = [&](const EvalReport& e) {
-    recorder.eval(e);
+    if (recorder) recorder->eval(e);
     if (user.on_eval) user.on_eval(e);
   };
   callbacks.on_numerics = [&](const telemetry::NumericsSample& sample) {
-    recorder.numerics(sample);
+    if (recorder) recorder->numerics(sample);
     if (user.on_numerics) user.on_numerics(sample);
   };
   callbacks.on_nonfinite = [&](const telemetry::NonFiniteOrigin& origin) {
-    recorder.nonfinite(origin);
+    if (recorder) recorder->nonfinite(origin);
     if (user.on_nonfinite) user.on_nonfinite(origin);
   };
 
@@ -198,7 +245,8 @@ RunOutcome run_training(const RunOptions& o, const RunEvents& events) {
     outcome.result = trainer.run(callbacks);
   } catch (const TrainingDiverged& e) {
     // The run's records say where and why it stopped, so that `mpx report` shows a diverged run too.
-    recorder.nonfinite(e.origin());
+    if (!writer) throw;
+    recorder->nonfinite(e.origin());
     TrainResult stopped;
     stopped.steps = e.origin().step;
     stopped.final_loss = NAN;
@@ -208,13 +256,16 @@ RunOutcome run_training(const RunOptions& o, const RunEvents& events) {
     nlohmann::json summary = summary_json(config, stopped, trainer.memory(), omp_get_max_threads());
     summary["status"] = "diverged";
     summary["error"] = e.what();
-    write_json_atomic(run.file("summary.json"), summary);
+    write_json_atomic(run->file("summary.json"), summary);
     throw;
   }
   const TrainResult& result = outcome.result;
-  recorder.memory_peaks(trainer.memory());
+  if (!writer) return outcome;  // the others' work ends with training
+  recorder->memory_peaks(trainer.memory());
   outcome.summary = summary_json(config, result, trainer.memory(), omp_get_max_threads());
   outcome.summary["status"] = "completed";
+  if (group) outcome.summary["distributed"] = {{"world_size", group->size()}, {"grad_comm", distributed::name(config.grad_comm)},
+                                               {"bucket_mb", config.bucket_mb}, {"launcher", o.world.launcher}};
   std::map<std::string, std::string> metadata = {{"mpx.model", config.model}, {"mpx.precision", config.precision},
                                                  {"mpx.test_accuracy", fmt::format("{:.6f}", result.test_accuracy)},
                                                  {"mpx.version", build::kVersion}};
@@ -228,15 +279,15 @@ RunOutcome run_training(const RunOptions& o, const RunEvents& events) {
     metadata["mpx.tokenizer"] = data.corpus->vocabulary == 256 ? "bytes" : "gpt2";
     metadata["mpx.val_loss"] = fmt::format("{:.6f}", result.test_loss);
   }
-  save_model(run.file("model.safetensors"), trainer.model(), metadata);
+  save_model(run->file("model.safetensors"), trainer.model(), metadata);
   if (serving) {
-    const ServingCopy copy = write_serving_copy(run, serving_dtype);
+    const ServingCopy copy = write_serving_copy(*run, serving_dtype);
     outcome.summary["serving_copy"] = {{"file", copy.path}, {"dtype", copy.dtype}, {"overflowed", copy.overflowed},
                                        {"underflowed_to_zero", copy.underflowed}, {"subnormal", copy.subnormal},
                                        {"max_relative_error", copy.max_relative_error}};
     if (events.on_serving_copy) events.on_serving_copy(copy);
   }
-  outcome.summary_path = run.file("summary.json");
+  outcome.summary_path = run->file("summary.json");
   write_json_atomic(outcome.summary_path, outcome.summary);
   if (!metrics.url().empty() && o.metrics_linger_seconds > 0) {
     if (events.on_linger) events.on_linger(o.metrics_linger_seconds);

@@ -10,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "mpx/distributed/world.h"
 #include "mpx/io/fashion_mnist.h"
 #include "mpx/io/token_corpus.h"
 #include "mpx/train/trainer.h"
@@ -28,6 +29,9 @@ struct RunOptions {
   int metrics_port = 0;                           // Prometheus endpoint (0: off)
   std::string metrics_bind = "127.0.0.1";
   double metrics_linger_seconds = 0;  // keep serving metrics after training
+  // Data parallel (world.size > 1): this process is one rank. Rank 0 writes the run directory's files and
+  // checkpoints; every rank checks at the start that all run with the same settings.
+  distributed::WorldInfo world;
 };
 
 // What a run tells whoever started it, in order.
@@ -39,6 +43,7 @@ struct RunStart {
   std::string resumed_from, warm_started_from, notice;  // what --resume did ("" when nothing)
   std::vector<std::string> warnings;                   // settings that cannot do what they say
   std::string data_description;  // "Fashion-MNIST", "data/bible-kjv.txt (4.0M training tokens, ...)"
+  int rank = 0, world_size = 1;   // data parallel: which rank reports (only rank 0 writes the run's files)
 };
 
 struct ServingCopy {
