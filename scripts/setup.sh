@@ -12,6 +12,8 @@ packages=(
   # Debian's dnnl-config.cmake calls find_package(OpenCL): its recommended OpenCL package is required.
   libdnnl-dev ocl-icd-opencl-dev zlib1g-dev prometheus-cpp-dev libssl-dev
   dataset-fashion-mnist
+  # Data parallel: Gloo's collectives (TCP, timeouts), and OpenMPI's mpirun to launch the ranks.
+  libgloo-dev openmpi-bin
   # The default text corpus of the GPT models: the King James Bible, written out by its `bible` reader.
   bible-kjv
 )

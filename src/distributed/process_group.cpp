@@ -179,14 +179,20 @@ int ProcessGroup::missing_rank() {
     }
   };
   try {
+    // Survivors say so first: a survivor that exits while the others look is not the one that failed.
+    m.store->set("survivor/" + std::to_string(m.options.rank), bytes("1"));
     std::vector<std::string> before, after;
     read(before);
     std::this_thread::sleep_for(kStaleAfter);
     read(after);
+    int stale = -1;
     for (int r = 0; r < m.options.size; ++r) {
-      if (r != m.options.rank && before[static_cast<std::size_t>(r)] == after[static_cast<std::size_t>(r)]) return r;
+      if (r == m.options.rank || before[static_cast<std::size_t>(r)] != after[static_cast<std::size_t>(r)]) continue;
+      std::vector<char> ignored;
+      if (!m.store->try_get("survivor/" + std::to_string(r), ignored)) return r;
+      if (stale < 0) stale = r;
     }
-    return -1;
+    return stale;
   } catch (const std::exception&) {
     return 0;  // the rendezvous lives in rank 0: it is rank 0 that is gone or stopped
   }
