@@ -24,6 +24,9 @@ using namespace std::chrono_literals;
 constexpr auto kHeartbeatInterval = 200ms;
 // A rank whose heartbeat has not moved for this long is the one that stopped (5 intervals missed).
 constexpr auto kStaleAfter = 1200ms;
+// Collectives give up this much before the timeout, so that naming the missing rank (the heartbeat check)
+// still ends within it.
+constexpr auto kDiagnosis = 1500ms;
 
 std::vector<char> bytes(const std::string& s) { return {s.begin(), s.end()}; }
 std::string text(const std::vector<char>& v) { return {v.begin(), v.end()}; }
@@ -60,6 +63,10 @@ struct ProcessGroup::Impl {
   std::unique_ptr<TcpStoreClient> store;
   std::shared_ptr<gloo::rendezvous::Context> context;
   std::uint32_t tag = 0;
+  bool failed = false;  // a collective failed: the destructor does not wait for the others
+  std::chrono::milliseconds collective_timeout() const {
+    return options.timeout > 2 * kDiagnosis ? options.timeout - kDiagnosis : options.timeout;
+  }
   std::vector<float> scratch_a, scratch_b;  // the 16-bit reduction's FP32 operands
 
   // The heartbeat: a counter this rank advances in the store every interval, on its own connection.
@@ -100,7 +107,7 @@ struct ProcessGroup::Impl {
 
   void run(gloo::AllreduceOptions& opts) {
     opts.setTag(tag++);
-    opts.setTimeout(options.timeout);
+    opts.setTimeout(collective_timeout());
     gloo::allreduce(opts);
   }
 };
@@ -135,7 +142,7 @@ ProcessGroup::ProcessGroup(const Options& o) : impl_(std::make_unique<Impl>()) {
   try {
     auto device = gloo::transport::tcp::CreateDevice(transport_address(m.options.master_addr));
     m.context = std::make_shared<gloo::rendezvous::Context>(o.rank, o.size);
-    m.context->setTimeout(o.timeout);
+    m.context->setTimeout(m.collective_timeout());
     gloo::rendezvous::PrefixStore prefixed("gloo", *m.store);
     m.context->connectFullMesh(prefixed, device);
   } catch (const CommunicationError&) {
@@ -152,6 +159,7 @@ ProcessGroup::ProcessGroup(const Options& o) : impl_(std::make_unique<Impl>()) {
 ProcessGroup::~ProcessGroup() {
   Impl& m = *impl_;
   m.stop_heartbeat();
+  if (m.failed) return;  // the others are gone or leaving too: nothing to wait for
   try {
     m.store->set("done/" + std::to_string(m.options.rank), bytes("1"));
     if (m.options.rank == 0) {  // the others may still be reading the rendezvous
@@ -171,16 +179,19 @@ std::chrono::milliseconds ProcessGroup::timeout() const { return impl_->options.
 
 int ProcessGroup::missing_rank() {
   Impl& m = *impl_;
-  const auto read = [&](std::vector<std::string>& out) {
-    out.assign(static_cast<std::size_t>(m.options.size), {});
-    for (int r = 0; r < m.options.size; ++r) {
-      std::vector<char> v;
-      if (r != m.options.rank && m.store->try_get("heartbeat/" + std::to_string(r), v)) out[static_cast<std::size_t>(r)] = text(v);
-    }
-  };
+  m.failed = true;
   try {
+    // A connection of its own with a short timeout: a stopped rank 0 answers nothing.
+    TcpStoreClient probe(m.options.master_addr, m.options.master_port, 1000ms);
+    const auto read = [&](std::vector<std::string>& out) {
+      out.assign(static_cast<std::size_t>(m.options.size), {});
+      for (int r = 0; r < m.options.size; ++r) {
+        std::vector<char> v;
+        if (r != m.options.rank && probe.try_get("heartbeat/" + std::to_string(r), v)) out[static_cast<std::size_t>(r)] = text(v);
+      }
+    };
     // Survivors say so first: a survivor that exits while the others look is not the one that failed.
-    m.store->set("survivor/" + std::to_string(m.options.rank), bytes("1"));
+    probe.set("survivor/" + std::to_string(m.options.rank), bytes("1"));
     std::vector<std::string> before, after;
     read(before);
     std::this_thread::sleep_for(kStaleAfter);
@@ -189,7 +200,7 @@ int ProcessGroup::missing_rank() {
     for (int r = 0; r < m.options.size; ++r) {
       if (r == m.options.rank || before[static_cast<std::size_t>(r)] != after[static_cast<std::size_t>(r)]) continue;
       std::vector<char> ignored;
-      if (!m.store->try_get("survivor/" + std::to_string(r), ignored)) return r;
+      if (!probe.try_get("survivor/" + std::to_string(r), ignored)) return r;
       if (stale < 0) stale = r;
     }
     return stale;
@@ -300,7 +311,7 @@ std::string ProcessGroup::broadcast(const std::string& key, const std::string& v
 void ProcessGroup::barrier() {
   gloo::BarrierOptions opts(impl_->context);
   opts.setTag(impl_->tag++);
-  opts.setTimeout(timeout());
+  opts.setTimeout(impl_->collective_timeout());
   try {
     gloo::barrier(opts);
   } catch (const std::exception& e) {
