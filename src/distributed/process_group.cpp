@@ -217,38 +217,21 @@ void ProcessGroup::fail(const std::string& during, const std::exception& e) {
                            seconds(timeout()) + ": " + e.what() + ")", missing);
 }
 
-void ProcessGroup::allreduce_sum(std::span<float> values) {
+template <typename T>
+void ProcessGroup::reduce(std::span<T> values, void (*add)(void*, const void*, const void*, std::size_t), const char* what) {
   gloo::AllreduceOptions opts(impl_->context);
   opts.setOutput(values.data(), values.size());
-  opts.setReduceFunction(static_cast<void (*)(void*, const void*, const void*, size_t)>(&gloo::sum<float>));
+  opts.setReduceFunction(add);
   try {
     impl_->run(opts);
   } catch (const std::exception& e) {
-    fail("an FP32 all-reduce", e);
+    fail(what, e);
   }
 }
 
-void ProcessGroup::allreduce_sum(std::span<double> values) {
-  gloo::AllreduceOptions opts(impl_->context);
-  opts.setOutput(values.data(), values.size());
-  opts.setReduceFunction(static_cast<void (*)(void*, const void*, const void*, size_t)>(&gloo::sum<double>));
-  try {
-    impl_->run(opts);
-  } catch (const std::exception& e) {
-    fail("an FP64 all-reduce", e);
-  }
-}
-
-void ProcessGroup::allreduce_max(std::span<float> values) {
-  gloo::AllreduceOptions opts(impl_->context);
-  opts.setOutput(values.data(), values.size());
-  opts.setReduceFunction(static_cast<void (*)(void*, const void*, const void*, size_t)>(&gloo::max<float>));
-  try {
-    impl_->run(opts);
-  } catch (const std::exception& e) {
-    fail("a max all-reduce", e);
-  }
-}
+void ProcessGroup::allreduce_sum(std::span<float> values) { reduce(values, &gloo::sum<float>, "an FP32 all-reduce"); }
+void ProcessGroup::allreduce_sum(std::span<double> values) { reduce(values, &gloo::sum<double>, "an FP64 all-reduce"); }
+void ProcessGroup::allreduce_max(std::span<float> values) { reduce(values, &gloo::max<float>, "a max all-reduce"); }
 
 void ProcessGroup::allreduce_sum_16(std::span<std::uint16_t> values, DType wire) {
   if (wire != DType::f16 && wire != DType::bf16) throw InvalidArgument("16-bit all-reduce takes f16 or bf16");

@@ -55,6 +55,8 @@ class ProcessGroup {
  private:
   struct Impl;
   [[noreturn]] void fail(const std::string& during, const std::exception& e);
+  template <typename T>
+  void reduce(std::span<T> values, void (*add)(void*, const void*, const void*, std::size_t), const char* what);
   std::unique_ptr<Impl> impl_;
 };
 
