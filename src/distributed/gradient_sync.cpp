@@ -158,7 +158,10 @@ GradientSync::GradientSync(ProcessGroup& group, nn::Sequential& model, Settings 
       bucket->slices.push_back({p, bucket->elements, n});
       bucket->elements += n;
       bucket->completing_layer = i;
-      if (bucket->elements * sizeof(float) >= settings_.bucket_bytes) {
+      // The first bucket is small (1 MB, as PyTorch DDP's): the last layers' gradients go out while most
+      // of backward is still to run.
+      const std::size_t cap = buckets_.empty() ? std::min<std::size_t>(settings_.bucket_bytes, 1u << 20) : settings_.bucket_bytes;
+      if (bucket->elements * sizeof(float) >= cap) {
         buckets_.push_back(std::move(bucket));
         bucket = std::make_unique<Bucket>();
       }

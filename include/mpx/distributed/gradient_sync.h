@@ -1,5 +1,6 @@
 // Data-parallel gradients: every rank's FP32 gradients averaged over the ranks during backward. The
-// parameters are grouped into buckets in backward order (PyTorch DDP's 25 MB by default); a bucket is
+// parameters are grouped into buckets in backward order (as PyTorch DDP: the first 1 MB, then 25 MB by
+// default); a bucket is
 // packed as soon as the last layer writing into it has run its backward and is all-reduced on a
 // communication thread while the earlier layers compute (overlap). Each rank's share is weighted by its
 // rows of the global batch before the cast (so that 16-bit values cannot overflow from the sum), and the
