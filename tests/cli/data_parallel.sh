@@ -93,6 +93,12 @@ grep -q 'rank 1 was started with precision = "bf16-mixed", rank 0 with "16-mixed
   fail "the refusal does not name the setting and the rank: $(cat "$work/m0.out")"
 echo "mismatched --precision refused: $(tail -1 "$work/m0.out")"
 
+# 4b. More ranks than training samples: refused on every rank.
+start_pair "$work/tiny" --train-subset 1 --epochs 1
+wait "$rank0" && fail "2 ranks trained on 1 sample"
+grep -q "cannot be shared out among 2 ranks" "$work/rank0.out" || fail "unclear error for more ranks than samples: $(cat "$work/rank0.out")"
+echo "more ranks than samples: $(tail -1 "$work/rank0.out")"
+
 # 5. A rank that cannot reach the rendezvous: a clear error within the timeout.
 next_port
 start=$(date +%s)
