@@ -97,6 +97,12 @@ void run_train(TrainOptions& o) {
   o.run.config.device = train::parse_device(o.device);
   o.run.config.grad_comm = distributed::parse_grad_comm(o.grad_comm);
   o.run.world = distributed::world_from_environment();
+  if (o.run.world.local_size > 1 && o.threads == 0 && cores > 0) {
+    // N ranks on one host each taking every core would oversubscribe it: share the cores out (torchrun
+    // sets OMP_NUM_THREADS=1 for the same reason).
+    o.threads = std::max(1, static_cast<int>(cores) / o.run.world.local_size);
+    omp_set_num_threads(o.threads);
+  }
   const bool terminal = !o.no_progress && ::isatty(STDERR_FILENO);
   train::TrainConfig config;
   train::RunEvents events;

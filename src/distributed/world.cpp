@@ -39,6 +39,12 @@ WorldInfo world_from_environment(const std::function<const char*(const char*)>& 
     w.launcher = l.launcher;
     break;
   }
+  for (const char* var : {"OMPI_COMM_WORLD_LOCAL_SIZE", "LOCAL_WORLD_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE"}) {
+    if (env(var) && w.size > 1) {
+      w.local_size = integer(var, env(var), 1, w.size);
+      break;
+    }
+  }
   if (const char* addr = env("MASTER_ADDR")) w.master_addr = addr;
   if (const char* port = env("MASTER_PORT")) w.master_port = integer("MASTER_PORT", port, 1, 65535);
   return w;

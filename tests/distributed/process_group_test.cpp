@@ -22,7 +22,8 @@ using namespace std::chrono_literals;
 
 TEST(World, ReadsMpirunTorchrunAndPmiVariables) {
   std::map<std::string, std::string> env = {{"OMPI_COMM_WORLD_RANK", "1"}, {"OMPI_COMM_WORLD_SIZE", "4"},
-                                            {"OMPI_COMM_WORLD_LOCAL_RANK", "1"}, {"MASTER_PORT", "12345"}};
+                                            {"OMPI_COMM_WORLD_LOCAL_RANK", "1"}, {"OMPI_COMM_WORLD_LOCAL_SIZE", "2"},
+                                            {"MASTER_PORT", "12345"}};
   const auto getenv = [&](const char* name) -> const char* {
     const auto it = env.find(name);
     return it == env.end() ? nullptr : it->second.c_str();
@@ -32,6 +33,7 @@ TEST(World, ReadsMpirunTorchrunAndPmiVariables) {
   EXPECT_EQ(w.size, 4);
   EXPECT_EQ(w.launcher, "mpirun");
   EXPECT_EQ(w.master_port, 12345);
+  EXPECT_EQ(w.local_size, 2);
   EXPECT_EQ(w.master_addr, "127.0.0.1");
   env = {{"RANK", "2"}, {"WORLD_SIZE", "3"}, {"LOCAL_RANK", "0"}, {"MASTER_ADDR", "node-a"}};
   w = world_from_environment(getenv);

@@ -13,6 +13,7 @@ namespace mpx::distributed {
 
 struct WorldInfo {
   int rank = 0, size = 1, local_rank = 0;
+  int local_size = 1;  // ranks on this host (OMPI_COMM_WORLD_LOCAL_SIZE, LOCAL_WORLD_SIZE, SLURM_NTASKS_PER_NODE)
   std::string launcher = "none";  // "mpirun", "pmi", "torchrun" or "none"
   // Where rank 0 keeps the rendezvous (MASTER_ADDR / MASTER_PORT; one host: the loopback).
   std::string master_addr = "127.0.0.1";
