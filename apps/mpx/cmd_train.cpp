@@ -55,19 +55,19 @@ void apply_gpt_defaults(TrainOptions& o) {
   if (!o.given("--log-every")) c.log_every = 10;
 }
 
-// Ranks other than 0 write what they print to RUN/rank-K.log; the terminal's stderr stays for the one line
-// that says why a rank stops.
-int g_terminal_stderr = STDERR_FILENO;
-void log_to_rank_file(const std::string& out, int rank) {
+// Ranks other than 0 write what they print to RUN/rank-K.log. Returns the terminal's stderr, kept for the
+// one line that says why a rank stops.
+int log_to_rank_file(const std::string& out, int rank) {
   const std::string path = out + "/rank-" + std::to_string(rank) + ".log";
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   if (fd < 0) throw IoError("cannot write " + path + ": " + std::strerror(errno));
   std::fflush(stdout);
   std::fflush(stderr);
-  g_terminal_stderr = ::dup(STDERR_FILENO);
+  const int terminal = ::dup(STDERR_FILENO);
   ::dup2(fd, STDOUT_FILENO);
   ::dup2(fd, STDERR_FILENO);
   ::close(fd);
+  return terminal;
 }
 
 std::string format_duration(double seconds) {
@@ -108,10 +108,11 @@ void run_train(TrainOptions& o) {
   train::RunEvents events;
   std::string last_val;  // the latest validation loss, for the progress line
   std::string out_dir;
+  int terminal_stderr = STDERR_FILENO;
   events.on_start = [&](const train::RunStart& s) {
     config = s.config;
     out_dir = s.out;
-    if (s.rank > 0) log_to_rank_file(s.out, s.rank);
+    if (s.rank > 0) terminal_stderr = log_to_rank_file(s.out, s.rank);
     for (const std::string& warning : s.warnings) fmt::print(stderr, "warning: {}\n", warning);
     if (!s.resumed_from.empty()) fmt::print("resuming from {}\n", s.resumed_from);
     if (!s.notice.empty()) fmt::print(stderr, "note: {}\n", s.notice);
@@ -193,8 +194,8 @@ void run_train(TrainOptions& o) {
     }
     line += "\n";
     std::fflush(stdout);
-    if (g_terminal_stderr != STDERR_FILENO && ::write(STDERR_FILENO, line.data(), line.size()) < 0) { /* the log is gone */ }
-    if (::write(g_terminal_stderr, line.data(), line.size()) < 0) { /* nowhere left to say it */ }
+    if (terminal_stderr != STDERR_FILENO && ::write(STDERR_FILENO, line.data(), line.size()) < 0) { /* the log is gone */ }
+    if (::write(terminal_stderr, line.data(), line.size()) < 0) { /* nowhere left to say it */ }
     std::_Exit(2);
   }
   if (o.run.world.rank > 0) return;  // rank 0 reports the run

@@ -278,10 +278,9 @@ GradientSync::Reduced GradientSync::finish(float local_loss) {
     stats_.payload_bytes += b->elements * wire_size;
     if (b->measured) {
       double diff = 0, norm = 0;
-      const float* reduced = b->slices.front().parameter->grad.data_as<float>();
       // The bucket's gradients are now in its parameters; compare slice by slice with the FP32 reduction.
       for (const Bucket::Slice& s : b->slices) {
-        reduced = s.parameter->grad.data_as<float>();
+        const float* reduced = s.parameter->grad.data_as<float>();
         for (std::size_t i = 0; i < s.count; ++i) {
           const double d = static_cast<double>(reduced[i]) - b->reference[s.offset + i];
           diff += d * d;

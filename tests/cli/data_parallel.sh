@@ -69,6 +69,16 @@ start_pair "$work/halves" "${run[@]}" --checkpoint-every 15 --resume "$work/halv
   fail "a resumed 2-rank run differs from the straight one"
 [ -f "$work/halves/checkpoint-ef-rank-1.safetensors" ] || fail "rank 1's error-feedback residuals were not checkpointed"
 echo "2-rank fp16+ef resume is bit-exact, residuals included"
+# A damaged residual file: a clear error naming it on its rank, and that rank does not train.
+cp -r "$work/halves" "$work/damaged"
+head -c 100 "$work/halves/checkpoint-ef-rank-1.safetensors" > "$work/damaged/checkpoint-ef-rank-1.safetensors"
+start_pair "$work/damaged" "${run[@]}" --checkpoint-every 15 --comm-timeout 5 --resume "$work/damaged"
+wait "$rank1" && fail "rank 1 resumed from a damaged residual file"
+wait "$rank0" && fail "rank 0 finished although rank 1 could not resume"
+grep -q "checkpoint-ef-rank-1.safetensors" "$work/rank1.out" ||
+  fail "the damaged residual file is not named: $(cat "$work/rank1.out")"
+cmp -s "$work/halves/model.safetensors" "$work/damaged/model.safetensors" || fail "the failed resume changed the model file"
+echo "damaged residual file: $(grep -m1 "checkpoint-ef-rank-1" "$work/rank1.out" | cut -c1-150)"
 
 # 3. Another world size and another --grad-comm continue and say so.
 out=$("$MPX" train "${common[@]}" "${base[@]}" --grad-comm fp32 --max-steps 20 --resume "$work/halves/checkpoint.safetensors" \

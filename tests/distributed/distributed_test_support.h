@@ -1,9 +1,5 @@
-// Ranks as threads: a free port for the rendezvous and one ProcessGroup per thread.
+// Ranks as threads: one ProcessGroup per thread, meeting at a free port.
 #pragma once
-
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <functional>
@@ -11,20 +7,11 @@
 #include <vector>
 
 #include "mpx/distributed/process_group.h"
+#include "../support/free_port.h"
 
 namespace mpx::distributed {
 
-inline int free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  socklen_t len = sizeof(a);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
+using test::free_port;
 
 // Runs `body` on `world` ranks, each a thread with its own ProcessGroup; waits for all.
 inline void run_ranks(int world, const std::function<void(ProcessGroup&)>& body,

@@ -173,7 +173,6 @@ class CudaBackend final : public Backend {
   // The kernel reads the step from device memory (a captured graph replays with the counter it finds);
   // eagerly it is set from the host whenever it differs.
   void dropout_forward(const Tensor& x, const DropoutArgs& args, const Tensor& keep, const Tensor& y) override {
-    if (args.element_offset != 0) throw NotAvailable("dropout on CUDA has no data-parallel row offset (no NCCL path yet)");
     if (!step_counter_) {
       step_counter_ = context_.pool().allocate(sizeof(std::uint64_t), MemoryCategory::workspace);
       counter_value_ = ~args.step;

@@ -3,6 +3,7 @@
 // metadata under "mpx.checkpoint". Written atomically; the data's SHA-256 is verified on load. Weights and their
 // optimizer state are in PyTorch's layout, as in the model file (pytorch_layout.h).
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <cstdint>
@@ -145,6 +146,18 @@ void Trainer::load_residuals(const std::string& checkpoint, const std::string& w
   if (step == file.metadata().end() || step->second != std::to_string(position_.global_step)) {
     return restart(path + " is from another step than the checkpoint");
   }
+  const auto scale = file.metadata().find("mpx.ef.scale");
+  float residual_scale = 0;
+  if (scale != file.metadata().end()) {
+    const char* text = scale->second.c_str();
+    char* end = nullptr;
+    residual_scale = std::strtof(text, &end);
+    if (end == text || *end != '\0') residual_scale = 0;
+  }
+  if (!(residual_scale > 0 && std::isfinite(residual_scale))) {
+    throw IoError(path + ": damaged residual file: mpx.ef.scale is missing or not a positive number; delete the file "
+                  "to resume with the residuals from zero");
+  }
   for (const auto& [name, r] : sync_->residuals()) {
     const io::SafetensorsEntry* e = file.find(name);
     if (!e || e->dtype != DType::f32 || e->shape != Shape{static_cast<std::int64_t>(r.size())}) {
@@ -152,7 +165,7 @@ void Trainer::load_residuals(const std::string& checkpoint, const std::string& w
     }
     std::memcpy(r.data(), file.data(*e).data(), r.size() * sizeof(float));
   }
-  sync_->set_residual_scale(std::stof(file.metadata().at("mpx.ef.scale")));
+  sync_->set_residual_scale(residual_scale);
 }
 
 void Trainer::save_checkpoint(const std::string& path) {

@@ -112,7 +112,8 @@ nlohmann::json config_json(const RunOptions& o, const TrainConfig& c) {
 // setting and the rank (on every rank, so that all stop with the same message).
 void check_same_settings(distributed::ProcessGroup& group, const RunOptions& o, const TrainConfig& c) {
   nlohmann::json mine = config_json(o, c);
-  mine.erase("threads");  // a rank may use fewer cores
+  mine.erase("threads");              // a rank may use fewer cores
+  mine.erase("cpu_conversion_path");  // every path gives the same bits: machines may differ
   mine["resume"] = o.resume;
   mine["comm_timeout"] = c.comm_timeout_seconds;
   mine["checkpoint_every"] = c.checkpoint_every;
