@@ -14,6 +14,8 @@ packages=(
   dataset-fashion-mnist
   # Data parallel: Gloo's collectives (TCP, timeouts), and OpenMPI's mpirun to launch the ranks.
   libgloo-dev openmpi-bin
+  # mpx serve: the HTTP server library.
+  libcpp-httplib-dev
   # The default text corpus of the GPT models: the King James Bible, written out by its `bible` reader.
   bible-kjv
 )

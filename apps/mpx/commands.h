@@ -21,6 +21,7 @@ void add_inspect_command(CLI::App& app);
 void add_convert_command(CLI::App& app);
 void add_parity_command(CLI::App& app);
 void add_predict_command(CLI::App& app);
+void add_serve_command(CLI::App& app);
 void add_bench_training_commands(CLI::App& bench);  // `bench matmul`, `bench train`
 void add_bench_gpt_command(CLI::App& bench);        // `bench gpt`
 

@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   mpx::cli::add_convert_command(app);
   mpx::cli::add_parity_command(app);
   mpx::cli::add_predict_command(app);
+  mpx::cli::add_serve_command(app);
   mpx::cli::add_bench_command(app);
   mpx::cli::add_generate_command(app);
   if (argc > 1 && argv[1][0] != '-') {

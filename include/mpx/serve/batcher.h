@@ -1,0 +1,70 @@
+// Dynamic batching for one variant: requests queue up and a worker thread runs them together, up to
+// `max_batch` images, waiting at most `max_queue_delay_us` after the oldest queued request for more to come
+// (0: run whatever is queued as soon as the worker is free, as Triton's default). A request still queued at
+// its deadline is answered as timed out without running.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "mpx/serve/variant.h"
+
+namespace mpx::serve {
+
+using Clock = std::chrono::steady_clock;
+
+struct BatchPolicy {
+  std::int64_t max_batch = 64;
+  std::int64_t max_queue_delay_us = 0;
+  int threads = 0;  // OpenMP threads of the worker's forward passes; 0: the default
+};
+
+struct BatchOutcome {
+  enum class Status : std::uint8_t { ok, timed_out, failed } status = Status::ok;
+  std::vector<float> logits;  // rows x classes
+  double queue_seconds = 0, compute_seconds = 0;
+  std::int64_t batch_images = 0;  // images in the batch this request ran in
+  std::string error;              // for failed
+};
+
+class DynamicBatcher {
+ public:
+  // Called by the worker after each batch ran (metrics): the images in it and its compute seconds.
+  using BatchObserver = std::function<void(const ModelVariant&, std::int64_t images, double seconds)>;
+  DynamicBatcher(std::unique_ptr<ModelVariant> variant, BatchPolicy policy, BatchObserver observer = {});
+  ~DynamicBatcher();  // finishes what is queued, then stops the worker
+  DynamicBatcher(const DynamicBatcher&) = delete;
+  DynamicBatcher& operator=(const DynamicBatcher&) = delete;
+
+  // Runs `rows` images (rows x pixels_per_image intensities) and blocks until they ran or timed out in the
+  // queue at `deadline`. Thread-safe.
+  BatchOutcome run(std::vector<float> pixels, std::int64_t rows, Clock::time_point deadline);
+
+  ModelVariant& variant() { return *variant_; }
+  std::int64_t queued_images() const;
+
+ private:
+  struct Job;
+  void work();
+  void run_batch(std::vector<std::shared_ptr<Job>>& jobs);
+
+  std::unique_ptr<ModelVariant> variant_;
+  BatchPolicy policy_;
+  BatchObserver observer_;
+  mutable std::mutex mutex_;
+  std::condition_variable queued_;
+  std::deque<std::shared_ptr<Job>> queue_;
+  std::int64_t queued_images_ = 0;
+  bool stopping_ = false;
+  std::vector<float> batch_pixels_, batch_logits_;
+  std::thread worker_;
+};
+
+}  // namespace mpx::serve

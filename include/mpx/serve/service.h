@@ -1,0 +1,45 @@
+// The HTTP endpoints of `mpx serve`, independent of the HTTP library (so protocol conformance is tested
+// without sockets): the Open Inference Protocol (health, server and model metadata, readiness, infer),
+// /metrics, and the token-protected /admin/precision. Every error is a JSON body {"error": "..."}.
+#pragma once
+
+#include <map>
+#include <string>
+
+#include "mpx/serve/engine.h"
+
+namespace mpx::serve {
+
+struct HttpRequest {
+  std::string method, path, body;
+  std::map<std::string, std::string> headers;  // names in lower case
+};
+
+struct HttpResponse {
+  int status = 200;
+  std::string content_type = "application/json", body;
+  std::map<std::string, std::string> headers;
+};
+
+struct ServiceOptions {
+  std::string model_name;   // the NAME in /v2/models/NAME
+  std::string admin_token;  // empty: the admin endpoint refuses every call
+};
+
+class InferenceService {
+ public:
+  InferenceService(ServingEngine& engine, ServiceOptions options);
+  HttpResponse handle(const HttpRequest& request);
+  // The body of an error response, as every endpoint writes it.
+  static std::string error_body(const std::string& message);
+
+ private:
+  HttpResponse infer(const HttpRequest& request);
+  HttpResponse model_metadata() const;
+  HttpResponse admin(const HttpRequest& request);
+
+  ServingEngine& engine_;
+  ServiceOptions options_;
+};
+
+}  // namespace mpx::serve

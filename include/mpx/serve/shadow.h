@@ -1,0 +1,71 @@
+// The FP32 shadow: a sample of the low-precision answers is re-run on an FP32 copy of the model on a
+// thread of its own, at low priority and off the response path (a full queue drops the sample, counted,
+// rather than slow a response), and each image's two answers are compared: top-1 agreement, the largest
+// |logit difference|, and agreement per class (the class the FP32 reference predicts).
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "mpx/serve/variant.h"
+
+namespace mpx::serve {
+
+struct ShadowComparison {
+  std::string variant;         // the low-precision variant that answered
+  std::int64_t images = 0, agreed = 0;
+  std::vector<int> reference_class;  // per image: the FP32 top-1
+  std::vector<bool> agree;           // per image
+  double max_abs_logit_delta = 0;    // over finite pairs
+  std::int64_t candidate_nonfinite = 0;  // images whose low-precision logits were not all finite
+};
+
+// Top-1 of each row (the first index of the largest; a row holding NaN has no top-1: -1).
+std::vector<int> top1(const float* logits, std::int64_t rows, std::int64_t classes);
+// Compares `candidate` with `reference` (rows x classes each).
+ShadowComparison compare_logits(const std::string& variant, const float* candidate, const float* reference,
+                                std::int64_t rows, std::int64_t classes);
+
+class ShadowComparer {
+ public:
+  using Observer = std::function<void(const ShadowComparison&)>;
+  // `reference`: the FP32 variant the shadow owns. `capacity`: requests that may wait; more are dropped.
+  ShadowComparer(std::unique_ptr<ModelVariant> reference, std::size_t capacity, Observer observer);
+  ~ShadowComparer();  // compares what is queued, then stops
+  ShadowComparer(const ShadowComparer&) = delete;
+  ShadowComparer& operator=(const ShadowComparer&) = delete;
+
+  // Queues one answered request; false (and counted) when the queue is full.
+  bool submit(const std::string& variant, const std::vector<float>& pixels, std::int64_t rows,
+              const std::vector<float>& logits);
+  std::uint64_t dropped() const;
+  // Blocks until everything submitted so far has been compared (tests, shutdown).
+  void drain();
+
+ private:
+  struct Item {
+    std::string variant;
+    std::vector<float> pixels, logits;
+    std::int64_t rows = 0;
+  };
+  void work();
+
+  std::unique_ptr<ModelVariant> reference_;
+  std::size_t capacity_;
+  Observer observer_;
+  mutable std::mutex mutex_;
+  std::condition_variable changed_;
+  std::deque<Item> queue_;
+  bool stopping_ = false, busy_ = false;
+  std::uint64_t dropped_ = 0;
+  std::thread worker_;
+};
+
+}  // namespace mpx::serve

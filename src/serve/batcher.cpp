@@ -1,0 +1,139 @@
+#include "mpx/serve/batcher.h"
+
+#include <omp.h>
+
+#include <algorithm>
+
+#include "mpx/core/error.h"
+
+namespace mpx::serve {
+
+struct DynamicBatcher::Job {
+  std::vector<float> pixels;
+  std::int64_t rows = 0;
+  Clock::time_point arrived, deadline;
+  BatchOutcome outcome;
+  bool done = false;
+  std::condition_variable finished;
+};
+
+DynamicBatcher::DynamicBatcher(std::unique_ptr<ModelVariant> variant, BatchPolicy policy, BatchObserver observer)
+    : variant_(std::move(variant)), policy_(policy), observer_(std::move(observer)) {
+  MPX_REQUIRE(policy_.max_batch >= 1 && policy_.max_batch <= variant_->max_batch(),
+              "--max-batch must be between 1 and the variant's planned batch");
+  MPX_REQUIRE(policy_.max_queue_delay_us >= 0, "--max-queue-delay-us must be 0 or more");
+  batch_pixels_.resize(static_cast<std::size_t>(policy_.max_batch * variant_->pixels_per_image()));
+  batch_logits_.resize(static_cast<std::size_t>(policy_.max_batch * variant_->classes()));
+  worker_ = std::thread([this] { work(); });
+}
+
+DynamicBatcher::~DynamicBatcher() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stopping_ = true;
+  }
+  queued_.notify_all();
+  worker_.join();
+}
+
+std::int64_t DynamicBatcher::queued_images() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return queued_images_;
+}
+
+BatchOutcome DynamicBatcher::run(std::vector<float> pixels, std::int64_t rows, Clock::time_point deadline) {
+  MPX_REQUIRE(rows >= 1 && rows <= policy_.max_batch, "a request of " + std::to_string(rows) +
+                                                          " images is more than --max-batch " +
+                                                          std::to_string(policy_.max_batch));
+  auto job = std::make_shared<Job>();
+  job->pixels = std::move(pixels);
+  job->rows = rows;
+  job->arrived = Clock::now();
+  job->deadline = deadline;
+  std::unique_lock<std::mutex> lock(mutex_);
+  if (stopping_) {
+    job->outcome.status = BatchOutcome::Status::failed;
+    job->outcome.error = "the variant is shutting down";
+    return job->outcome;
+  }
+  queue_.push_back(job);
+  queued_images_ += rows;
+  queued_.notify_one();
+  job->finished.wait(lock, [&] { return job->done; });
+  return std::move(job->outcome);
+}
+
+void DynamicBatcher::work() {
+  if (policy_.threads > 0) omp_set_num_threads(policy_.threads);  // OpenMP's thread count is per thread
+  std::vector<std::shared_ptr<Job>> jobs;
+  std::unique_lock<std::mutex> lock(mutex_);
+  for (;;) {
+    queued_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+    if (queue_.empty()) return;  // stopping, nothing left
+    // Wait for more requests until the batch is full or the oldest has waited max_queue_delay_us.
+    const Clock::time_point until = queue_.front()->arrived + std::chrono::microseconds(policy_.max_queue_delay_us);
+    while (!stopping_ && queued_images_ < policy_.max_batch && Clock::now() < until) {
+      queued_.wait_until(lock, until);
+    }
+    jobs.clear();
+    std::int64_t images = 0;
+    const Clock::time_point now = Clock::now();
+    while (!queue_.empty() && images + queue_.front()->rows <= policy_.max_batch) {
+      std::shared_ptr<Job> job = std::move(queue_.front());
+      queue_.pop_front();
+      queued_images_ -= job->rows;
+      if (now > job->deadline) {  // answered without running: its caller has given up waiting
+        job->outcome.status = BatchOutcome::Status::timed_out;
+        job->outcome.queue_seconds = std::chrono::duration<double>(now - job->arrived).count();
+        job->done = true;
+        job->finished.notify_one();
+        continue;
+      }
+      images += job->rows;
+      jobs.push_back(std::move(job));
+    }
+    if (jobs.empty()) continue;
+    lock.unlock();
+    run_batch(jobs);
+    lock.lock();
+    for (const std::shared_ptr<Job>& job : jobs) {
+      job->done = true;
+      job->finished.notify_one();
+    }
+  }
+}
+
+void DynamicBatcher::run_batch(std::vector<std::shared_ptr<Job>>& jobs) {
+  const std::int64_t pixels = variant_->pixels_per_image(), classes = variant_->classes();
+  std::int64_t images = 0;
+  for (const std::shared_ptr<Job>& job : jobs) {
+    std::copy(job->pixels.begin(), job->pixels.end(), batch_pixels_.begin() + images * pixels);
+    images += job->rows;
+  }
+  const Clock::time_point start = Clock::now();
+  std::string error;
+  try {
+    variant_->infer(batch_pixels_.data(), images, batch_logits_.data());
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  const Clock::time_point end = Clock::now();
+  const double compute = std::chrono::duration<double>(end - start).count();
+  std::int64_t row = 0;
+  for (const std::shared_ptr<Job>& job : jobs) {
+    BatchOutcome& o = job->outcome;
+    o.queue_seconds = std::chrono::duration<double>(start - job->arrived).count();
+    o.compute_seconds = compute;
+    o.batch_images = images;
+    if (!error.empty()) {
+      o.status = BatchOutcome::Status::failed;
+      o.error = error;
+    } else {
+      o.logits.assign(batch_logits_.begin() + row * classes, batch_logits_.begin() + (row + job->rows) * classes);
+    }
+    row += job->rows;
+  }
+  if (observer_ && error.empty()) observer_(*variant_, images, compute);
+}
+
+}  // namespace mpx::serve

@@ -1,0 +1,197 @@
+#include "mpx/serve/service.h"
+
+#include <chrono>
+#include <regex>
+
+#include "mpx/build_info.h"
+#include "mpx/core/error.h"
+#include "mpx/serve/protocol.h"
+
+namespace mpx::serve {
+
+namespace {
+
+HttpResponse json_response(int status, const nlohmann::json& body) {
+  HttpResponse r;
+  r.status = status;
+  r.body = body.dump();
+  return r;
+}
+
+HttpResponse error_response(int status, const std::string& message) {
+  HttpResponse r;
+  r.status = status;
+  r.body = InferenceService::error_body(message);
+  return r;
+}
+
+const char* status_label(int status) {
+  switch (status) {
+    case 400: return "bad_request";
+    case 404: return "not_found";
+    case 413: return "too_large";
+    case 503: return "unavailable";
+    default: return status >= 500 ? "error" : "bad_request";
+  }
+}
+
+// Compares in time independent of where the strings first differ.
+bool same_secret(const std::string& a, const std::string& b) {
+  unsigned char diff = a.size() == b.size() ? 0 : 1;
+  for (std::size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ (i < b.size() ? b[i] : 0));
+  return diff == 0;
+}
+
+}  // namespace
+
+std::string InferenceService::error_body(const std::string& message) { return nlohmann::json{{"error", message}}.dump(); }
+
+InferenceService::InferenceService(ServingEngine& engine, ServiceOptions options)
+    : engine_(engine), options_(std::move(options)) {}
+
+HttpResponse InferenceService::handle(const HttpRequest& request) {
+  static const std::regex model_path(R"(/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/infer)?)");
+  const std::string& p = request.path;
+  const bool get = request.method == "GET" || request.method == "HEAD";
+  const bool post = request.method == "POST";
+  auto only = [&](bool allowed, const char* method) -> std::optional<HttpResponse> {
+    if (allowed) return std::nullopt;
+    HttpResponse r = error_response(405, p + " takes " + method + ", not " + request.method);
+    r.headers["Allow"] = method;
+    return r;
+  };
+  if (p == "/v2/health/live") {
+    if (auto r = only(get, "GET")) return *r;
+    return json_response(200, {{"live", true}});
+  }
+  if (p == "/v2/health/ready") {
+    if (auto r = only(get, "GET")) return *r;
+    const bool ready = !engine_.draining();
+    return json_response(ready ? 200 : 503, {{"ready", ready}});
+  }
+  if (p == "/v2") {
+    if (auto r = only(get, "GET")) return *r;
+    return json_response(200, {{"name", "mpx"}, {"version", build::kVersion}, {"extensions", {"binary_tensor_data"}}});
+  }
+  if (p == "/metrics") {
+    if (auto r = only(get, "GET")) return *r;
+    HttpResponse r;
+    r.content_type = "text/plain; version=0.0.4";
+    r.body = engine_.metrics().text();
+    return r;
+  }
+  if (p == "/admin/precision") return admin(request);
+  std::smatch m;
+  if (std::regex_match(p, m, model_path)) {
+    if (m[1] != options_.model_name) {
+      return error_response(404, "unknown model '" + m[1].str() + "': this server serves '" + options_.model_name + "'");
+    }
+    if (m[2].matched && m[2] != "1") {
+      return error_response(404, "model '" + options_.model_name + "' has version 1 only, not '" + m[2].str() + "'");
+    }
+    if (m[3] == "/infer") {
+      if (auto r = only(post, "POST")) return *r;
+      return infer(request);
+    }
+    if (auto r = only(get, "GET")) return *r;
+    if (m[3] == "/ready") {
+      const bool ready = !engine_.draining();
+      return json_response(ready ? 200 : 503, {{"name", options_.model_name}, {"ready", ready}});
+    }
+    return model_metadata();
+  }
+  return error_response(404, "no route " + request.method + " " + p +
+                                 ": see /v2/health/live, /v2/models/" + options_.model_name + "[/ready|/infer], /metrics");
+}
+
+HttpResponse InferenceService::model_metadata() const {
+  const nlohmann::json routing = engine_.routing();
+  const std::int64_t h = engine_.source().height, w = engine_.source().width, classes = engine_.classes();
+  return json_response(
+      200, {{"name", options_.model_name},
+            {"versions", {"1"}},
+            {"platform", "mpx"},
+            {"inputs", {{{"name", kInputName}, {"datatype", "FP32"}, {"shape", {-1, h, w, 1}}}}},
+            {"outputs",
+             {{{"name", "logits"}, {"datatype", "FP32"}, {"shape", {-1, classes}}},
+              {{"name", "probabilities"}, {"datatype", "FP32"}, {"shape", {-1, classes}}}}},
+            {"parameters",
+             {{"architecture", engine_.source().model},
+              {"input_scale", "FP32 intensities in [0, 1], or UINT8 pixels 0-255"},
+              {"max_batch", engine_.max_batch()},
+              {"primary", routing["primary"]},
+              {"canary", routing["canary"]}}}});
+}
+
+HttpResponse InferenceService::infer(const HttpRequest& request) {
+  const auto start = std::chrono::steady_clock::now();
+  std::string variant = "none";
+  auto fail = [&](int status, const std::string& message) {
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    engine_.metrics().record_request(variant, status_label(status), seconds);
+    HttpResponse r = error_response(status, message);
+    if (status == 503) r.headers["Retry-After"] = "1";
+    return r;
+  };
+  if (engine_.draining()) return fail(503, "the server is shutting down; send the request to another replica");
+  InferRequest parsed;
+  try {
+    const auto header = request.headers.find("inference-header-content-length");
+    parsed = parse_infer_request(request.body,
+                                 parse_json_length(header == request.headers.end() ? nullptr : &header->second, request.body.size()),
+                                 engine_.source().height, engine_.source().width);
+  } catch (const ProtocolError& e) {
+    return fail(e.status(), e.what());
+  }
+  Answer a = engine_.infer(parsed.id, std::move(parsed.pixels), parsed.rows);
+  variant = a.variant.empty() ? "none" : a.variant;
+  switch (a.status) {
+    case Answer::Status::ok: break;
+    case Answer::Status::bad_request: return fail(400, a.error);
+    case Answer::Status::timed_out: return fail(503, a.error);
+    case Answer::Status::unavailable: return fail(503, a.error);
+    case Answer::Status::failed: return fail(500, a.error);
+  }
+  nlohmann::json parameters = {{"variant", a.variant}};
+  if (!a.fallback_from.empty()) parameters["fallback_from"] = a.fallback_from;
+  const EncodedResponse e = encode_infer_response(options_.model_name, parsed, a.logits, a.classes, parameters);
+  HttpResponse r;
+  r.body = e.body;
+  if (e.json_length) {
+    r.content_type = "application/octet-stream";
+    r.headers["Inference-Header-Content-Length"] = std::to_string(*e.json_length);
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  engine_.metrics().record_request(a.variant, "ok", seconds);
+  return r;
+}
+
+HttpResponse InferenceService::admin(const HttpRequest& request) {
+  if (options_.admin_token.empty()) {
+    return error_response(403, "the admin endpoint is off: start mpx serve with --admin-token-file FILE or MPX_ADMIN_TOKEN");
+  }
+  const auto auth = request.headers.find("authorization");
+  const std::string given = auth == request.headers.end() ? "" : auth->second;
+  if (!same_secret(given, "Bearer " + options_.admin_token)) {
+    HttpResponse r = error_response(401, "send the admin token as 'Authorization: Bearer TOKEN'");
+    r.headers["WWW-Authenticate"] = "Bearer";
+    return r;
+  }
+  if (request.method == "GET") return json_response(200, engine_.routing());
+  if (request.method != "POST") {
+    HttpResponse r = error_response(405, "/admin/precision takes GET or POST");
+    r.headers["Allow"] = "GET, POST";
+    return r;
+  }
+  const nlohmann::json command = nlohmann::json::parse(request.body, nullptr, false);
+  if (command.is_discarded()) return error_response(400, "the body is not valid JSON: send {\"action\": \"rollback\"}");
+  try {
+    return json_response(200, engine_.admin(command));
+  } catch (const InvalidArgument& e) {
+    return error_response(400, e.what());
+  } catch (const Error& e) {  // a variant that cannot be built: nothing was switched
+    return error_response(500, e.what());
+  }
+}
+
+}  // namespace mpx::serve

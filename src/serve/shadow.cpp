@@ -1,0 +1,123 @@
+#include "mpx/serve/shadow.h"
+
+#include <omp.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+
+namespace mpx::serve {
+
+std::vector<int> top1(const float* logits, std::int64_t rows, std::int64_t classes) {
+  std::vector<int> best(static_cast<std::size_t>(rows), -1);
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const float* row = logits + r * classes;
+    int arg = 0;
+    bool finite = true;
+    for (std::int64_t k = 0; k < classes; ++k) {
+      if (std::isnan(row[k])) finite = false;
+      if (row[k] > row[arg]) arg = static_cast<int>(k);
+    }
+    if (finite) best[static_cast<std::size_t>(r)] = arg;
+  }
+  return best;
+}
+
+ShadowComparison compare_logits(const std::string& variant, const float* candidate, const float* reference,
+                                std::int64_t rows, std::int64_t classes) {
+  ShadowComparison c;
+  c.variant = variant;
+  c.images = rows;
+  c.reference_class = top1(reference, rows, classes);
+  const std::vector<int> candidate_class = top1(candidate, rows, classes);
+  for (std::int64_t r = 0; r < rows; ++r) {
+    bool finite = true;
+    for (std::int64_t k = 0; k < classes; ++k) {
+      const float a = candidate[r * classes + k], b = reference[r * classes + k];
+      if (!std::isfinite(a)) {
+        finite = false;
+        continue;
+      }
+      if (std::isfinite(b)) c.max_abs_logit_delta = std::max(c.max_abs_logit_delta, std::fabs(static_cast<double>(a) - b));
+    }
+    const std::size_t i = static_cast<std::size_t>(r);
+    const bool agree = finite && candidate_class[i] >= 0 && candidate_class[i] == c.reference_class[i];
+    c.agree.push_back(agree);
+    c.agreed += agree;
+    c.candidate_nonfinite += !finite;
+  }
+  return c;
+}
+
+ShadowComparer::ShadowComparer(std::unique_ptr<ModelVariant> reference, std::size_t capacity, Observer observer)
+    : reference_(std::move(reference)), capacity_(capacity), observer_(std::move(observer)) {
+  worker_ = std::thread([this] { work(); });
+}
+
+ShadowComparer::~ShadowComparer() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stopping_ = true;
+  }
+  changed_.notify_all();
+  worker_.join();
+}
+
+bool ShadowComparer::submit(const std::string& variant, const std::vector<float>& pixels, std::int64_t rows,
+                            const std::vector<float>& logits) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (stopping_ || queue_.size() >= capacity_) {
+    ++dropped_;
+    return false;
+  }
+  queue_.push_back({variant, pixels, logits, rows});
+  changed_.notify_all();
+  return true;
+}
+
+std::uint64_t ShadowComparer::dropped() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return dropped_;
+}
+
+void ShadowComparer::drain() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  changed_.wait(lock, [&] { return queue_.empty() && !busy_; });
+}
+
+void ShadowComparer::work() {
+  // Off the response path: the lowest CPU priority and one thread, so the variants answering requests
+  // keep the cores (Linux gives each thread its own nice value).
+  setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), 19);
+  omp_set_num_threads(1);
+  const std::int64_t classes = reference_->classes(), pixels = reference_->pixels_per_image();
+  std::vector<float> batch_pixels(static_cast<std::size_t>(reference_->max_batch() * pixels));
+  std::vector<float> reference(static_cast<std::size_t>(reference_->max_batch() * classes));
+  std::unique_lock<std::mutex> lock(mutex_);
+  for (;;) {
+    changed_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+    if (queue_.empty()) return;
+    Item item = std::move(queue_.front());
+    queue_.pop_front();
+    busy_ = true;
+    lock.unlock();
+    // A request may hold more images than one reference batch: run it in pieces.
+    for (std::int64_t first = 0; first < item.rows; first += reference_->max_batch()) {
+      const std::int64_t rows = std::min(reference_->max_batch(), item.rows - first);
+      std::copy_n(item.pixels.begin() + first * pixels, rows * pixels, batch_pixels.begin());
+      try {
+        reference_->infer(batch_pixels.data(), rows, reference.data());
+        observer_(compare_logits(item.variant, item.logits.data() + first * classes, reference.data(), rows, classes));
+      } catch (const std::exception&) {  // a comparison lost is counted, never a crash off the response path
+        std::lock_guard<std::mutex> count(mutex_);
+        ++dropped_;
+      }
+    }
+    lock.lock();
+    busy_ = false;
+    changed_.notify_all();
+  }
+}
+
+}  // namespace mpx::serve

@@ -1,0 +1,63 @@
+#include "mpx/serve/batcher.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cmath>
+#include <thread>
+
+#include "mpx/core/error.h"
+#include "serve_test_support.h"
+
+namespace mpx::serve {
+namespace {
+
+TEST(DynamicBatcher, RunsConcurrentRequestsTogetherAndGivesEachItsOwnLogits) {
+  const std::string file = test::write_served_model("mlp", 4);
+  const ModelSource source = resolve_model(file, "", "");
+  ModelVariant alone(source, "32-true", 16);
+  std::atomic<std::int64_t> largest{0};
+  DynamicBatcher batcher(std::make_unique<ModelVariant>(source, "32-true", 16), {16, 20000, 0},
+                         [&](const ModelVariant&, std::int64_t images, double) {
+                           std::int64_t seen = largest.load();
+                           while (images > seen && !largest.compare_exchange_weak(seen, images)) {
+                           }
+                         });
+  const std::vector<float> images = test::random_images(64, 3);
+  std::vector<std::vector<float>> answers(64);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = t; i < 64; i += 8) {
+        std::vector<float> x(images.begin() + i * 784, images.begin() + (i + 1) * 784);
+        const BatchOutcome o = batcher.run(std::move(x), 1, Clock::now() + std::chrono::seconds(10));
+        ASSERT_EQ(o.status, BatchOutcome::Status::ok);
+        answers[static_cast<std::size_t>(i)] = o.logits;
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_GT(largest.load(), 1);  // eight clients and a 20 ms delay: requests ran together
+  std::vector<float> expected(10);
+  for (int i = 0; i < 64; ++i) {
+    alone.infer(images.data() + i * 784, 1, expected.data());
+    for (int k = 0; k < 10; ++k) {
+      EXPECT_NEAR(answers[static_cast<std::size_t>(i)][static_cast<std::size_t>(k)], expected[static_cast<std::size_t>(k)],
+                  1e-5f * (1 + std::fabs(expected[static_cast<std::size_t>(k)])));
+    }
+  }
+}
+
+TEST(DynamicBatcher, AnswersARequestPastItsDeadlineAsTimedOutWithoutRunningIt) {
+  const ModelSource source = resolve_model(test::write_served_model("mlp", 4), "", "");
+  int batches = 0;
+  DynamicBatcher batcher(std::make_unique<ModelVariant>(source, "32-true", 4), {4, 0, 0},
+                         [&](const ModelVariant&, std::int64_t, double) { ++batches; });
+  const BatchOutcome o = batcher.run(test::random_images(1, 1), 1, Clock::now() - std::chrono::milliseconds(1));
+  EXPECT_EQ(o.status, BatchOutcome::Status::timed_out);
+  EXPECT_EQ(batches, 0);
+  EXPECT_THROW(batcher.run(test::random_images(5, 1), 5, Clock::now() + std::chrono::seconds(1)), InvalidArgument);
+}
+
+}  // namespace
+}  // namespace mpx::serve
