@@ -100,7 +100,7 @@ void run_serve(ServeCommand& o) {
   http.serve();
   if (!engine.draining()) pthread_kill(stopper.native_handle(), SIGTERM);  // serve() ended by itself
   stopper.join();
-  fmt::print("mpx serve: stopped\n");
+  fmt::print("mpx serve: stopped after answering {} requests\n", http.answered());
   std::fflush(stdout);
   if (events_file != stdout) std::fclose(events_file);
 }

@@ -3,6 +3,7 @@
 #include <httplib.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
 #include <cmath>
 
@@ -12,6 +13,7 @@ namespace mpx::serve {
 
 struct HttpServer::Impl {
   httplib::Server server;
+  std::atomic<std::uint64_t> answered{0};
 };
 
 namespace {
@@ -38,7 +40,7 @@ HttpServer::HttpServer(InferenceService& service, const HttpOptions& options)
   s.set_keep_alive_timeout(options.keep_alive_seconds);
   s.set_keep_alive_max_count(1u << 30);
   s.set_tcp_nodelay(true);
-  auto handler = [&service](const httplib::Request& req, httplib::Response& res) {
+  auto handler = [&service, impl = impl_.get()](const httplib::Request& req, httplib::Response& res) {
     HttpRequest r;
     r.method = req.method;
     r.path = req.path;
@@ -53,6 +55,7 @@ HttpServer::HttpServer(InferenceService& service, const HttpOptions& options)
     for (const auto& [name, value] : out.headers) res.set_header(name, value);
     if (out.status == 503) res.set_header("Connection", "close");
     res.set_content(std::move(out.body), out.content_type);
+    impl->answered.fetch_add(1);
   };
   s.Get(".*", handler);
   s.Post(".*", httplib::Server::Handler(handler));
@@ -99,5 +102,7 @@ std::string HttpServer::url() const { return "http://" + options_.bind + ":" + s
 void HttpServer::serve() { impl_->server.listen_after_bind(); }
 
 void HttpServer::stop() { impl_->server.stop(); }
+
+std::uint64_t HttpServer::answered() const { return impl_->answered.load(); }
 
 }  // namespace mpx::serve

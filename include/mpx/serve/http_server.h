@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -33,6 +34,8 @@ class HttpServer {
   std::string url() const;
   void serve();  // blocks until stop(); requests in progress finish first
   void stop();   // thread-safe
+  // Requests handed to the service and answered (whatever the status), for the exit summary.
+  std::uint64_t answered() const;
 
  private:
   struct Impl;
