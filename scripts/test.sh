@@ -15,6 +15,7 @@ pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
 "${pip[@]}" numpy ml_dtypes safetensors ||
   echo "test: numpy/ml_dtypes/safetensors not installable here; the interop tests will report themselves skipped"
 "${pip[@]}" tensorboard || echo "test: tensorboard not installable here; its interop test will report itself skipped"
+"${pip[@]}" "tritonclient[http]" || echo "test: tritonclient not installable here; its interop test will report itself skipped"
 cmake --preset default -DPython3_EXECUTABLE="$PWD/$venv/bin/python"
 cmake --build --preset default -j "$(nproc)"
 ctest --preset default "$@"
