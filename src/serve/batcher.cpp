@@ -9,6 +9,7 @@
 namespace mpx::serve {
 
 struct DynamicBatcher::Job {
+  std::shared_ptr<ModelVariant> variant;
   std::vector<float> pixels;
   std::int64_t rows = 0;
   Clock::time_point arrived, deadline;
@@ -17,13 +18,10 @@ struct DynamicBatcher::Job {
   std::condition_variable finished;
 };
 
-DynamicBatcher::DynamicBatcher(std::unique_ptr<ModelVariant> variant, BatchPolicy policy, BatchObserver observer)
-    : variant_(std::move(variant)), policy_(policy), observer_(std::move(observer)) {
-  MPX_REQUIRE(policy_.max_batch >= 1 && policy_.max_batch <= variant_->max_batch(),
-              "--max-batch must be between 1 and the variant's planned batch");
+DynamicBatcher::DynamicBatcher(BatchPolicy policy, BatchObserver observer)
+    : policy_(policy), observer_(std::move(observer)) {
+  MPX_REQUIRE(policy_.max_batch >= 1, "--max-batch must be 1 or more");
   MPX_REQUIRE(policy_.max_queue_delay_us >= 0, "--max-queue-delay-us must be 0 or more");
-  batch_pixels_.resize(static_cast<std::size_t>(policy_.max_batch * variant_->pixels_per_image()));
-  batch_logits_.resize(static_cast<std::size_t>(policy_.max_batch * variant_->classes()));
   worker_ = std::thread([this] { work(); });
 }
 
@@ -36,16 +34,20 @@ DynamicBatcher::~DynamicBatcher() {
   worker_.join();
 }
 
-std::int64_t DynamicBatcher::queued_images() const {
-  std::lock_guard<std::mutex> lock(mutex_);
-  return queued_images_;
+std::int64_t DynamicBatcher::queued_images_of(const ModelVariant* variant) const {
+  std::int64_t images = 0;
+  for (const std::shared_ptr<Job>& job : queue_) images += job->variant.get() == variant ? job->rows : 0;
+  return images;
 }
 
-BatchOutcome DynamicBatcher::run(std::vector<float> pixels, std::int64_t rows, Clock::time_point deadline) {
+BatchOutcome DynamicBatcher::run(std::shared_ptr<ModelVariant> variant, std::vector<float> pixels, std::int64_t rows,
+                                 Clock::time_point deadline) {
   MPX_REQUIRE(rows >= 1 && rows <= policy_.max_batch, "a request of " + std::to_string(rows) +
                                                           " images is more than --max-batch " +
                                                           std::to_string(policy_.max_batch));
+  MPX_REQUIRE(variant->max_batch() >= policy_.max_batch, "the variant is planned for fewer images than --max-batch");
   auto job = std::make_shared<Job>();
+  job->variant = std::move(variant);
   job->pixels = std::move(pixels);
   job->rows = rows;
   job->arrived = Clock::now();
@@ -53,11 +55,10 @@ BatchOutcome DynamicBatcher::run(std::vector<float> pixels, std::int64_t rows, C
   std::unique_lock<std::mutex> lock(mutex_);
   if (stopping_) {
     job->outcome.status = BatchOutcome::Status::failed;
-    job->outcome.error = "the variant is shutting down";
+    job->outcome.error = "the server is shutting down";
     return job->outcome;
   }
   queue_.push_back(job);
-  queued_images_ += rows;
   queued_.notify_one();
   job->finished.wait(lock, [&] { return job->done; });
   return std::move(job->outcome);
@@ -70,31 +71,38 @@ void DynamicBatcher::work() {
   for (;;) {
     queued_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
     if (queue_.empty()) return;  // stopping, nothing left
-    // Wait for more requests until the batch is full or the oldest has waited max_queue_delay_us.
+    // The oldest request's variant runs next; wait for more of its requests until its batch is full or
+    // the oldest has waited max_queue_delay_us.
+    std::shared_ptr<ModelVariant> variant = queue_.front()->variant;
     const Clock::time_point until = queue_.front()->arrived + std::chrono::microseconds(policy_.max_queue_delay_us);
-    while (!stopping_ && queued_images_ < policy_.max_batch && Clock::now() < until) {
+    while (!stopping_ && queued_images_of(variant.get()) < policy_.max_batch && Clock::now() < until) {
       queued_.wait_until(lock, until);
     }
     jobs.clear();
     std::int64_t images = 0;
     const Clock::time_point now = Clock::now();
-    while (!queue_.empty() && images + queue_.front()->rows <= policy_.max_batch) {
-      std::shared_ptr<Job> job = std::move(queue_.front());
-      queue_.pop_front();
-      queued_images_ -= job->rows;
-      if (now > job->deadline) {  // answered without running: its caller has given up waiting
-        job->outcome.status = BatchOutcome::Status::timed_out;
-        job->outcome.queue_seconds = std::chrono::duration<double>(now - job->arrived).count();
-        job->done = true;
-        job->finished.notify_one();
+    for (auto it = queue_.begin(); it != queue_.end();) {
+      Job& job = **it;
+      if (job.variant != variant) {
+        ++it;
         continue;
       }
-      images += job->rows;
-      jobs.push_back(std::move(job));
+      if (now > job.deadline) {  // answered without running: its caller has waited long enough
+        job.outcome.status = BatchOutcome::Status::timed_out;
+        job.outcome.queue_seconds = std::chrono::duration<double>(now - job.arrived).count();
+        job.done = true;
+        job.finished.notify_one();
+        it = queue_.erase(it);
+        continue;
+      }
+      if (images + job.rows > policy_.max_batch) break;
+      images += job.rows;
+      jobs.push_back(std::move(*it));
+      it = queue_.erase(it);
     }
     if (jobs.empty()) continue;
     lock.unlock();
-    run_batch(jobs);
+    run_batch(*variant, jobs);
     lock.lock();
     for (const std::shared_ptr<Job>& job : jobs) {
       job->done = true;
@@ -103,8 +111,10 @@ void DynamicBatcher::work() {
   }
 }
 
-void DynamicBatcher::run_batch(std::vector<std::shared_ptr<Job>>& jobs) {
-  const std::int64_t pixels = variant_->pixels_per_image(), classes = variant_->classes();
+void DynamicBatcher::run_batch(ModelVariant& variant, std::vector<std::shared_ptr<Job>>& jobs) {
+  const std::int64_t pixels = variant.pixels_per_image(), classes = variant.classes();
+  batch_pixels_.resize(static_cast<std::size_t>(policy_.max_batch * pixels));
+  batch_logits_.resize(static_cast<std::size_t>(policy_.max_batch * classes));
   std::int64_t images = 0;
   for (const std::shared_ptr<Job>& job : jobs) {
     std::copy(job->pixels.begin(), job->pixels.end(), batch_pixels_.begin() + images * pixels);
@@ -113,12 +123,11 @@ void DynamicBatcher::run_batch(std::vector<std::shared_ptr<Job>>& jobs) {
   const Clock::time_point start = Clock::now();
   std::string error;
   try {
-    variant_->infer(batch_pixels_.data(), images, batch_logits_.data());
+    variant.infer(batch_pixels_.data(), images, batch_logits_.data());
   } catch (const std::exception& e) {
     error = e.what();
   }
-  const Clock::time_point end = Clock::now();
-  const double compute = std::chrono::duration<double>(end - start).count();
+  const double compute = std::chrono::duration<double>(Clock::now() - start).count();
   std::int64_t row = 0;
   for (const std::shared_ptr<Job>& job : jobs) {
     BatchOutcome& o = job->outcome;
@@ -133,7 +142,7 @@ void DynamicBatcher::run_batch(std::vector<std::shared_ptr<Job>>& jobs) {
     }
     row += job->rows;
   }
-  if (observer_ && error.empty()) observer_(*variant_, images, compute);
+  if (observer_ && error.empty()) observer_(variant, images, compute);
 }
 
 }  // namespace mpx::serve

@@ -43,24 +43,27 @@ ServingEngine::ServingEngine(const ServeOptions& options, EventLog& events)
   MPX_REQUIRE(options_.rollback_after >= 1, "--rollback-after is a number of windows, 1 or more");
   MPX_REQUIRE(options_.request_timeout_seconds > 0, "--request-timeout-ms must be positive");
   const std::string primary = serving_preset(options_.precision, "--precision");
+  batcher_ = std::make_unique<DynamicBatcher>(options_.batching, [this](const ModelVariant& v, std::int64_t images, double) {
+    metrics_.record_batch(v.name(), images);
+  });
   std::lock_guard<std::mutex> lock(mutex_);
   // FP32 is always loaded: it answers when a variant's outputs are not finite, and rollbacks go to it.
   variant_locked("32-true", primary == "32-true" ? options_.weights : "");
   Routing r;
-  r.primary = variant_locked(primary, options_.weights)->variant().name();
+  r.primary = variant_locked(primary, options_.weights)->name();
   if (!options_.canary_precision.empty()) {
     const std::string canary = serving_preset(options_.canary_precision, "--canary-precision");
     MPX_REQUIRE(canary != primary, "--canary-precision " + options_.canary_precision + " is the primary precision already");
-    std::shared_ptr<DynamicBatcher> b = variant_locked(canary, options_.canary_weights);
-    b->variant().inject_nonfinite_after(options_.inject_nonfinite_canary_after);
-    r.canary = b->variant().name();
+    std::shared_ptr<ModelVariant> v = variant_locked(canary, options_.canary_weights);
+    v->inject_nonfinite_after(options_.inject_nonfinite_canary_after);
+    r.canary = v->name();
     r.canary_share = options_.canary_share;
     r.state = "canary";
   } else {
     MPX_REQUIRE(options_.canary_weights.empty(), "--canary-weights needs --canary-precision");
     MPX_REQUIRE(options_.inject_nonfinite_canary_after < 0, "--inject-nonfinite-canary needs --canary-precision");
   }
-  classes_ = variants_.begin()->second->variant().classes();
+  classes_ = variants_.begin()->second->classes();
   if (options_.shadow) {
     shadow_ = std::make_unique<ShadowComparer>(
         std::make_unique<ModelVariant>(source_, "32-true", options_.batching.max_batch), options_.shadow_queue,
@@ -79,27 +82,23 @@ ServingEngine::~ServingEngine() {
   shadow_.reset();
 }
 
-std::shared_ptr<DynamicBatcher> ServingEngine::variant_locked(const std::string& preset, const std::string& weights) {
+std::shared_ptr<ModelVariant> ServingEngine::variant_locked(const std::string& preset, const std::string& weights) {
   const std::string name = variant_name(preset);
   if (auto it = variants_.find(name); it != variants_.end()) {
     const std::string wanted = weights.empty() ? source_.model_file : weights;
-    MPX_REQUIRE(it->second->variant().weights_file() == wanted,
-                "the " + name + " variant is loaded from " + it->second->variant().weights_file() + " already, not " + wanted);
+    MPX_REQUIRE(it->second->weights_file() == wanted,
+                "the " + name + " variant is loaded from " + it->second->weights_file() + " already, not " + wanted);
     return it->second;
   }
-  auto variant = std::make_unique<ModelVariant>(source_, preset, options_.batching.max_batch, weights);
-  auto batcher = std::make_shared<DynamicBatcher>(
-      std::move(variant), options_.batching, [this](const ModelVariant& v, std::int64_t images, double) {
-        metrics_.record_batch(v.name(), images);
-      });
-  variants_[name] = batcher;
-  return batcher;
+  auto variant = std::make_shared<ModelVariant>(source_, preset, options_.batching.max_batch, weights);
+  variants_[name] = variant;
+  return variant;
 }
 
 std::vector<std::string> ServingEngine::variant_names() const {
   std::lock_guard<std::mutex> lock(mutex_);
   std::vector<std::string> names;
-  for (const auto& [name, batcher] : variants_) names.push_back(name);
+  for (const auto& [name, variant] : variants_) names.push_back(name);
   return names;
 }
 
@@ -126,8 +125,8 @@ void ServingEngine::set_routing_locked(Routing routing, const std::string& event
 nlohmann::json ServingEngine::routing() const {
   std::lock_guard<std::mutex> lock(mutex_);
   nlohmann::json variants = nlohmann::json::array();
-  for (const auto& [name, batcher] : variants_) {
-    variants.push_back({{"name", name}, {"preset", batcher->variant().preset()}, {"weights", batcher->variant().weights_file()}});
+  for (const auto& [name, v] : variants_) {
+    variants.push_back({{"name", name}, {"preset", v->preset()}, {"weights", v->weights_file()}});
   }
   return {{"primary", routing_.primary},
           {"canary", routing_.canary.empty() ? nlohmann::json(nullptr) : nlohmann::json(routing_.canary)},
@@ -155,13 +154,13 @@ nlohmann::json ServingEngine::admin(const nlohmann::json& command) {
       r = {routing_.canary, "", "promoted", 0};
     } else if (action == "set") {
       const std::string preset = serving_preset(text_field("precision"), "\"precision\"");
-      r = {variant_locked(preset, "")->variant().name(), "", "serving", 0};
+      r = {variant_locked(preset, "")->name(), "", "serving", 0};
     } else if (action == "canary") {
       const std::string preset = serving_preset(text_field("precision"), "\"precision\"");
       MPX_REQUIRE(command.contains("share") && command["share"].is_number(), "\"canary\" needs a numeric \"share\"");
       const double share = command["share"];
       MPX_REQUIRE(share >= 0 && share <= 1, "\"share\" is a fraction between 0 and 1");
-      const std::string name = variant_locked(preset, "")->variant().name();
+      const std::string name = variant_locked(preset, "")->name();
       MPX_REQUIRE(name != routing_.primary, "the canary must differ from the primary variant " + routing_.primary);
       r = {routing_.primary, name, "canary", share};
     } else {
@@ -197,21 +196,21 @@ Answer ServingEngine::infer(const std::string& request_id, std::vector<float> pi
     return a;
   }
   const std::string id = request_id.empty() ? "mpx-" + std::to_string(anonymous_requests_.fetch_add(1)) : request_id;
-  std::shared_ptr<DynamicBatcher> batcher, fp32;
+  std::shared_ptr<ModelVariant> variant, fp32;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     const bool canary = !routing_.canary.empty() && request_fraction(id) < routing_.canary_share;
-    batcher = variants_.at(canary ? routing_.canary : routing_.primary);
+    variant = variants_.at(canary ? routing_.canary : routing_.primary);
     fp32 = variants_.at("fp32");
   }
-  a.variant = batcher->variant().name();
+  a.variant = variant->name();
   const bool low_precision = a.variant != "fp32";
   const bool sample = low_precision && shadow_ && request_fraction(id, 0x5eed) < options_.shadow_share;
   std::vector<float> kept;
   if (sample || low_precision) kept = pixels;  // the FP32 fallback and the shadow need the inputs again
   const Clock::time_point deadline =
       start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(options_.request_timeout_seconds));
-  BatchOutcome o = batcher->run(std::move(pixels), rows, deadline);
+  BatchOutcome o = batcher_->run(variant, std::move(pixels), rows, deadline);
   metrics_.record_phases(a.variant, o.queue_seconds, o.compute_seconds);
   if (o.status == BatchOutcome::Status::ok && low_precision) {
     std::int64_t nonfinite = 0;
@@ -229,7 +228,7 @@ Answer ServingEngine::infer(const std::string& request_id, std::vector<float> pi
       record_for_window(a.variant, 0, nonfinite);
       a.fallback_from = a.variant;
       a.variant = "fp32";
-      o = fp32->run(std::move(kept), rows, deadline);
+      o = batcher_->run(fp32, std::move(kept), rows, deadline);
     } else if (sample && !shadow_->submit(a.variant, kept, rows, o.logits)) {
       metrics_.record_shadow_dropped(shadow_->dropped());
     }

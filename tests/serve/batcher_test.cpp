@@ -17,7 +17,8 @@ TEST(DynamicBatcher, RunsConcurrentRequestsTogetherAndGivesEachItsOwnLogits) {
   const ModelSource source = resolve_model(file, "", "");
   ModelVariant alone(source, "32-true", 16);
   std::atomic<std::int64_t> largest{0};
-  DynamicBatcher batcher(std::make_unique<ModelVariant>(source, "32-true", 16), {16, 20000, 0},
+  auto variant = std::make_shared<ModelVariant>(source, "32-true", 16);
+  DynamicBatcher batcher({16, 20000, 0},
                          [&](const ModelVariant&, std::int64_t images, double) {
                            std::int64_t seen = largest.load();
                            while (images > seen && !largest.compare_exchange_weak(seen, images)) {
@@ -30,7 +31,7 @@ TEST(DynamicBatcher, RunsConcurrentRequestsTogetherAndGivesEachItsOwnLogits) {
     threads.emplace_back([&, t] {
       for (int i = t; i < 64; i += 8) {
         std::vector<float> x(images.begin() + i * 784, images.begin() + (i + 1) * 784);
-        const BatchOutcome o = batcher.run(std::move(x), 1, Clock::now() + std::chrono::seconds(10));
+        const BatchOutcome o = batcher.run(variant, std::move(x), 1, Clock::now() + std::chrono::seconds(10));
         ASSERT_EQ(o.status, BatchOutcome::Status::ok);
         answers[static_cast<std::size_t>(i)] = o.logits;
       }
@@ -51,12 +52,13 @@ TEST(DynamicBatcher, RunsConcurrentRequestsTogetherAndGivesEachItsOwnLogits) {
 TEST(DynamicBatcher, AnswersARequestPastItsDeadlineAsTimedOutWithoutRunningIt) {
   const ModelSource source = resolve_model(test::write_served_model("mlp", 4), "", "");
   int batches = 0;
-  DynamicBatcher batcher(std::make_unique<ModelVariant>(source, "32-true", 4), {4, 0, 0},
+  auto variant = std::make_shared<ModelVariant>(source, "32-true", 4);
+  DynamicBatcher batcher({4, 0, 0},
                          [&](const ModelVariant&, std::int64_t, double) { ++batches; });
-  const BatchOutcome o = batcher.run(test::random_images(1, 1), 1, Clock::now() - std::chrono::milliseconds(1));
+  const BatchOutcome o = batcher.run(variant, test::random_images(1, 1), 1, Clock::now() - std::chrono::milliseconds(1));
   EXPECT_EQ(o.status, BatchOutcome::Status::timed_out);
   EXPECT_EQ(batches, 0);
-  EXPECT_THROW(batcher.run(test::random_images(5, 1), 5, Clock::now() + std::chrono::seconds(1)), InvalidArgument);
+  EXPECT_THROW(batcher.run(variant, test::random_images(5, 1), 5, Clock::now() + std::chrono::seconds(1)), InvalidArgument);
 }
 
 }  // namespace

@@ -1,7 +1,9 @@
-// Dynamic batching for one variant: requests queue up and a worker thread runs them together, up to
-// `max_batch` images, waiting at most `max_queue_delay_us` after the oldest queued request for more to come
-// (0: run whatever is queued as soon as the worker is free, as Triton's default). A request still queued at
-// its deadline is answered as timed out without running.
+// Dynamic batching: requests queue up and one worker thread runs them together, up to `max_batch` images
+// of one variant per forward pass, waiting at most `max_queue_delay_us` after the oldest queued request for
+// more to come (0: run whatever is queued as soon as the worker is free, as Triton's default). One worker
+// for every variant, because a CPU forward pass already uses every core: two workers' OpenMP teams would
+// only take turns (and spin against each other). A request still queued at its deadline is answered as
+// timed out without running.
 #pragma once
 
 #include <chrono>
@@ -11,6 +13,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -23,7 +26,7 @@ using Clock = std::chrono::steady_clock;
 struct BatchPolicy {
   std::int64_t max_batch = 64;
   std::int64_t max_queue_delay_us = 0;
-  int threads = 0;  // OpenMP threads of the worker's forward passes; 0: the default
+  int threads = 0;  // OpenMP threads of the forward passes; 0: every core
 };
 
 struct BatchOutcome {
@@ -36,32 +39,32 @@ struct BatchOutcome {
 
 class DynamicBatcher {
  public:
-  // Called by the worker after each batch ran (metrics): the images in it and its compute seconds.
+  // Called by the worker after each batch ran (metrics): the variant, the images in it, its compute seconds.
   using BatchObserver = std::function<void(const ModelVariant&, std::int64_t images, double seconds)>;
-  DynamicBatcher(std::unique_ptr<ModelVariant> variant, BatchPolicy policy, BatchObserver observer = {});
+  explicit DynamicBatcher(BatchPolicy policy, BatchObserver observer = {});
   ~DynamicBatcher();  // finishes what is queued, then stops the worker
   DynamicBatcher(const DynamicBatcher&) = delete;
   DynamicBatcher& operator=(const DynamicBatcher&) = delete;
 
-  // Runs `rows` images (rows x pixels_per_image intensities) and blocks until they ran or timed out in the
-  // queue at `deadline`. Thread-safe.
-  BatchOutcome run(std::vector<float> pixels, std::int64_t rows, Clock::time_point deadline);
+  // Runs `rows` images (rows x pixels_per_image intensities) on `variant` (planned for max_batch images
+  // at least) and blocks until they ran or timed out in the queue at `deadline`. Thread-safe. The queue
+  // holds the variant until the request is answered.
+  BatchOutcome run(std::shared_ptr<ModelVariant> variant, std::vector<float> pixels, std::int64_t rows,
+                   Clock::time_point deadline);
 
-  ModelVariant& variant() { return *variant_; }
-  std::int64_t queued_images() const;
+  const BatchPolicy& policy() const { return policy_; }
 
  private:
   struct Job;
   void work();
-  void run_batch(std::vector<std::shared_ptr<Job>>& jobs);
+  void run_batch(ModelVariant& variant, std::vector<std::shared_ptr<Job>>& jobs);
+  std::int64_t queued_images_of(const ModelVariant* variant) const;  // with mutex_ held
 
-  std::unique_ptr<ModelVariant> variant_;
   BatchPolicy policy_;
   BatchObserver observer_;
   mutable std::mutex mutex_;
   std::condition_variable queued_;
   std::deque<std::shared_ptr<Job>> queue_;
-  std::int64_t queued_images_ = 0;
   bool stopping_ = false;
   std::vector<float> batch_pixels_, batch_logits_;
   std::thread worker_;

@@ -1,7 +1,7 @@
 // The serving engine, independent of HTTP: the variants and their batchers, the routing of requests
 // (primary, and a canary share chosen deterministically by request id), the FP32 fallback for non-finite
 // outputs, the FP32 shadow, SLO windows with automatic rollback to FP32, and the admin switches. Every
-// request holds the batcher it was routed to, so a switch never fails a request in flight.
+// request holds the variant it was routed to, so a switch never fails a request in flight.
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -102,7 +102,7 @@ class ServingEngine {
     std::string primary, canary, state = "serving";
     double canary_share = 0;
   };
-  std::shared_ptr<DynamicBatcher> variant_locked(const std::string& preset, const std::string& weights);
+  std::shared_ptr<ModelVariant> variant_locked(const std::string& preset, const std::string& weights);
   void set_routing_locked(Routing routing, const std::string& event, const std::string& reason);
   std::string watched_locked() const;
   void record_for_window(const std::string& variant, double seconds, std::int64_t nonfinite_images);
@@ -115,7 +115,8 @@ class ServingEngine {
   ServeMetrics metrics_;
   std::int64_t classes_ = 0;
   mutable std::mutex mutex_;  // routing, variants, window
-  std::map<std::string, std::shared_ptr<DynamicBatcher>> variants_;
+  std::map<std::string, std::shared_ptr<ModelVariant>> variants_;
+  std::unique_ptr<DynamicBatcher> batcher_;  // after metrics_: its worker reports to them
   Routing routing_;
   WindowStats window_;
   std::string window_variant_;

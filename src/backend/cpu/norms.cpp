@@ -19,9 +19,10 @@ using namespace cpu;  // storage.h: load/store of FP32 and BF16 elements
 
 // Rows are processed a group at a time as one flat loop over group * channels elements, with the
 // per-channel parameters repeated `group` times: a long inner loop vectorises well where a 32-channel row
-// is only two vectors and the per-row loop overhead dominates. The loops carry `#pragma GCC ivdep`: their
+// is only two vectors and the per-row loop overhead dominates. The loops carry `#pragma omp simd`: their
 // outputs never overlap their inputs, and without it GCC gives up on the runtime alias checks it would
-// need for this many pointers and leaves the FP32 builds scalar.
+// need for this many pointers, and at -O2 its "very cheap" cost model refuses any loop that needs a
+// remainder, leaving the FP32 builds scalar.
 namespace {
 
 struct Period {
@@ -72,7 +73,7 @@ MPX_VECTOR_CLONES void moment_sums(const T* in, const float* shift, std::int64_t
   for (std::int64_t j = 0; j < length; ++j) a[j] = b[j] = 0.0f;
   for (std::int64_t base = begin; base < end; base += length) {
     const std::int64_t n = std::min(length, end - base);
-#pragma GCC ivdep
+#pragma omp simd
     for (std::int64_t j = 0; j < n; ++j) {
       const float v = load(in[base + j]) - shift[j];
       a[j] += v;
@@ -98,7 +99,7 @@ MPX_VECTOR_CLONES void gradient_sums(const T* dy, const T* x, const float* mean,
   for (std::int64_t j = 0; j < length; ++j) a[j] = b[j] = 0.0f;
   for (std::int64_t base = begin; base < end; base += length) {
     const std::int64_t n = std::min(length, end - base);
-#pragma GCC ivdep
+#pragma omp simd
     for (std::int64_t j = 0; j < n; ++j) {
       const float xi = load(x[base + j]);
       const float g = relu_masked(load(dy[base + j]), xi, scale[j], shift[j], relu);
@@ -114,7 +115,7 @@ MPX_VECTOR_CLONES void scale_shift_rows(const T* in, T* out, const float* scale,
                                         std::int64_t length, std::int64_t begin, std::int64_t end, bool relu) {
   for (std::int64_t base = begin; base < end; base += length) {
     const std::int64_t n = std::min(length, end - base);
-#pragma GCC ivdep
+#pragma omp simd
     for (std::int64_t j = 0; j < n; ++j) {
       const float v = normalised(load(in[base + j]), scale[j], shift[j]);
       store(out + base + j, relu && v <= 0.0f ? 0.0f : v);  // a NaN propagates through the ReLU
@@ -133,7 +134,7 @@ MPX_VECTOR_CLONES void input_gradient_rows(const T* dy, const T* x, GradientFact
                                            std::int64_t begin, std::int64_t end, bool relu) {
   for (std::int64_t base = begin; base < end; base += length) {
     const std::int64_t n = std::min(length, end - base);
-#pragma GCC ivdep
+#pragma omp simd
     for (std::int64_t j = 0; j < n; ++j) {
       const float xi = load(x[base + j]);
       const float g = relu_masked(load(dy[base + j]), xi, k.scale[j], k.shift[j], relu);
