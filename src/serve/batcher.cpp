@@ -65,7 +65,9 @@ BatchOutcome DynamicBatcher::run(std::shared_ptr<ModelVariant> variant, std::vec
 }
 
 void DynamicBatcher::work() {
-  if (policy_.threads > 0) omp_set_num_threads(policy_.threads);  // OpenMP's thread count is per thread
+  const int threads = policy_.threads > 0 ? policy_.threads : omp_get_max_threads();
+  int current = threads;
+  omp_set_num_threads(threads);  // OpenMP's thread count is per thread: this worker's own
   std::vector<std::shared_ptr<Job>> jobs;
   std::unique_lock<std::mutex> lock(mutex_);
   for (;;) {
@@ -102,6 +104,8 @@ void DynamicBatcher::work() {
     }
     if (jobs.empty()) continue;
     lock.unlock();
+    const int wanted = images <= policy_.one_thread_batch ? 1 : threads;
+    if (wanted != current) omp_set_num_threads(current = wanted);
     run_batch(*variant, jobs);
     lock.lock();
     for (const std::shared_ptr<Job>& job : jobs) {

@@ -126,9 +126,9 @@ HttpResponse InferenceService::model_metadata() const {
 HttpResponse InferenceService::infer(const HttpRequest& request) {
   const auto start = std::chrono::steady_clock::now();
   std::string variant = "none";
-  auto fail = [&](int status, const std::string& message) {
+  auto fail = [&](int status, const std::string& message, const char* label = nullptr) {
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    engine_.metrics().record_request(variant, status_label(status), seconds);
+    engine_.metrics().record_request(variant, label ? label : status_label(status), seconds);
     HttpResponse r = error_response(status, message);
     if (status == 503) r.headers["Retry-After"] = "1";
     return r;
@@ -148,7 +148,7 @@ HttpResponse InferenceService::infer(const HttpRequest& request) {
   switch (a.status) {
     case Answer::Status::ok: break;
     case Answer::Status::bad_request: return fail(400, a.error);
-    case Answer::Status::timed_out: return fail(503, a.error);
+    case Answer::Status::timed_out: return fail(503, a.error, "timed_out");
     case Answer::Status::unavailable: return fail(503, a.error);
     case Answer::Status::failed: return fail(500, a.error);
   }

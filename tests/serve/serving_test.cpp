@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <fstream>
+#include <regex>
 #include <cstdio>
 #include <sstream>
 #include <thread>
@@ -333,6 +335,36 @@ TEST_F(Endpoints, DrainingRefusesNewRequestsWith503AndReportsNotReady) {
   EXPECT_EQ(r.status, 503);
   EXPECT_EQ(r.headers.at("Retry-After"), "1");
   EXPECT_TRUE(served->engine->wait_idle(1));
+}
+
+// Every metric the Grafana dashboard and the alert rules in docs/ query is one the server exports.
+TEST(ServeMetrics, DashboardAndAlertRulesQueryExportedMetrics) {
+  ServeMetrics m;
+  m.record_request("bf16", "ok", 1e-3);
+  m.record_phases("bf16", 1e-4, 5e-4);
+  m.record_batch("bf16", 4);
+  m.record_nonfinite("bf16", 1);
+  m.record_fallback("bf16");
+  m.record_shadow(compare_logits("bf16", std::vector<float>(10, 0).data(), std::vector<float>(10, 0).data(), 1, 10));
+  m.record_shadow_dropped(1);
+  m.set_routing("fp32", "bf16", 0.05);
+  m.record_window("bf16", 1e-3, true);
+  m.record_breach("p99_ms");
+  m.record_rollback("bf16", "fp32");
+  const std::string text = m.text();
+  int checked = 0;
+  for (const char* doc : {"/docs/grafana/mpx-serving.json", "/docs/alerts/mpx-serve.rules.yml"}) {
+    std::ifstream in(std::string(MPX_SOURCE_DIR) + doc);
+    ASSERT_TRUE(in) << doc << " missing";
+    const std::string body((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const std::regex metric(R"(mpx_serve_[a-z0-9_]+)");
+    for (auto it = std::sregex_iterator(body.begin(), body.end(), metric); it != std::sregex_iterator(); ++it) {
+      const std::string name = it->str();  // histograms are queried as _bucket/_sum/_count, which the text holds
+      EXPECT_NE(text.find("\n" + name), std::string::npos) << doc << ": " << name << " is not exported";
+      ++checked;
+    }
+  }
+  EXPECT_GT(checked, 15);
 }
 
 }  // namespace
