@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# mpx serve on loopback (this machine): hey (Debian's load generator) sends batch-1 CNN requests (a real
+# test image, UINT8 JSON) at concurrency 1 and 64, to the FP32 primary, a BF16 primary, and an FP32
+# primary with a 5% BF16 canary with and without the FP32 shadow; configurations interleaved over rounds,
+# one JSON line per run (requests/s, client-side P50/P99 from hey's per-request CSV, the server's mean
+# batch and compute time from /metrics). With a Python that has torch, PyTorch eager CPU inference of the
+# same model is measured in the same call (scripts/reference/torch_cnn_inference.py).
+# Usage: scripts/bench-serve.sh [--rounds 3] [--requests 20000] [--torch PYTHON] [--configs "..."]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=3 requests=20000 torch_python="" configs="fp32-c1 bf16-c1 fp32-c64 bf16-c64 canary-c64 canary-shadow-c64"
+while [ $# -gt 0 ]; do
+  case $1 in
+    --rounds) rounds=$2; shift 2 ;;
+    --requests) requests=$2; shift 2 ;;
+    --torch) torch_python=$2; shift 2 ;;
+    --configs) configs=$2; shift 2 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+MPX=${MPX:-build/bin/mpx}
+command -v hey >/dev/null || { echo "bench-serve: needs hey (apt-get install hey)" >&2; exit 2; }
+work=$(mktemp -d)
+server=""
+trap '[ -n "$server" ] && kill "$server" 2>/dev/null; rm -rf "$work"' EXIT
+cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
+"$MPX" train --model cnn --epochs 1 --train-subset 6000 --test-subset 500 --out "$work/run" --no-progress > /dev/null
+python3 - "$work/body.json" << 'PY'
+import gzip, json, sys
+with gzip.open("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz") as f:
+    image = list(f.read()[16:16 + 784])
+json.dump({"inputs": [{"name": "images", "shape": [1, 28, 28, 1], "datatype": "UINT8", "data": image}]},
+          open(sys.argv[1], "w"))
+PY
+serve_args() {
+  case $1 in
+    fp32-*) echo "" ;;
+    bf16-*) echo "--precision bf16" ;;
+    canary-shadow-*) echo "--canary-precision bf16 --canary-share 0.05 --shadow" ;;
+    canary-*) echo "--canary-precision bf16 --canary-share 0.05" ;;
+  esac
+}
+run_one() {  # $1 config, $2 round
+  local config=$1 concurrency=${1##*-c}
+  # shellcheck disable=SC2046
+  "$MPX" serve "$work/run" --port 0 $(serve_args "$config") > "$work/serve.out" 2>&1 &
+  server=$!
+  local port=""
+  for _ in $(seq 100); do
+    port=$(sed -n 's|.*http://127\.0\.0\.1:\([0-9]*\)/.*|\1|p' "$work/serve.out" | head -1)
+    [ -n "$port" ] && break
+    sleep 0.05
+  done
+  local url="http://127.0.0.1:$port/v2/models/cnn/infer"
+  # Distinct request ids so the canary gets its share: hey sends one body, so the server numbers them.
+  hey -n 2000 -c "$concurrency" -m POST -T application/json -D "$work/body.json" "$url" > /dev/null
+  hey -n "$requests" -c "$concurrency" -m POST -T application/json -D "$work/body.json" -o csv "$url" > "$work/hey.csv"
+  curl -s "http://127.0.0.1:$port/metrics" > "$work/metrics.txt"
+  kill "$server"
+  wait "$server" 2>/dev/null || true
+  server=""
+  python3 - "$config" "$2" "$cpu" "$work/hey.csv" "$work/metrics.txt" << 'PY'
+import csv, json, re, sys
+config, round_, cpu, hey_csv, metrics = sys.argv[1:6]
+rows = list(csv.DictReader(open(hey_csv)))
+times = sorted(float(r["response-time"]) for r in rows)
+ok = sum(1 for r in rows if r["status-code"] == "200")
+span = max(float(r["offset"]) + float(r["response-time"]) for r in rows) - min(float(r["offset"]) for r in rows)
+text = open(metrics).read()
+def total(name):
+    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.M))
+print(json.dumps({"config": config, "round": int(round_), "cpu": cpu, "requests": len(rows), "ok": ok,
+                  "requests_per_second": round(len(rows) / span, 1),
+                  "p50_ms": round(1e3 * times[len(times) // 2], 3), "p99_ms": round(1e3 * times[int(0.99 * len(times))], 3),
+                  "mean_batch": round(total("mpx_serve_batch_size_sum") / max(1, total("mpx_serve_batch_size_count")), 2),
+                  "server_compute_ms_per_request": round(1e3 * total("mpx_serve_compute_duration_seconds_sum") / max(1, total("mpx_serve_compute_duration_seconds_count")), 3),
+                  "shadow_compared": total("mpx_serve_shadow_comparisons_total")}))
+PY
+}
+for round in $(seq "$rounds"); do
+  for config in $configs; do run_one "$config" "$round"; done
+  if [ -n "$torch_python" ]; then
+    "$torch_python" scripts/reference/torch_cnn_inference.py "$work/run/model.safetensors"
+    "$torch_python" scripts/reference/torch_cnn_inference.py "$work/run/model.safetensors" --bf16
+  fi
+done
