@@ -3,12 +3,13 @@
 # test image, UINT8 JSON) at concurrency 1 and 64, to the FP32 primary, a BF16 primary, and an FP32
 # primary with a 5% BF16 canary with and without the FP32 shadow; configurations interleaved over rounds,
 # one JSON line per run (requests/s, client-side P50/P99 from hey's per-request CSV, the server's mean
-# batch and compute time from /metrics). With a Python that has torch, PyTorch eager CPU inference of the
+# batch and compute time from /metrics); the -bin configurations send binary tensor data. With a Python that has torch, PyTorch eager CPU inference of the
 # same model is measured in the same call (scripts/reference/torch_cnn_inference.py).
 # Usage: scripts/bench-serve.sh [--rounds 3] [--requests 20000] [--torch PYTHON] [--configs "..."]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rounds=3 requests=20000 torch_python="" configs="fp32-c1 bf16-c1 fp32-c64 bf16-c64 canary-c64 canary-shadow-c64"
+rounds=3 requests=20000 torch_python=""
+configs="fp32-c1 bf16-c1 fp32-c64 bf16-c64 canary-c64 canary-shadow-c64 fp32-bin-c1 fp32-bin-c64"
 while [ $# -gt 0 ]; do
   case $1 in
     --rounds) rounds=$2; shift 2 ;;
@@ -31,10 +32,16 @@ with gzip.open("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz") as
     image = list(f.read()[16:16 + 784])
 json.dump({"inputs": [{"name": "images", "shape": [1, 28, 28, 1], "datatype": "UINT8", "data": image}]},
           open(sys.argv[1], "w"))
+# The same request with binary tensor data (tritonclient's default): the JSON header, then the 784 bytes.
+header = json.dumps({"inputs": [{"name": "images", "shape": [1, 28, 28, 1], "datatype": "UINT8",
+                                 "parameters": {"binary_data_size": 784}}],
+                     "outputs": [{"name": "logits", "parameters": {"binary_data": True}}]}).encode()
+open(sys.argv[1].replace(".json", ".bin"), "wb").write(header + bytes(image))
+open(sys.argv[1].replace(".json", ".bin-length"), "w").write(str(len(header)))
 PY
 serve_args() {
   case $1 in
-    fp32-*) echo "" ;;
+    fp32-*) echo "" ;;  # fp32-c1, fp32-bin-c64, ...
     bf16-*) echo "--precision bf16" ;;
     canary-shadow-*) echo "--canary-precision bf16 --canary-share 0.05 --shadow" ;;
     canary-*) echo "--canary-precision bf16 --canary-share 0.05" ;;
@@ -52,9 +59,14 @@ run_one() {  # $1 config, $2 round
     sleep 0.05
   done
   local url="http://127.0.0.1:$port/v2/models/cnn/infer"
-  # Distinct request ids so the canary gets its share: hey sends one body, so the server numbers them.
-  hey -n 2000 -c "$concurrency" -m POST -T application/json -D "$work/body.json" "$url" > /dev/null
-  hey -n "$requests" -c "$concurrency" -m POST -T application/json -D "$work/body.json" -o csv "$url" > "$work/hey.csv"
+  local body=(-T application/json -D "$work/body.json")
+  case $config in
+    *-bin-*) body=(-T application/octet-stream -H "Inference-Header-Content-Length: $(cat "$work/body.bin-length")"
+                   -D "$work/body.bin") ;;
+  esac
+  # The body holds no id, so the server numbers the requests and the canary still gets its share.
+  hey -n 2000 -c "$concurrency" -m POST "${body[@]}" "$url" > /dev/null
+  hey -n "$requests" -c "$concurrency" -m POST "${body[@]}" -o csv "$url" > "$work/hey.csv"
   curl -s "http://127.0.0.1:$port/metrics" > "$work/metrics.txt"
   kill "$server"
   wait "$server" 2>/dev/null || true
