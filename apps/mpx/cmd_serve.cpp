@@ -145,6 +145,9 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--read-timeout-s", o->http.read_timeout_seconds, "Close a connection that sends nothing for this long")
       ->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--http-threads", o->http.threads, "Connections served at once")->capture_default_str()->check(CLI::Range(1, 4096));
+  cmd->add_option("--one-thread-batch", e.batching.one_thread_batch,
+                  "Batches of at most this many images run on one thread (0: all use --threads)")
+      ->capture_default_str()->check(CLI::Range(0, 4096));
   cmd->add_option("--threads", o->threads, "CPU threads of each forward pass (0: all cores)")->capture_default_str()->check(CLI::Range(0, 1024));
   cmd->add_option("--admin-token-file", o->admin_token_file, "File holding the token POST /admin/precision requires "
                                                              "(or set MPX_ADMIN_TOKEN); without one the endpoint is off");

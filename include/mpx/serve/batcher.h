@@ -27,6 +27,10 @@ struct BatchPolicy {
   std::int64_t max_batch = 64;
   std::int64_t max_queue_delay_us = 0;
   int threads = 0;  // OpenMP threads of the forward passes; 0: every core
+  // Batches of at most this many images run on one thread: a small forward gains little from a second
+  // core, and on a loaded machine (the HTTP threads, a load generator) the team's barrier waits for
+  // whichever thread was descheduled, which is what makes the latency tail. 0: every batch uses `threads`.
+  std::int64_t one_thread_batch = 2;
 };
 
 struct BatchOutcome {

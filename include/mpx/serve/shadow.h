@@ -1,7 +1,8 @@
 // The FP32 shadow: a sample of the low-precision answers is re-run on an FP32 copy of the model on a
-// thread of its own, at low priority and off the response path (a full queue drops the sample, counted,
-// rather than slow a response), and each image's two answers are compared: top-1 agreement, the largest
-// |logit difference|, and agreement per class (the class the FP32 reference predicts).
+// thread of its own, at low priority, off the response path and in batches of what queued up within 20 ms
+// (a full queue drops the sample, counted, rather than slow a response), and each image's two answers are
+// compared: top-1 agreement, the largest |logit difference|, and agreement per class (the class the FP32
+// reference predicts).
 #pragma once
 
 #include <condition_variable>
@@ -56,6 +57,8 @@ class ShadowComparer {
     std::int64_t rows = 0;
   };
   void work();
+  std::int64_t queued_images_locked() const;
+  static constexpr double kGatherSeconds = 0.02;
 
   std::unique_ptr<ModelVariant> reference_;
   std::size_t capacity_;
