@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -81,9 +82,10 @@ void run_serve(ServeCommand& o) {
   if (!routing["canary"].is_null()) {
     fmt::print(", canary {} at {:g}%", routing["canary"].get<std::string>(), 100 * routing["canary_share"].get<double>());
   }
-  fmt::print("{}{}; max batch {}, {} threads\n", o.engine.shadow ? ", FP32 shadow" : "",
+  fmt::print("{}{}; max batch {}, {} instance(s) x {} thread(s)\n", o.engine.shadow ? ", FP32 shadow" : "",
              o.engine.slo.empty() ? "" : ", SLO " + o.slo + " per " + o.slo_window, o.engine.batching.max_batch,
-             o.threads > 0 ? o.threads : omp_get_max_threads());
+             o.engine.batching.instances,
+             o.threads > 0 ? o.threads : std::max(1, omp_get_max_threads() / o.engine.batching.instances));
   if (token.empty()) fmt::print("mpx serve: admin endpoint off (no --admin-token-file or MPX_ADMIN_TOKEN)\n");
   std::fflush(stdout);
   engine.start_slo_monitor();
@@ -148,7 +150,10 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--one-thread-batch", e.batching.one_thread_batch,
                   "Batches of at most this many images run on one thread (0: all use --threads)")
       ->capture_default_str()->check(CLI::Range(0, 4096));
-  cmd->add_option("--threads", o->threads, "CPU threads of each forward pass (0: all cores)")->capture_default_str()->check(CLI::Range(0, 1024));
+  cmd->add_option("--instances", e.batching.instances,
+                  "Batching workers, each with its own copy of every variant (Triton's instance count)")
+      ->capture_default_str()->check(CLI::Range(1, 64));
+  cmd->add_option("--threads", o->threads, "CPU threads of each forward pass (0: the cores divided among --instances)")->capture_default_str()->check(CLI::Range(0, 1024));
   cmd->add_option("--admin-token-file", o->admin_token_file, "File holding the token POST /admin/precision requires "
                                                              "(or set MPX_ADMIN_TOKEN); without one the endpoint is off");
   cmd->add_option("--events", o->events, "Append the JSON-line events here instead of stdout");

@@ -22,7 +22,8 @@ DynamicBatcher::DynamicBatcher(BatchPolicy policy, BatchObserver observer)
     : policy_(policy), observer_(std::move(observer)) {
   MPX_REQUIRE(policy_.max_batch >= 1, "--max-batch must be 1 or more");
   MPX_REQUIRE(policy_.max_queue_delay_us >= 0, "--max-queue-delay-us must be 0 or more");
-  worker_ = std::thread([this] { work(); });
+  MPX_REQUIRE(policy_.instances >= 1, "--instances must be 1 or more");
+  for (int k = 0; k < policy_.instances; ++k) workers_.emplace_back([this, k] { work(k); });
 }
 
 DynamicBatcher::~DynamicBatcher() {
@@ -31,7 +32,7 @@ DynamicBatcher::~DynamicBatcher() {
     stopping_ = true;
   }
   queued_.notify_all();
-  worker_.join();
+  for (std::thread& w : workers_) w.join();
 }
 
 std::int64_t DynamicBatcher::queued_images_of(const ModelVariant* variant) const {
@@ -46,6 +47,7 @@ BatchOutcome DynamicBatcher::run(std::shared_ptr<ModelVariant> variant, std::vec
                                                           " images is more than --max-batch " +
                                                           std::to_string(policy_.max_batch));
   MPX_REQUIRE(variant->max_batch() >= policy_.max_batch, "the variant is planned for fewer images than --max-batch");
+  MPX_REQUIRE(variant->instances() >= policy_.instances, "the variant has fewer instances than the batcher has workers");
   auto job = std::make_shared<Job>();
   job->variant = std::move(variant);
   job->pixels = std::move(pixels);
@@ -64,11 +66,12 @@ BatchOutcome DynamicBatcher::run(std::shared_ptr<ModelVariant> variant, std::vec
   return std::move(job->outcome);
 }
 
-void DynamicBatcher::work() {
-  const int threads = policy_.threads > 0 ? policy_.threads : omp_get_max_threads();
+void DynamicBatcher::work(int instance) {
+  const int threads = policy_.threads > 0 ? policy_.threads : std::max(1, omp_get_max_threads() / policy_.instances);
   int current = threads;
   omp_set_num_threads(threads);  // OpenMP's thread count is per thread: this worker's own
   std::vector<std::shared_ptr<Job>> jobs;
+  std::vector<float> pixels, logits;
   std::unique_lock<std::mutex> lock(mutex_);
   for (;;) {
     queued_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
@@ -106,7 +109,7 @@ void DynamicBatcher::work() {
     lock.unlock();
     const int wanted = images <= policy_.one_thread_batch ? 1 : threads;
     if (wanted != current) omp_set_num_threads(current = wanted);
-    run_batch(*variant, jobs);
+    run_batch(*variant, instance, jobs, pixels, logits);
     lock.lock();
     for (const std::shared_ptr<Job>& job : jobs) {
       job->done = true;
@@ -115,19 +118,20 @@ void DynamicBatcher::work() {
   }
 }
 
-void DynamicBatcher::run_batch(ModelVariant& variant, std::vector<std::shared_ptr<Job>>& jobs) {
+void DynamicBatcher::run_batch(ModelVariant& variant, int instance, std::vector<std::shared_ptr<Job>>& jobs,
+                               std::vector<float>& batch_pixels, std::vector<float>& batch_logits) {
   const std::int64_t pixels = variant.pixels_per_image(), classes = variant.classes();
-  batch_pixels_.resize(static_cast<std::size_t>(policy_.max_batch * pixels));
-  batch_logits_.resize(static_cast<std::size_t>(policy_.max_batch * classes));
+  batch_pixels.resize(static_cast<std::size_t>(policy_.max_batch * pixels));
+  batch_logits.resize(static_cast<std::size_t>(policy_.max_batch * classes));
   std::int64_t images = 0;
   for (const std::shared_ptr<Job>& job : jobs) {
-    std::copy(job->pixels.begin(), job->pixels.end(), batch_pixels_.begin() + images * pixels);
+    std::copy(job->pixels.begin(), job->pixels.end(), batch_pixels.begin() + images * pixels);
     images += job->rows;
   }
   const Clock::time_point start = Clock::now();
   std::string error;
   try {
-    variant.infer(batch_pixels_.data(), images, batch_logits_.data());
+    variant.infer(batch_pixels.data(), images, batch_logits.data(), instance);
   } catch (const std::exception& e) {
     error = e.what();
   }
@@ -142,7 +146,7 @@ void DynamicBatcher::run_batch(ModelVariant& variant, std::vector<std::shared_pt
       o.status = BatchOutcome::Status::failed;
       o.error = error;
     } else {
-      o.logits.assign(batch_logits_.begin() + row * classes, batch_logits_.begin() + (row + job->rows) * classes);
+      o.logits.assign(batch_logits.begin() + row * classes, batch_logits.begin() + (row + job->rows) * classes);
     }
     row += job->rows;
   }

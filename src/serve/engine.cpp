@@ -90,7 +90,8 @@ std::shared_ptr<ModelVariant> ServingEngine::variant_locked(const std::string& p
                 "the " + name + " variant is loaded from " + it->second->weights_file() + " already, not " + wanted);
     return it->second;
   }
-  auto variant = std::make_shared<ModelVariant>(source_, preset, options_.batching.max_batch, weights);
+  auto variant = std::make_shared<ModelVariant>(source_, preset, options_.batching.max_batch, weights,
+                                                options_.batching.instances);
   variants_[name] = variant;
   return variant;
 }

@@ -81,36 +81,44 @@ struct ModelVariant::Impl {
 };
 
 ModelVariant::ModelVariant(const ModelSource& source, const std::string& preset, std::int64_t max_batch,
-                           const std::string& weights)
-    : impl_(std::make_unique<Impl>(source.model)),
-      name_(variant_name(preset)),
+                           const std::string& weights, int instances)
+    : name_(variant_name(preset)),
       preset_(preset),
       weights_(weights.empty() ? source.model_file : weights),
       max_batch_(max_batch),
       pixels_(source.height * source.width) {
   MPX_REQUIRE(max_batch >= 1, "a variant serves batches of at least one image");
-  impl_->ctx.policy = amp::PrecisionPolicy::preset(preset);
-  impl_->normalisation = source.normalisation;
-  const nn::TensorSpec out = impl_->model.plan({{max_batch, source.height, source.width, 1}, DType::f32}, impl_->ctx);
-  train::load_model(weights_, impl_->model, impl_->ctx);
-  impl_->input = impl_->ctx.allocate({max_batch, source.height, source.width, 1}, DType::f32, MemoryCategory::activations);
-  classes_ = out.shape[1];
+  MPX_REQUIRE(instances >= 1, "a variant needs at least one instance");
+  for (int k = 0; k < instances; ++k) {
+    auto impl = std::make_unique<Impl>(source.model);
+    impl->ctx.policy = amp::PrecisionPolicy::preset(preset);
+    impl->normalisation = source.normalisation;
+    const nn::TensorSpec out = impl->model.plan({{max_batch, source.height, source.width, 1}, DType::f32}, impl->ctx);
+    train::load_model(weights_, impl->model, impl->ctx);
+    impl->input = impl->ctx.allocate({max_batch, source.height, source.width, 1}, DType::f32, MemoryCategory::activations);
+    classes_ = out.shape[1];
+    impl_.push_back(std::move(impl));
+  }
 }
 
 ModelVariant::~ModelVariant() = default;
 
-void ModelVariant::infer(const float* pixels, std::int64_t rows, float* logits) {
+int ModelVariant::instances() const { return static_cast<int>(impl_.size()); }
+
+void ModelVariant::infer(const float* pixels, std::int64_t rows, float* logits, int instance) {
   MPX_REQUIRE(rows >= 1 && rows <= max_batch_, "batch of " + std::to_string(rows) + " images outside 1.." +
                                                    std::to_string(max_batch_));
-  float* x = impl_->input.data_as<float>();
-  const io::PixelNormalisation n = impl_->normalisation;
+  MPX_REQUIRE(instance >= 0 && instance < instances(), "no instance " + std::to_string(instance) + " of variant " + name_);
+  Impl& impl = *impl_[static_cast<std::size_t>(instance)];
+  float* x = impl.input.data_as<float>();
+  const io::PixelNormalisation n = impl.normalisation;
   const std::int64_t count = rows * pixels_;
   for (std::int64_t i = 0; i < count; ++i) x[i] = (pixels[i] - n.mean) * n.inv_std;
-  if (poison_after_ >= 0 && batches_ >= poison_after_) {
+  const std::int64_t poison_after = poison_after_.load();
+  if (poison_after >= 0 && batches_.fetch_add(1) >= poison_after) {
     for (std::int64_t r = 0; r < rows; ++r) x[r * pixels_] = std::numeric_limits<float>::quiet_NaN();
   }
-  ++batches_;
-  const Tensor y = impl_->model.forward(impl_->input.first_rows(rows), impl_->ctx, false);
+  const Tensor y = impl.model.forward(impl.input.first_rows(rows), impl.ctx, false);
   if (y.dtype() == DType::f32) {
     std::copy_n(y.data_as<float>(), rows * classes_, logits);
   } else {

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <mutex>
 #include <cmath>
 #include <thread>
 
@@ -59,6 +60,47 @@ TEST(DynamicBatcher, AnswersARequestPastItsDeadlineAsTimedOutWithoutRunningIt) {
   EXPECT_EQ(o.status, BatchOutcome::Status::timed_out);
   EXPECT_EQ(batches, 0);
   EXPECT_THROW(batcher.run(variant, test::random_images(5, 1), 5, Clock::now() + std::chrono::seconds(1)), InvalidArgument);
+}
+
+TEST(DynamicBatcher, TwoInstancesRunTwoBatchesAtOnceEachWithItsOwnActivations) {
+  const ModelSource source = resolve_model(test::write_served_model("cnn", 4), "", "");
+  auto variant = std::make_shared<ModelVariant>(source, "32-true", 8, "", 2);
+  ModelVariant alone(source, "32-true", 8);
+  std::mutex m;
+  std::vector<std::pair<Clock::time_point, Clock::time_point>> spans;
+  DynamicBatcher batcher({8, 0, 1, 2, 2}, [&](const ModelVariant&, std::int64_t, double seconds) {
+    const Clock::time_point end = Clock::now();
+    std::lock_guard<std::mutex> lock(m);
+    spans.emplace_back(end - std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds)), end);
+  });
+  const std::vector<float> images = test::random_images(96, 5);
+  std::vector<std::vector<float>> answers(96);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 6; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = t; i < 96; i += 6) {
+        std::vector<float> x(images.begin() + i * 784, images.begin() + (i + 1) * 784);
+        answers[static_cast<std::size_t>(i)] = batcher.run(variant, std::move(x), 1, Clock::now() + std::chrono::seconds(30)).logits;
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  bool overlapped = false;
+  for (std::size_t a = 0; a < spans.size(); ++a) {
+    for (std::size_t b = a + 1; b < spans.size(); ++b) {
+      overlapped |= spans[a].first < spans[b].second && spans[b].first < spans[a].second;
+    }
+  }
+  EXPECT_TRUE(overlapped) << spans.size() << " batches, none at the same time as another";
+  std::vector<float> expected(10);
+  for (int i = 0; i < 96; ++i) {
+    alone.infer(images.data() + i * 784, 1, expected.data());
+    ASSERT_EQ(answers[static_cast<std::size_t>(i)].size(), 10u);
+    for (int k = 0; k < 10; ++k) {
+      EXPECT_NEAR(answers[static_cast<std::size_t>(i)][static_cast<std::size_t>(k)], expected[static_cast<std::size_t>(k)],
+                  1e-5f * (1 + std::fabs(expected[static_cast<std::size_t>(k)])));
+    }
+  }
 }
 
 }  // namespace

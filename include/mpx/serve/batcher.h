@@ -1,9 +1,10 @@
-// Dynamic batching: requests queue up and one worker thread runs them together, up to `max_batch` images
-// of one variant per forward pass, waiting at most `max_queue_delay_us` after the oldest queued request for
-// more to come (0: run whatever is queued as soon as the worker is free, as Triton's default). One worker
-// for every variant, because a CPU forward pass already uses every core: two workers' OpenMP teams would
-// only take turns (and spin against each other). A request still queued at its deadline is answered as
-// timed out without running.
+// Dynamic batching: requests queue up and `instances` worker threads run them together, up to `max_batch`
+// images of one variant per forward pass, waiting at most `max_queue_delay_us` after the oldest queued
+// request for more to come (0: run whatever is queued as soon as a worker is free, as Triton's default).
+// The workers serve every variant: worker k runs the variant's instance k. One worker with a team of
+// `threads` per pass, or several with fewer threads each (Triton's instance groups): several single-thread
+// workers never leave an OpenMP team spinning between passes. A request still queued at its deadline is
+// answered as timed out without running.
 #pragma once
 
 #include <chrono>
@@ -26,7 +27,8 @@ using Clock = std::chrono::steady_clock;
 struct BatchPolicy {
   std::int64_t max_batch = 64;
   std::int64_t max_queue_delay_us = 0;
-  int threads = 0;  // OpenMP threads of the forward passes; 0: every core
+  int threads = 0;  // OpenMP threads of each forward pass; 0: the cores divided among the instances
+  int instances = 1;  // batching workers, each with its own instance of every variant
   // Batches of at most this many images run on one thread: a small forward gains little from a second
   // core, and on a loaded machine (the HTTP threads, a load generator) the team's barrier waits for
   // whichever thread was descheduled, which is what makes the latency tail. 0: every batch uses `threads`.
@@ -60,8 +62,9 @@ class DynamicBatcher {
 
  private:
   struct Job;
-  void work();
-  void run_batch(ModelVariant& variant, std::vector<std::shared_ptr<Job>>& jobs);
+  void work(int instance);
+  void run_batch(ModelVariant& variant, int instance, std::vector<std::shared_ptr<Job>>& jobs,
+                 std::vector<float>& batch_pixels, std::vector<float>& batch_logits);
   std::int64_t queued_images_of(const ModelVariant* variant) const;  // with mutex_ held
 
   BatchPolicy policy_;
@@ -70,8 +73,7 @@ class DynamicBatcher {
   std::condition_variable queued_;
   std::deque<std::shared_ptr<Job>> queue_;
   bool stopping_ = false;
-  std::vector<float> batch_pixels_, batch_logits_;
-  std::thread worker_;
+  std::vector<std::thread> workers_;
 };
 
 }  // namespace mpx::serve

@@ -4,6 +4,7 @@
 // in [0, 1]; the variant normalises them as training did; outputs are FP32 logits whatever it computes in.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -35,15 +36,18 @@ ModelSource resolve_model(const std::string& model_or_run, const std::string& mo
 class ModelVariant {
  public:
   // `weights`: empty to use source.model_file. Throws (IoError naming the tensor) when the file does not fit.
+  // `instances`: copies of the planned model, one per batching worker (a forward pass writes its own
+  // activations), so that that many batches of this variant can run at once.
   ModelVariant(const ModelSource& source, const std::string& preset, std::int64_t max_batch,
-               const std::string& weights = "");
+               const std::string& weights = "", int instances = 1);
   ~ModelVariant();
   ModelVariant(const ModelVariant&) = delete;
   ModelVariant& operator=(const ModelVariant&) = delete;
 
-  // rows x (height*width) intensities in [0, 1] -> rows x classes FP32 logits. Not thread-safe: one caller
-  // at a time (the variant's batcher).
-  void infer(const float* pixels, std::int64_t rows, float* logits);
+  // rows x (height*width) intensities in [0, 1] -> rows x classes FP32 logits, on copy `instance`. One
+  // caller at a time per instance (batching worker `instance`).
+  void infer(const float* pixels, std::int64_t rows, float* logits, int instance = 0);
+  int instances() const;
 
   const std::string& name() const { return name_; }
   const std::string& preset() const { return preset_; }
@@ -57,9 +61,10 @@ class ModelVariant {
 
  private:
   struct Impl;
-  std::unique_ptr<Impl> impl_;
+  std::vector<std::unique_ptr<Impl>> impl_;
   std::string name_, preset_, weights_;
-  std::int64_t classes_ = 0, max_batch_ = 0, pixels_ = 0, batches_ = 0, poison_after_ = -1;
+  std::int64_t classes_ = 0, max_batch_ = 0, pixels_ = 0;
+  std::atomic<std::int64_t> batches_{0}, poison_after_{-1};
 };
 
 }  // namespace mpx::serve
