@@ -39,13 +39,17 @@ header = json.dumps({"inputs": [{"name": "images", "shape": [1, 28, 28, 1], "dat
 open(sys.argv[1].replace(".json", ".bin"), "wb").write(header + bytes(image))
 open(sys.argv[1].replace(".json", ".bin-length"), "w").write(str(len(header)))
 PY
-serve_args() {
+serve_args() {  # the configuration's name: precision or canary, then -bin, -iN (instances), -cN (concurrency)
+  local args=""
   case $1 in
-    fp32-*) echo "" ;;  # fp32-c1, fp32-bin-c64, ...
-    bf16-*) echo "--precision bf16" ;;
-    canary-shadow-*) echo "--canary-precision bf16 --canary-share 0.05 --shadow" ;;
-    canary-*) echo "--canary-precision bf16 --canary-share 0.05" ;;
+    bf16-*) args="--precision bf16" ;;
+    canary-shadow-*) args="--canary-precision bf16 --canary-share 0.05 --shadow" ;;
+    canary-*) args="--canary-precision bf16 --canary-share 0.05" ;;
   esac
+  case $1 in
+    *-i[0-9]*) local n=${1#*-i}; args="$args --instances ${n%%-*}" ;;
+  esac
+  echo "$args"
 }
 run_one() {  # $1 config, $2 round
   local config=$1 concurrency=${1##*-c}

@@ -23,6 +23,8 @@ DynamicBatcher::DynamicBatcher(BatchPolicy policy, BatchObserver observer)
   MPX_REQUIRE(policy_.max_batch >= 1, "--max-batch must be 1 or more");
   MPX_REQUIRE(policy_.max_queue_delay_us >= 0, "--max-queue-delay-us must be 0 or more");
   MPX_REQUIRE(policy_.instances >= 1, "--instances must be 1 or more");
+  busy_.assign(static_cast<std::size_t>(policy_.instances), 0);
+  for (int k = 0; k < policy_.instances; ++k) wake_.push_back(std::make_unique<std::condition_variable>());
   for (int k = 0; k < policy_.instances; ++k) workers_.emplace_back([this, k] { work(k); });
 }
 
@@ -31,8 +33,17 @@ DynamicBatcher::~DynamicBatcher() {
     std::lock_guard<std::mutex> lock(mutex_);
     stopping_ = true;
   }
-  queued_.notify_all();
+  for (const auto& wake : wake_) wake->notify_all();
   for (std::thread& w : workers_) w.join();
+}
+
+void DynamicBatcher::wake_an_idle_worker() {
+  for (std::size_t k = 0; k < busy_.size(); ++k) {
+    if (!busy_[k]) {
+      wake_[k]->notify_one();
+      return;
+    }
+  }
 }
 
 std::int64_t DynamicBatcher::queued_images_of(const ModelVariant* variant) const {
@@ -61,7 +72,7 @@ BatchOutcome DynamicBatcher::run(std::shared_ptr<ModelVariant> variant, std::vec
     return job->outcome;
   }
   queue_.push_back(job);
-  queued_.notify_one();
+  wake_an_idle_worker();
   job->finished.wait(lock, [&] { return job->done; });
   return std::move(job->outcome);
 }
@@ -72,16 +83,20 @@ void DynamicBatcher::work(int instance) {
   omp_set_num_threads(threads);  // OpenMP's thread count is per thread: this worker's own
   std::vector<std::shared_ptr<Job>> jobs;
   std::vector<float> pixels, logits;
+  std::condition_variable& wake = *wake_[static_cast<std::size_t>(instance)];
+  auto lower_workers_busy = [&] {
+    return std::all_of(busy_.begin(), busy_.begin() + instance, [](char b) { return b != 0; });
+  };
   std::unique_lock<std::mutex> lock(mutex_);
   for (;;) {
-    queued_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+    wake.wait(lock, [&] { return stopping_ || (!queue_.empty() && lower_workers_busy()); });
     if (queue_.empty()) return;  // stopping, nothing left
     // The oldest request's variant runs next; wait for more of its requests until its batch is full or
     // the oldest has waited max_queue_delay_us.
     std::shared_ptr<ModelVariant> variant = queue_.front()->variant;
     const Clock::time_point until = queue_.front()->arrived + std::chrono::microseconds(policy_.max_queue_delay_us);
     while (!stopping_ && queued_images_of(variant.get()) < policy_.max_batch && Clock::now() < until) {
-      queued_.wait_until(lock, until);
+      wake.wait_until(lock, until);
     }
     jobs.clear();
     std::int64_t images = 0;
@@ -106,11 +121,14 @@ void DynamicBatcher::work(int instance) {
       it = queue_.erase(it);
     }
     if (jobs.empty()) continue;
+    busy_[static_cast<std::size_t>(instance)] = 1;
+    if (!queue_.empty()) wake_an_idle_worker();  // more than this batch waits: the next worker takes it
     lock.unlock();
     const int wanted = images <= policy_.one_thread_batch ? 1 : threads;
     if (wanted != current) omp_set_num_threads(current = wanted);
     run_batch(*variant, instance, jobs, pixels, logits);
     lock.lock();
+    busy_[static_cast<std::size_t>(instance)] = 0;
     for (const std::shared_ptr<Job>& job : jobs) {
       job->done = true;
       job->finished.notify_one();

@@ -66,11 +66,15 @@ class DynamicBatcher {
   void run_batch(ModelVariant& variant, int instance, std::vector<std::shared_ptr<Job>>& jobs,
                  std::vector<float>& batch_pixels, std::vector<float>& batch_logits);
   std::int64_t queued_images_of(const ModelVariant* variant) const;  // with mutex_ held
+  void wake_an_idle_worker();                                        // with mutex_ held
 
   BatchPolicy policy_;
   BatchObserver observer_;
   mutable std::mutex mutex_;
-  std::condition_variable queued_;
+  // Worker k takes work only while workers 0..k-1 are busy, so that light traffic stays on instance 0
+  // (its weights and activations warm in cache): each worker has its own wake-up.
+  std::vector<std::unique_ptr<std::condition_variable>> wake_;
+  std::vector<char> busy_;
   std::deque<std::shared_ptr<Job>> queue_;
   bool stopping_ = false;
   std::vector<std::thread> workers_;
