@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "../support/fashion_mnist.h"
+#include "mpx/artifacts/convert.h"
 #include "mpx/artifacts/predict.h"
 #include "mpx/core/error.h"
 #include "mpx/serve/engine.h"
@@ -80,6 +81,29 @@ TEST(Serving, EachVariantAnswersWithTheLogitsMpxPredictComputesForTheSameImages)
       }
     }
   }
+}
+
+TEST(Serving, AVariantLoadedFromAConvertedFileAnswersWhatMpxPredictComputesOnThatFile) {
+  MPX_NEED_DATA();
+  const io::FashionMnist& data = *test::fashion_mnist();
+  const io::PixelNormalisation n = io::pixel_normalisation(data.train);
+  const std::string file = test::write_served_model("cnn", 9, n.mean, 1.0f / n.inv_std);
+  const std::string converted = test::serve_temp_path("converted_bf16.safetensors");
+  artifacts::ConvertSpec spec;
+  spec.to = DType::bf16;
+  ASSERT_TRUE(artifacts::convert_checkpoint(file, converted, spec).written);
+  ServeOptions o = options_for(file);
+  o.precision = "bf16";
+  o.weights = converted;
+  Served s(o);
+  EXPECT_EQ(s.engine->routing()["variants"][0]["weights"], converted);  // "bf16" sorts before "fp32"
+  std::vector<float> images(static_cast<std::size_t>(50 * 784));
+  for (std::size_t i = 0; i < images.size(); ++i) images[i] = static_cast<float>(data.test.pixels[i]) / 255.0f;
+  const std::vector<float> offline = artifacts::test_logits("cnn", converted, "bf16-true", data, 50, nullptr);
+  const Answer a = infer(*s.engine, "", images, 0, 50);
+  ASSERT_EQ(a.status, Answer::Status::ok) << a.error;
+  EXPECT_EQ(a.variant, "bf16");
+  for (std::size_t k = 0; k < a.logits.size(); ++k) ASSERT_EQ(a.logits[k], offline[k]) << k;
 }
 
 TEST(Serving, RoutesTheCanaryShareOfTenThousandRequestsWithinOnePoint) {
