@@ -109,6 +109,21 @@ def rollback_under_load():
             break
     rolled_back_after = time.time() - t0
     time.sleep(0.5)
+    after_rollback = len(results)
+    time.sleep(0.2)
+    assert all(v == "fp32" for _, _, v in results[after_rollback:]), "requests still reached the canary"
+    # Switches by hand while the clients keep sending: the admin endpoint refuses without the token, and
+    # no request fails during a switch.
+    auth = {"Authorization": "Bearer " + TOKEN}
+    status, data, _ = request(port, "POST", "/admin/precision", body='{"action": "set", "precision": "bf16"}')
+    assert status == 401, status
+    # (bf16 stays out: the drill made its outputs NaN for good.)
+    switches = ['{"action": "set", "precision": "fp16"}', '{"action": "canary", "precision": "16-mixed", "share": 0.5}',
+                '{"action": "promote"}', '{"action": "canary", "precision": "fp32", "share": 0.3}', '{"action": "rollback"}']
+    for body in switches:
+        status, data, _ = request(port, "POST", "/admin/precision", body=body, headers=auth)
+        assert status == 200, (body, status, data)
+        time.sleep(0.3)
     stop.set()
     for t in threads:
         t.join()
@@ -117,21 +132,20 @@ def rollback_under_load():
         assert rolled_back_after < 2.9, f"rollback took {rolled_back_after:.1f} s with 1 s windows"
         assert "non-finite" in events[-1]["reason"], events[-1]
         assert all(s == 200 and f for s, f, _ in results), [r for r in results if r[0] != 200 or not r[1]][:5]
+        seen = {v for _, _, v in results[after_rollback:]}
+        assert {"fp16", "16-mixed", "fp32"} <= seen, seen  # the switches took effect under load
         assert results[-1][2] == "fp32"
         status, data, _ = request(port, "GET", "/metrics")
         text = data.decode()
         assert 'mpx_serve_rollbacks_total{from="bf16",to="fp32"} 1' in text
         assert 'mpx_serve_fp32_fallbacks_total{variant="bf16"}' in text
-        # The admin endpoint: refused without the token, switches with it.
-        status, data, _ = request(port, "POST", "/admin/precision", body='{"action": "set", "precision": "bf16"}')
-        assert status == 401, status
-        status, data, _ = request(port, "POST", "/admin/precision", body='{"action": "canary", "precision": "fp16", "share": 0.2}',
-                                  headers={"Authorization": "Bearer " + TOKEN})
-        assert status == 200 and json.loads(data)["canary"] == "fp16", data
+        status, data, _ = request(port, "GET", "/admin/precision", headers=auth)
+        assert json.loads(data)["state"] == "rolled_back", data
     finally:
         p.terminate()
         p.wait(timeout=30)
-    print(f"rollback: after {rolled_back_after:.2f} s (1 s windows, 2 breached), {len(results)} requests, none failed")
+    print(f"rollback: after {rolled_back_after:.2f} s (1 s windows, 2 breached); {len(switches)} switches by hand under "
+          f"load; {len(results)} requests, none failed")
 
 
 def sigterm_under_load():
