@@ -299,16 +299,23 @@ GradientSync::Reduced GradientSync::finish(float local_loss) {
     }
     stats_.residual_norm = std::sqrt(r2) / static_cast<double>(scale_);
   }
-  // Every rank skips the same step, and every rank's scaler must be where the others are.
-  float flags[3] = {local_nonfinite_ ? 1.0f : 0.0f, scale_, -scale_};
-  group_.allreduce_max(flags);
-  if (flags[1] != -flags[2]) {
-    throw Error("the ranks' loss scales differ (from " + std::to_string(-flags[2]) + " to " + std::to_string(flags[1]) +
-                "): their gradients or skipped steps diverged; this is a bug in mpx, please report it");
+  // The step's verdicts in one small collective (each costs a round trip, whatever its size): the
+  // non-finite flags and the weighted losses summed, so that every rank skips the same step; and each
+  // rank's loss scale in a slot of its own (zeros elsewhere, so the sum carries it exactly), so that every
+  // rank can check that all scalers are where its own is.
+  std::vector<double> verdict(2 + static_cast<std::size_t>(group_.size()), 0.0);
+  verdict[0] = local_nonfinite_ ? 1.0 : 0.0;
+  verdict[1] = static_cast<double>(local_loss) * weight_;
+  verdict[2 + static_cast<std::size_t>(group_.rank())] = scale_;
+  group_.allreduce_sum(std::span<double>(verdict));
+  for (int k = 1; k < group_.size(); ++k) {
+    if (verdict[2 + static_cast<std::size_t>(k)] != verdict[2]) {
+      throw Error("the ranks' loss scales differ (rank 0 " + std::to_string(verdict[2]) + ", rank " + std::to_string(k) +
+                  " " + std::to_string(verdict[2 + static_cast<std::size_t>(k)]) +
+                  "): their gradients or skipped steps diverged; this is a bug in mpx, please report it");
+    }
   }
-  double loss = static_cast<double>(local_loss) * weight_;
-  group_.allreduce_sum(std::span<double>(&loss, 1));
-  return {static_cast<float>(loss), flags[0] > 0};
+  return {static_cast<float>(verdict[1]), verdict[0] > 0};
 }
 
 void GradientSync::end_step(bool applied) {
