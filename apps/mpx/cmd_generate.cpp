@@ -5,12 +5,12 @@
 #include <fmt/format.h>
 
 #include <cstdio>
-#include <filesystem>
 #include <sstream>
 
 #include "commands.h"
 #include "validators.h"
 #include "mpx/artifacts/generate.h"
+#include "mpx/train/run/model_file.h"
 #include "mpx/core/error.h"
 #include "mpx/io/safetensors.h"
 
@@ -42,9 +42,7 @@ std::vector<std::int32_t> parse_token_list(const std::string& text) {
 }
 
 void run_generate(const GenerateOptions& o) {
-  const std::string path = std::filesystem::is_directory(o.model)
-                               ? (std::filesystem::path(o.model) / "model.safetensors").string()
-                               : o.model;
+  const std::string path = train::model_file_in(o.model);
   artifacts::Generator generator(path, o.precision, o.heads, o.device == "cuda" ? Device::cuda : Device::cpu);
   std::vector<std::int32_t> prompt;
   if (!o.prompt_tokens.empty()) {

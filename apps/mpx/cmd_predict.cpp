@@ -4,7 +4,6 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <filesystem>
 
 #include "commands.h"
 #include "mpx/amp/precision_policy.h"
@@ -23,9 +22,7 @@ struct PredictOptions {
 };
 
 void run_predict(const PredictOptions& o) {
-  const std::string weights = std::filesystem::is_directory(o.weights)
-                                  ? (std::filesystem::path(o.weights) / "model.safetensors").string()
-                                  : o.weights;
+  const std::string weights = train::model_file_in(o.weights);
   const std::string model = !o.model.empty() ? o.model : train::model_name_of(io::SafetensorsFile::read(weights), weights);
   const std::string precision = amp::PrecisionPolicy::preset(o.precision).name;  // validates the name first
   const io::FashionMnist data = io::load_fashion_mnist(o.data);

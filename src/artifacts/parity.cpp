@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <filesystem>
 #include <vector>
 
 #include "mpx/amp/precision_policy.h"
@@ -14,16 +13,8 @@
 
 namespace mpx::artifacts {
 
-namespace {
-
-std::string model_file(const std::string& path) {
-  return std::filesystem::is_directory(path) ? (std::filesystem::path(path) / "model.safetensors").string() : path;
-}
-
-}  // namespace
-
 ParityReport run_parity(const ParityOptions& o, const io::FashionMnist& data) {
-  const std::string baseline_file = model_file(o.checkpoint);
+  const std::string baseline_file = train::model_file_in(o.checkpoint);
   std::string model_name = o.model;
   ParityReport r;
   {
@@ -38,7 +29,7 @@ ParityReport run_parity(const ParityOptions& o, const io::FashionMnist& data) {
       }
     }
   }
-  const std::string candidate_file = o.against.empty() ? baseline_file : model_file(o.against);
+  const std::string candidate_file = o.against.empty() ? baseline_file : train::model_file_in(o.against);
   const std::string candidate_precision = o.against.empty() ? o.precision : (o.precision.empty() ? "32-true" : o.precision);
   r.baseline = baseline_file + " under 32-true";
   r.candidate = candidate_file + " under " + amp::PrecisionPolicy::preset(candidate_precision).name;

@@ -48,10 +48,9 @@ float metadata_float(const io::SafetensorsFile& file, const std::string& key, co
 }  // namespace
 
 ModelSource resolve_model(const std::string& model_or_run, const std::string& model, const std::string& data_dir) {
-  namespace fs = std::filesystem;
   ModelSource s;
-  s.model_file = fs::is_directory(model_or_run) ? (fs::path(model_or_run) / "model.safetensors").string() : model_or_run;
-  if (!fs::exists(s.model_file)) {
+  s.model_file = train::model_file_in(model_or_run);
+  if (!std::filesystem::exists(s.model_file)) {
     throw IoError(s.model_file + " does not exist: give a model file or a run directory that holds model.safetensors");
   }
   const io::SafetensorsFile file = io::SafetensorsFile::read(s.model_file);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <filesystem>
 #include <string_view>
 
 #include <nlohmann/json.hpp>
@@ -10,6 +11,10 @@
 #include "mpx/io/tensor_values.h"
 
 namespace mpx::train {
+
+std::string model_file_in(const std::string& path) {
+  return std::filesystem::is_directory(path) ? (std::filesystem::path(path) / "model.safetensors").string() : path;
+}
 
 namespace {
 // Hugging Face's GPT-2 files name tensors with or without the "transformer." prefix (GPT2LMHeadModel or

@@ -15,6 +15,9 @@
 
 namespace mpx::train {
 
+// The model file a command was given: `path` itself, or a run directory's model.safetensors.
+std::string model_file_in(const std::string& path);
+
 // Writes `model` (planned) to `path` atomically with `metadata` (plus "format": "pt" and the layout key).
 // A serving copy in FP16/BF16/FP8 is made from it with `mpx convert`.
 void save_model(const std::string& path, nn::Sequential& model, const std::map<std::string, std::string>& metadata);
