@@ -17,6 +17,7 @@
 
 #include "commands.h"
 #include "mpx/core/error.h"
+#include "mpx/io/regular_file.h"
 #include "mpx/serve/engine.h"
 #include "mpx/serve/http_server.h"
 #include "mpx/serve/service.h"
@@ -35,6 +36,7 @@ struct ServeCommand {
 
 std::string read_token(const std::string& file) {
   if (!file.empty()) {
+    io::require_regular_file(file, "admin token file");
     std::ifstream in(file);
     if (!in) throw IoError("cannot read the admin token file " + file);
     std::stringstream text;

@@ -1,5 +1,7 @@
 #include "mpx/serve/service.h"
 
+#include <openssl/crypto.h>
+
 #include <chrono>
 #include <regex>
 
@@ -35,11 +37,9 @@ const char* status_label(int status) {
   }
 }
 
-// Compares in time independent of where the strings first differ.
-bool same_secret(const std::string& a, const std::string& b) {
-  unsigned char diff = a.size() == b.size() ? 0 : 1;
-  for (std::size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ (i < b.size() ? b[i] : 0));
-  return diff == 0;
+// Compares in time independent of where the strings first differ (OpenSSL's CRYPTO_memcmp).
+bool same_secret(const std::string& given, const std::string& expected) {
+  return given.size() == expected.size() && CRYPTO_memcmp(given.data(), expected.data(), given.size()) == 0;
 }
 
 }  // namespace

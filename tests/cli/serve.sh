@@ -28,4 +28,7 @@ expect_refusal "canary-precision" "$work/run" --canary-precision fp32
 expect_refusal "agreement is a fraction" "$work/run" --slo agreement=2
 echo "short" > "$work/short-token"
 expect_refusal "shorter than 16" "$work/run" --admin-token-file "$work/short-token"
+mkfifo "$work/token-fifo"
+expect_refusal "is a FIFO (named pipe), not a regular file (admin token file expected)" "$work/run" \
+  --admin-token-file "$work/token-fifo"
 python3 "$HERE/serve_http.py" "$MPX" "$work/run" "$work"
