@@ -208,7 +208,7 @@ Answer ServingEngine::infer(const std::string& request_id, std::vector<float> pi
   const bool low_precision = a.variant != "fp32";
   const bool sample = low_precision && shadow_ && request_fraction(id, 0x5eed) < options_.shadow_share;
   std::vector<float> kept;
-  if (sample || low_precision) kept = pixels;  // the FP32 fallback and the shadow need the inputs again
+  if (low_precision) kept = pixels;  // the FP32 fallback or the shadow needs the inputs again
   const Clock::time_point deadline =
       start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(options_.request_timeout_seconds));
   BatchOutcome o = batcher_->run(variant, std::move(pixels), rows, deadline);
@@ -230,7 +230,7 @@ Answer ServingEngine::infer(const std::string& request_id, std::vector<float> pi
       a.fallback_from = a.variant;
       a.variant = "fp32";
       o = batcher_->run(fp32, std::move(kept), rows, deadline);
-    } else if (sample && !shadow_->submit(a.variant, kept, rows, o.logits)) {
+    } else if (sample && !shadow_->submit(a.variant, std::move(kept), rows, o.logits)) {
       metrics_.record_shadow_dropped(shadow_->dropped());
     }
   }

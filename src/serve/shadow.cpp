@@ -65,14 +65,14 @@ ShadowComparer::~ShadowComparer() {
   worker_.join();
 }
 
-bool ShadowComparer::submit(const std::string& variant, const std::vector<float>& pixels, std::int64_t rows,
-                            const std::vector<float>& logits) {
+bool ShadowComparer::submit(const std::string& variant, std::vector<float> pixels, std::int64_t rows,
+                            std::vector<float> logits) {
   std::lock_guard<std::mutex> lock(mutex_);
   if (stopping_ || queue_.size() >= capacity_) {
     ++dropped_;
     return false;
   }
-  queue_.push_back({variant, pixels, logits, rows});
+  queue_.push_back({variant, std::move(pixels), std::move(logits), rows});
   changed_.notify_all();
   return true;
 }

@@ -44,8 +44,7 @@ class ShadowComparer {
   ShadowComparer& operator=(const ShadowComparer&) = delete;
 
   // Queues one answered request; false (and counted) when the queue is full.
-  bool submit(const std::string& variant, const std::vector<float>& pixels, std::int64_t rows,
-              const std::vector<float>& logits);
+  bool submit(const std::string& variant, std::vector<float> pixels, std::int64_t rows, std::vector<float> logits);
   std::uint64_t dropped() const;
   // Blocks until everything submitted so far has been compared (tests, shutdown).
   void drain();
