@@ -6,9 +6,7 @@
 # docs/PERFORMANCE.md). Exit 77 without the data set or mpirun.
 set -euo pipefail
 MPX=$1
-[ -d /usr/share/datasets/fashion-mnist ] || { echo "Fashion-MNIST not installed"; exit 77; }
-command -v mpirun > /dev/null || { echo "mpirun not installed (openmpi-bin)"; exit 77; }
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+. "$(dirname "$0")/data_parallel_env.sh"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 port=$((40000 + $$ % 20000))
