@@ -1,5 +1,5 @@
 // `mpx serve MODEL_OR_RUN`: the model over the Open Inference Protocol (KServe v2 REST) with dynamic
-// batching, a low-precision canary beside FP32, an FP32 shadow, SLO windows with automatic rollback, an
+// batching (a GPT over Triton's generate extension, a generator instance per request), a low-precision canary beside FP32, an FP32 shadow, SLO windows with automatic rollback, an
 // admin endpoint and Prometheus metrics. SIGTERM or Ctrl-C: requests in flight finish, new ones get 503,
 // then the server exits 0. Decisions (rollbacks, switches, windows) are JSON lines on stdout or --events.
 #include <fmt/format.h>
@@ -14,11 +14,13 @@
 #include <memory>
 #include <sstream>
 #include <thread>
+#include <vector>
 
 #include "commands.h"
 #include "mpx/core/error.h"
 #include "mpx/io/regular_file.h"
 #include "mpx/serve/engine.h"
+#include "mpx/serve/generation_engine.h"
 #include "mpx/serve/http_server.h"
 #include "mpx/serve/service.h"
 
@@ -72,37 +74,57 @@ void run_serve(ServeCommand& o) {
     if (events_file == nullptr) throw IoError("cannot open --events " + o.events + " for appending");
   }
   serve::EventLog events(events_file);
-  serve::ServingEngine engine(o.engine, events);
-  const std::string model_name = o.name.empty() ? engine.source().model : o.name;
-  serve::InferenceService service(engine, {model_name, token});
-  serve::HttpServer http(service, o.http);
-  const nlohmann::json routing = engine.routing();
+  // One of the two engines: a GPT generates text, the classifiers answer infer requests.
+  std::unique_ptr<serve::ServingEngine> images;
+  std::unique_ptr<serve::GenerationEngine> text;
+  std::unique_ptr<serve::InferenceService> service;
+  std::string architecture, model_file, capacity;
+  std::vector<std::string> variant_names;
+  if (serve::holds_gpt(o.engine.model_or_run)) {
+    text = std::make_unique<serve::GenerationEngine>(o.engine, events);
+    architecture = "gpt";
+    model_file = text->model_file();
+    variant_names = text->variant_names();
+    capacity = fmt::format("context {}, max tokens {}, {} instance(s)", text->config().block_size, text->max_new_tokens(),
+                           o.engine.batching.instances);
+  } else {
+    images = std::make_unique<serve::ServingEngine>(o.engine, events);
+    architecture = images->source().model;
+    model_file = images->source().model_file;
+    variant_names = images->variant_names();
+    capacity = fmt::format("max batch {}, {} instance(s)", o.engine.batching.max_batch, o.engine.batching.instances);
+  }
+  serve::Rollout& rollout = text ? text->rollout() : images->rollout();
+  const std::string model_name = o.name.empty() ? architecture : o.name;
+  service = text ? std::make_unique<serve::InferenceService>(*text, serve::ServiceOptions{model_name, token})
+                 : std::make_unique<serve::InferenceService>(*images, serve::ServiceOptions{model_name, token});
+  serve::HttpServer http(*service, o.http);
+  const nlohmann::json routing = rollout.routing();
   std::string variants;
-  for (const std::string& v : engine.variant_names()) variants += (variants.empty() ? "" : ", ") + v;
-  fmt::print("mpx serve: {} ({}) at {}/v2/models/{}: variants {}; primary {}", engine.source().model,
-             engine.source().model_file, http.url(), model_name, variants, routing["primary"].get<std::string>());
+  for (const std::string& v : variant_names) variants += (variants.empty() ? "" : ", ") + v;
+  fmt::print("mpx serve: {} ({}) at {}/v2/models/{}: variants {}; primary {}", architecture, model_file, http.url(),
+             model_name, variants, routing["primary"].get<std::string>());
   if (!routing["canary"].is_null()) {
     fmt::print(", canary {} at {:g}%", routing["canary"].get<std::string>(), 100 * routing["canary_share"].get<double>());
   }
-  fmt::print("{}{}; max batch {}, {} instance(s) x {} thread(s)\n", o.engine.shadow ? ", FP32 shadow" : "",
-             o.engine.slo.empty() ? "" : ", SLO " + o.slo + " per " + o.slo_window, o.engine.batching.max_batch,
-             o.engine.batching.instances,
+  fmt::print("{}{}; {} x {} thread(s)\n", o.engine.shadow ? ", FP32 shadow" : "",
+             o.engine.slo.empty() ? "" : ", SLO " + o.slo + " per " + o.slo_window, capacity,
              o.threads > 0 ? o.threads : std::max(1, omp_get_max_threads() / o.engine.batching.instances));
   if (token.empty()) fmt::print("mpx serve: admin endpoint off (no --admin-token-file or MPX_ADMIN_TOKEN)\n");
   std::fflush(stdout);
-  engine.start_slo_monitor();
+  rollout.start_slo_monitor();
   std::thread stopper([&] {
     int signal = 0;
     sigwait(&stop_signals, &signal);
     fmt::print(stderr, "mpx serve: {}: refusing new requests, finishing those in flight\n", signal == SIGTERM ? "SIGTERM" : "SIGINT");
-    engine.begin_drain();
-    if (!engine.wait_idle(o.drain_timeout_s)) {
+    rollout.begin_drain();
+    if (!rollout.wait_idle(o.drain_timeout_s)) {
       fmt::print(stderr, "mpx serve: requests still running after --drain-timeout {} s; stopping anyway\n", o.drain_timeout_s);
     }
     http.stop();
   });
   http.serve();
-  if (!engine.draining()) pthread_kill(stopper.native_handle(), SIGTERM);  // serve() ended by itself
+  if (!rollout.draining()) pthread_kill(stopper.native_handle(), SIGTERM);  // serve() ended by itself
   stopper.join();
   fmt::print("mpx serve: stopped after answering {} requests\n", http.answered());
   std::fflush(stdout);
@@ -161,8 +183,10 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--events", o->events, "Append the JSON-line events here instead of stdout");
   cmd->add_option("--drain-timeout", o->drain_timeout_s, "Seconds SIGTERM waits for requests in flight")
       ->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--max-tokens", e.max_new_tokens, "GPT: the most tokens one request may ask for")
+      ->capture_default_str()->check(CLI::Range(std::int64_t{1}, std::int64_t{1} << 20));
   cmd->add_option("--inject-nonfinite-canary", e.inject_nonfinite_canary_after,
-                  "Drill: the canary's outputs go NaN from its N-th batch on (the rollback drill)");
+                  "Drill: the canary's outputs go NaN from its N-th batch (GPT: request) on (the rollback drill)");
   cmd->callback([o] { run_serve(*o); });
 }
 

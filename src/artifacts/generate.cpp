@@ -111,7 +111,8 @@ std::int32_t sample_token(const std::vector<float>& logits, const SamplingOption
 
 Generation Generator::generate(std::vector<std::int32_t> prompt, const SamplingOptions& o,
                                const std::function<void(std::int32_t)>& on_token,
-                               const std::function<void(const std::vector<float>&)>& on_prompt_logits) {
+                               const std::function<void(const std::vector<float>&)>& on_prompt_logits,
+                               const SamplingLogitsObserver& on_sampling_logits) {
   Impl& m = *impl_;
   Generation g;
   const std::int64_t context = m.config.block_size;
@@ -141,6 +142,10 @@ Generation Generator::generate(std::vector<std::int32_t> prompt, const SamplingO
   std::vector<std::int32_t> recent = prompt;  // what a refilled cache starts from
   bool refilled = false;
   for (std::int64_t n = 0; n < o.max_new_tokens; ++n) {
+    if (on_sampling_logits && !on_sampling_logits(m.logits)) {
+      g.stopped = true;
+      break;
+    }
     const std::int32_t token = sample_token(m.logits, o, uniform(rng));
     g.tokens.push_back(token);
     recent.push_back(token);

@@ -39,7 +39,8 @@ struct ServeMetrics::Impl {
   std::shared_ptr<prometheus::Registry> registry = std::make_shared<prometheus::Registry>();
   std::mutex mutex;  // guards the shadow's running totals and the set of precisions seen
   std::map<std::string, std::pair<std::uint64_t, std::uint64_t>> shadow_totals;  // variant -> (compared, agreed)
-  std::map<std::pair<std::string, int>, std::pair<std::uint64_t, std::uint64_t>> class_totals;
+  std::map<std::pair<std::string, std::string>, std::pair<std::uint64_t, std::uint64_t>> class_totals;
+  std::map<std::string, std::size_t> class_labels;  // variant -> labelled classes so far
   std::map<std::string, double> max_delta;
   std::set<std::string> precisions;
 
@@ -58,9 +59,13 @@ struct ServeMetrics::Impl {
   prometheus::Family<prometheus::Counter>& fallbacks =
       BuildCounter().Name("mpx_serve_fp32_fallbacks_total").Help("Requests answered by FP32 because the variant's outputs were not finite").Register(*registry);
   prometheus::Family<prometheus::Counter>& shadow_compared =
-      BuildCounter().Name("mpx_serve_shadow_comparisons_total").Help("Images the FP32 shadow re-ran, by variant").Register(*registry);
+      BuildCounter().Name("mpx_serve_shadow_comparisons_total").Help("Outputs (images, or generated tokens) the FP32 shadow re-ran, by variant").Register(*registry);
   prometheus::Family<prometheus::Counter>& shadow_agreed =
-      BuildCounter().Name("mpx_serve_shadow_agreements_total").Help("Images whose top-1 matched the FP32 shadow, by variant").Register(*registry);
+      BuildCounter().Name("mpx_serve_shadow_agreements_total").Help("Outputs whose top-1 matched the FP32 shadow, by variant").Register(*registry);
+  prometheus::Family<prometheus::Counter>& generated_tokens =
+      BuildCounter().Name("mpx_serve_generated_tokens_total").Help("Tokens generated, by variant").Register(*registry);
+  prometheus::Family<Histogram>& token_seconds =
+      BuildHistogram().Name("mpx_serve_time_per_output_token_seconds").Help("Server-side seconds per generated token of a request, by variant").Register(*registry);
   prometheus::Family<prometheus::Gauge>& agreement =
       BuildGauge().Name("mpx_serve_shadow_agreement_ratio").Help("Top-1 agreement with the FP32 shadow since start, by variant").Register(*registry);
   prometheus::Family<prometheus::Gauge>& class_agreement =
@@ -101,6 +106,13 @@ void ServeMetrics::record_batch(const std::string& variant, std::int64_t images)
   impl_->batch_size.Add({{"variant", variant}}, batch_buckets()).Observe(static_cast<double>(images));
 }
 
+void ServeMetrics::record_generation(const std::string& variant, std::int64_t tokens, double seconds) {
+  impl_->generated_tokens.Add({{"variant", variant}}).Increment(static_cast<double>(tokens));
+  if (tokens > 0) {
+    impl_->token_seconds.Add({{"variant", variant}}, latency_buckets()).Observe(seconds / static_cast<double>(tokens));
+  }
+}
+
 void ServeMetrics::record_nonfinite(const std::string& variant, std::int64_t images) {
   impl_->nonfinite.Add({{"variant", variant}}).Increment(static_cast<double>(images));
 }
@@ -120,11 +132,19 @@ void ServeMetrics::record_shadow(const ShadowComparison& c) {
   impl_->agreement.Add(labels).Set(static_cast<double>(agreed) / static_cast<double>(compared));
   for (std::size_t i = 0; i < c.agree.size(); ++i) {
     const int cls = c.reference_class[i];
-    auto& [n, a] = impl_->class_totals[{c.variant, cls}];
+    std::string label = cls < 0 ? "none" : std::to_string(cls);
+    if (!impl_->class_totals.count({c.variant, label})) {
+      std::size_t& labelled = impl_->class_labels[c.variant];
+      if (labelled < kMaxClassLabels) {
+        ++labelled;
+      } else {
+        label = "other";
+      }
+    }
+    auto& [n, a] = impl_->class_totals[{c.variant, label}];
     ++n;
     a += c.agree[i];
-    impl_->class_agreement.Add({{"variant", c.variant}, {"class", cls < 0 ? "none" : std::to_string(cls)}})
-        .Set(static_cast<double>(a) / static_cast<double>(n));
+    impl_->class_agreement.Add({{"variant", c.variant}, {"class", label}}).Set(static_cast<double>(a) / static_cast<double>(n));
   }
   double& m = impl_->max_delta[c.variant];
   m = std::max(m, c.max_abs_logit_delta);

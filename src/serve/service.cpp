@@ -7,6 +7,7 @@
 
 #include "mpx/build_info.h"
 #include "mpx/core/error.h"
+#include "mpx/serve/generate_protocol.h"
 #include "mpx/serve/protocol.h"
 
 namespace mpx::serve {
@@ -46,11 +47,16 @@ bool same_secret(const std::string& given, const std::string& expected) {
 
 std::string InferenceService::error_body(const std::string& message) { return nlohmann::json{{"error", message}}.dump(); }
 
-InferenceService::InferenceService(ServingEngine& engine, ServiceOptions options)
-    : engine_(engine), options_(std::move(options)) {}
+InferenceService::InferenceService(ServingEngine& images, ServiceOptions options)
+    : images_(&images), rollout_(images.rollout()), metrics_(images.metrics()), options_(std::move(options)) {}
+
+InferenceService::InferenceService(GenerationEngine& text, ServiceOptions options)
+    : text_(&text), rollout_(text.rollout()), metrics_(text.metrics()), options_(std::move(options)) {}
+
+nlohmann::json InferenceService::routing() const { return images_ ? images_->routing() : text_->routing(); }
 
 HttpResponse InferenceService::handle(const HttpRequest& request) {
-  static const std::regex model_path(R"(/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/infer)?)");
+  static const std::regex model_path(R"(/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/infer|/generate)?)");
   const std::string& p = request.path;
   const bool get = request.method == "GET" || request.method == "HEAD";
   const bool post = request.method == "POST";
@@ -66,18 +72,19 @@ HttpResponse InferenceService::handle(const HttpRequest& request) {
   }
   if (p == "/v2/health/ready") {
     if (auto r = only(get, "GET")) return *r;
-    const bool ready = !engine_.draining();
+    const bool ready = !rollout_.draining();
     return json_response(ready ? 200 : 503, {{"ready", ready}});
   }
   if (p == "/v2") {
     if (auto r = only(get, "GET")) return *r;
-    return json_response(200, {{"name", "mpx"}, {"version", build::kVersion}, {"extensions", {"binary_tensor_data"}}});
+    const nlohmann::json extensions = images_ ? nlohmann::json{"binary_tensor_data"} : nlohmann::json{"generate"};
+    return json_response(200, {{"name", "mpx"}, {"version", build::kVersion}, {"extensions", extensions}});
   }
   if (p == "/metrics") {
     if (auto r = only(get, "GET")) return *r;
     HttpResponse r;
     r.content_type = "text/plain; version=0.0.4";
-    r.body = engine_.metrics().text();
+    r.body = metrics_.text();
     return r;
   }
   if (p == "/admin/precision") return admin(request);
@@ -89,24 +96,57 @@ HttpResponse InferenceService::handle(const HttpRequest& request) {
     if (m[2].matched && m[2] != "1") {
       return error_response(404, "model '" + options_.model_name + "' has version 1 only, not '" + m[2].str() + "'");
     }
-    if (m[3] == "/infer") {
+    if (m[3] == "/infer" || m[3] == "/generate") {
       if (auto r = only(post, "POST")) return *r;
-      return infer(request);
+      const bool infer_route = m[3] == "/infer";
+      if (infer_route && !images_) {
+        return error_response(400, "model '" + options_.model_name + "' generates text: POST /v2/models/" +
+                                       options_.model_name + "/generate with {\"text_input\": \"...\", \"max_tokens\": 16}");
+      }
+      if (!infer_route && !text_) {
+        return error_response(400, "model '" + options_.model_name + "' classifies images: POST /v2/models/" +
+                                       options_.model_name + "/infer");
+      }
+      return infer_route ? infer(request) : generate(request);
     }
     if (auto r = only(get, "GET")) return *r;
     if (m[3] == "/ready") {
-      const bool ready = !engine_.draining();
+      const bool ready = !rollout_.draining();
       return json_response(ready ? 200 : 503, {{"name", options_.model_name}, {"ready", ready}});
     }
     return model_metadata();
   }
-  return error_response(404, "no route " + request.method + " " + p +
-                                 ": see /v2/health/live, /v2/models/" + options_.model_name + "[/ready|/infer], /metrics");
+  return error_response(404, "no route " + request.method + " " + p + ": see /v2/health/live, /v2/models/" +
+                                 options_.model_name + (images_ ? "[/ready|/infer]" : "[/ready|/generate]") + ", /metrics");
 }
 
 HttpResponse InferenceService::model_metadata() const {
-  const nlohmann::json routing = engine_.routing();
-  const std::int64_t h = engine_.source().height, w = engine_.source().width, classes = engine_.classes();
+  const nlohmann::json r = routing();
+  if (text_) {
+    const nn::GptConfig& c = text_->config();
+    nlohmann::json inputs = {{{"name", "input_ids"}, {"datatype", "INT32"}, {"shape", {-1}}}};
+    nlohmann::json outputs = {{{"name", "output_ids"}, {"datatype", "INT32"}, {"shape", {-1}}}};
+    if (text_->byte_level()) {
+      inputs.push_back({{"name", "text_input"}, {"datatype", "BYTES"}, {"shape", {1}}});
+      outputs.push_back({{"name", "text_output"}, {"datatype", "BYTES"}, {"shape", {1}}});
+    }
+    return json_response(200, {{"name", options_.model_name},
+                               {"versions", {"1"}},
+                               {"platform", "mpx"},
+                               {"inputs", inputs},
+                               {"outputs", outputs},
+                               {"parameters",
+                                {{"architecture", "gpt"},
+                                 {"tokenizer", text_->byte_level() ? "bytes" : "none (send input_ids)"},
+                                 {"context", c.block_size},
+                                 {"vocabulary", c.vocab_size},
+                                 {"layers", c.n_layer},
+                                 {"width", c.n_embd},
+                                 {"max_tokens", text_->max_new_tokens()},
+                                 {"primary", r["primary"]},
+                                 {"canary", r["canary"]}}}});
+  }
+  const std::int64_t h = images_->source().height, w = images_->source().width, classes = images_->classes();
   return json_response(
       200, {{"name", options_.model_name},
             {"versions", {"1"}},
@@ -116,11 +156,11 @@ HttpResponse InferenceService::model_metadata() const {
              {{{"name", "logits"}, {"datatype", "FP32"}, {"shape", {-1, classes}}},
               {{"name", "probabilities"}, {"datatype", "FP32"}, {"shape", {-1, classes}}}}},
             {"parameters",
-             {{"architecture", engine_.source().model},
+             {{"architecture", images_->source().model},
               {"input_scale", "FP32 intensities in [0, 1], or UINT8 pixels 0-255"},
-              {"max_batch", engine_.max_batch()},
-              {"primary", routing["primary"]},
-              {"canary", routing["canary"]}}}});
+              {"max_batch", images_->max_batch()},
+              {"primary", r["primary"]},
+              {"canary", r["canary"]}}}});
 }
 
 HttpResponse InferenceService::infer(const HttpRequest& request) {
@@ -128,22 +168,22 @@ HttpResponse InferenceService::infer(const HttpRequest& request) {
   std::string variant = "none";
   auto fail = [&](int status, const std::string& message, const char* label = nullptr) {
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    engine_.metrics().record_request(variant, label ? label : status_label(status), seconds);
+    metrics_.record_request(variant, label ? label : status_label(status), seconds);
     HttpResponse r = error_response(status, message);
     if (status == 503) r.headers["Retry-After"] = "1";
     return r;
   };
-  if (engine_.draining()) return fail(503, "the server is shutting down; send the request to another replica");
+  if (rollout_.draining()) return fail(503, "the server is shutting down; send the request to another replica");
   InferRequest parsed;
   try {
     const auto header = request.headers.find("inference-header-content-length");
     parsed = parse_infer_request(request.body,
                                  parse_json_length(header == request.headers.end() ? nullptr : &header->second, request.body.size()),
-                                 engine_.source().height, engine_.source().width);
+                                 images_->source().height, images_->source().width);
   } catch (const ProtocolError& e) {
     return fail(e.status(), e.what());
   }
-  Answer a = engine_.infer(parsed.id, std::move(parsed.pixels), parsed.rows);
+  Answer a = images_->infer(parsed.id, std::move(parsed.pixels), parsed.rows);
   variant = a.variant.empty() ? "none" : a.variant;
   switch (a.status) {
     case Answer::Status::ok: break;
@@ -162,7 +202,40 @@ HttpResponse InferenceService::infer(const HttpRequest& request) {
     r.headers["Inference-Header-Content-Length"] = std::to_string(*e.json_length);
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  engine_.metrics().record_request(a.variant, "ok", seconds);
+  metrics_.record_request(a.variant, "ok", seconds);
+  return r;
+}
+
+HttpResponse InferenceService::generate(const HttpRequest& request) {
+  const auto start = std::chrono::steady_clock::now();
+  std::string variant = "none";
+  auto fail = [&](int status, const std::string& message, const char* label = nullptr) {
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    metrics_.record_request(variant, label ? label : status_label(status), seconds);
+    HttpResponse r = error_response(status, message);
+    if (status == 503) r.headers["Retry-After"] = "1";
+    return r;
+  };
+  if (rollout_.draining()) return fail(503, "the server is shutting down; send the request to another replica");
+  GenerateRequest parsed;
+  try {
+    parsed = parse_generate_request(request.body, text_->byte_level());
+  } catch (const ProtocolError& e) {
+    return fail(e.status(), e.what());
+  }
+  const GenerateAnswer a = text_->generate(parsed);
+  variant = a.variant.empty() ? "none" : a.variant;
+  switch (a.status) {
+    case Answer::Status::ok: break;
+    case Answer::Status::bad_request: return fail(400, a.error);
+    case Answer::Status::timed_out: return fail(503, a.error, "timed_out");
+    case Answer::Status::unavailable: return fail(503, a.error);
+    case Answer::Status::failed: return fail(500, a.error);
+  }
+  HttpResponse r;
+  r.body = encode_generate_response(options_.model_name, parsed, a, text_->byte_level());
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  metrics_.record_request(a.variant, "ok", seconds);
   return r;
 }
 
@@ -177,7 +250,7 @@ HttpResponse InferenceService::admin(const HttpRequest& request) {
     r.headers["WWW-Authenticate"] = "Bearer";
     return r;
   }
-  if (request.method == "GET") return json_response(200, engine_.routing());
+  if (request.method == "GET") return json_response(200, routing());
   if (request.method != "POST") {
     HttpResponse r = error_response(405, "/admin/precision takes GET or POST");
     r.headers["Allow"] = "GET, POST";
@@ -186,7 +259,7 @@ HttpResponse InferenceService::admin(const HttpRequest& request) {
   const nlohmann::json command = nlohmann::json::parse(request.body, nullptr, false);
   if (command.is_discarded()) return error_response(400, "the body is not valid JSON: send {\"action\": \"rollback\"}");
   try {
-    return json_response(200, engine_.admin(command));
+    return json_response(200, images_ ? images_->admin(command) : text_->admin(command));
   } catch (const InvalidArgument& e) {
     return error_response(400, e.what());
   } catch (const Error& e) {  // a variant that cannot be built: nothing was switched

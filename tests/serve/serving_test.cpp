@@ -352,13 +352,13 @@ TEST_F(Endpoints, AdminRefusesWithoutTheTokenAndSwitchesWithIt) {
 }
 
 TEST_F(Endpoints, DrainingRefusesNewRequestsWith503AndReportsNotReady) {
-  served->engine->begin_drain();
+  served->engine->rollout().begin_drain();
   EXPECT_EQ(call("GET", "/v2/health/ready").status, 503);
   EXPECT_EQ(call("GET", "/v2/health/live").status, 200);
   const HttpResponse r = call("POST", "/v2/models/fashion/infer", infer_body("x"));
   EXPECT_EQ(r.status, 503);
   EXPECT_EQ(r.headers.at("Retry-After"), "1");
-  EXPECT_TRUE(served->engine->wait_idle(1));
+  EXPECT_TRUE(served->engine->rollout().wait_idle(1));
 }
 
 // Every metric the Grafana dashboard and the alert rules in docs/ query is one the server exports.

@@ -26,7 +26,12 @@ struct Generation {
   std::vector<std::int32_t> prompt;  // as fed (after any cut to the context)
   std::vector<std::int32_t> tokens;  // the new ones
   std::vector<std::string> notices;  // what was done to the prompt or the context on the way
+  bool stopped = false;              // the sampling-logits observer ended it before max_new_tokens
 };
+
+// Sees the FP32 logits each new token is about to be drawn from; returning false ends the generation
+// there, before that token (serving stops a variant whose logits went non-finite).
+using SamplingLogitsObserver = std::function<bool(const std::vector<float>&)>;
 
 class Generator {
  public:
@@ -41,10 +46,12 @@ class Generator {
   const nn::GptConfig& config() const;
   bool byte_level() const;  // a byte-level model (vocabulary 256): text in, text out
   // Logits (FP32, [vocabulary]) after each prompt position are handed to `on_prompt_logits` when given;
-  // every new token to `on_token` as it is sampled.
+  // every new token to `on_token` as it is sampled; the logits each token is drawn from to
+  // `on_sampling_logits`.
   Generation generate(std::vector<std::int32_t> prompt, const SamplingOptions& options,
                       const std::function<void(std::int32_t)>& on_token = {},
-                      const std::function<void(const std::vector<float>&)>& on_prompt_logits = {});
+                      const std::function<void(const std::vector<float>&)>& on_prompt_logits = {},
+                      const SamplingLogitsObserver& on_sampling_logits = {});
 
  private:
   struct Impl;

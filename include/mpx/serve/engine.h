@@ -7,17 +7,15 @@
 #include <nlohmann/json.hpp>
 
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
-#include <cstdio>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "mpx/serve/batcher.h"
+#include "mpx/serve/rollout.h"
 #include "mpx/serve/serve_metrics.h"
 #include "mpx/serve/shadow.h"
 #include "mpx/serve/slo.h"
@@ -38,21 +36,8 @@ struct ServeOptions {
   int rollback_after = 2;  // consecutive breached windows
   BatchPolicy batching;
   double request_timeout_seconds = 10;
-  std::int64_t inject_nonfinite_canary_after = -1;  // drill: canary batches before its outputs go NaN
-};
-
-// Fraction in [0, 1) that a request id hashes to (FNV-1a, then a 64-bit finaliser); `salt` gives the
-// shadow's sample an independent draw.
-double request_fraction(const std::string& request_id, std::uint64_t salt = 0);
-
-// JSON lines of what the server decided (rollbacks, switches, windows), to a stream, flushed per line.
-class EventLog {
- public:
-  explicit EventLog(std::FILE* out) : out_(out) {}
-  void write(nlohmann::json event);
- private:
-  std::mutex mutex_;
-  std::FILE* out_;
+  std::int64_t inject_nonfinite_canary_after = -1;  // drill: canary batches (GPT: requests) before its outputs go NaN
+  std::int64_t max_new_tokens = 256;  // GPT: the most tokens one request may ask for
 };
 
 struct Answer {
@@ -78,57 +63,31 @@ class ServingEngine {
   std::int64_t max_batch() const { return options_.batching.max_batch; }
   std::vector<std::string> variant_names() const;
 
-  // {"primary", "canary", "canary_share", "state", "variants"}.
+  // The routing ({"primary", "canary", "canary_share", "state"}) with the loaded "variants".
   nlohmann::json routing() const;
-  // {"action": "rollback" | "promote" | "set" (with "precision") | "canary" (with "precision", "share")}.
-  // Returns the new routing; throws InvalidArgument for a command it cannot carry out (nothing changes).
+  // An admin command (Rollout::admin); returns the new routing.
   nlohmann::json admin(const nlohmann::json& command);
-
-  // Ends the current SLO window: judges it, rolls back after `rollback_after` breached windows in a row.
-  // The monitor thread calls it every window; tests call it directly.
-  WindowVerdict end_window();
-  void start_slo_monitor();
-
-  // Graceful shutdown: new requests are answered `unavailable`; wait_idle() returns when none is in flight.
-  void begin_drain();
-  bool draining() const { return draining_.load(); }
-  bool wait_idle(double timeout_seconds);
+  WindowVerdict end_window() { return rollout_.end_window(); }
   void drain_shadow();  // tests: every sampled answer compared
 
+  // Routing, SLO windows, drain (graceful shutdown: new requests are answered `unavailable`).
+  Rollout& rollout() { return rollout_; }
   ServeMetrics& metrics() { return metrics_; }
 
  private:
-  struct Routing {
-    std::string primary, canary, state = "serving";
-    double canary_share = 0;
-  };
   std::shared_ptr<ModelVariant> variant_locked(const std::string& preset, const std::string& weights);
-  void set_routing_locked(Routing routing, const std::string& event, const std::string& reason);
-  std::string watched_locked() const;
-  void record_for_window(const std::string& variant, double seconds, std::int64_t nonfinite_images);
-  void on_shadow(const ShadowComparison& comparison);
-  void monitor();
+  std::shared_ptr<ModelVariant> variant(const std::string& name) const;
 
   ServeOptions options_;
   ModelSource source_;
-  EventLog& events_;
   ServeMetrics metrics_;
   std::int64_t classes_ = 0;
-  mutable std::mutex mutex_;  // routing, variants, window
+  mutable std::mutex variants_mutex_;
   std::map<std::string, std::shared_ptr<ModelVariant>> variants_;
   std::unique_ptr<DynamicBatcher> batcher_;  // after metrics_: its worker reports to them
-  Routing routing_;
-  WindowStats window_;
-  std::string window_variant_;
-  int breached_in_a_row_ = 0;
+  Rollout rollout_;
   std::unique_ptr<ShadowComparer> shadow_;
-  std::atomic<bool> draining_{false};
-  std::atomic<std::int64_t> in_flight_{0}, anonymous_requests_{0};
-  std::mutex idle_mutex_;
-  std::condition_variable idle_;
-  bool stopping_ = false;
-  std::condition_variable stop_monitor_;
-  std::thread monitor_;
+  std::atomic<std::int64_t> anonymous_requests_{0};
 };
 
 }  // namespace mpx::serve

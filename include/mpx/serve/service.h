@@ -1,12 +1,14 @@
 // The HTTP endpoints of `mpx serve`, independent of the HTTP library (so protocol conformance is tested
-// without sockets): the Open Inference Protocol (health, server and model metadata, readiness, infer),
-// /metrics, and the token-protected /admin/precision. Every error is a JSON body {"error": "..."}.
+// without sockets): the Open Inference Protocol (health, server and model metadata, readiness, infer for an
+// image classifier; Triton's generate extension for a GPT), /metrics, and the token-protected
+// /admin/precision. Every error is a JSON body {"error": "..."}.
 #pragma once
 
 #include <map>
 #include <string>
 
 #include "mpx/serve/engine.h"
+#include "mpx/serve/generation_engine.h"
 
 namespace mpx::serve {
 
@@ -28,17 +30,23 @@ struct ServiceOptions {
 
 class InferenceService {
  public:
-  InferenceService(ServingEngine& engine, ServiceOptions options);
+  InferenceService(ServingEngine& images, ServiceOptions options);
+  InferenceService(GenerationEngine& text, ServiceOptions options);
   HttpResponse handle(const HttpRequest& request);
   // The body of an error response, as every endpoint writes it.
   static std::string error_body(const std::string& message);
 
  private:
   HttpResponse infer(const HttpRequest& request);
+  HttpResponse generate(const HttpRequest& request);
   HttpResponse model_metadata() const;
   HttpResponse admin(const HttpRequest& request);
+  nlohmann::json routing() const;
 
-  ServingEngine& engine_;
+  ServingEngine* images_ = nullptr;  // one of the two engines
+  GenerationEngine* text_ = nullptr;
+  Rollout& rollout_;
+  ServeMetrics& metrics_;
   ServiceOptions options_;
 };
 

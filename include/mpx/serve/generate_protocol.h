@@ -1,0 +1,23 @@
+// Triton's generate extension (POST /v2/models/NAME/generate) for a served GPT: a JSON object with the
+// prompt as "text_input" (byte-level models: the UTF-8 bytes are the tokens) or "input_ids" (token ids, any
+// GPT), an optional "id", and the sampling settings "max_tokens" (default 16), "temperature" (default 1;
+// 0: the most likely token), "top_k" (0: all) and "seed" (default 0) either at the top level (as
+// TensorRT-LLM's ensemble takes them) or under "parameters" (as vLLM's backend does). The answer is a JSON
+// object: "text_output" (byte-level models; bytes that are not UTF-8 become U+FFFD) and "output_ids" (the
+// new tokens only), "variant", "fallback_from" when FP32 answered instead, "finish_reason" ("length").
+#pragma once
+
+#include <string>
+#include <string_view>
+
+#include "mpx/serve/generation_engine.h"
+#include "mpx/serve/protocol.h"
+
+namespace mpx::serve {
+
+// Throws ProtocolError (400) saying what to send.
+GenerateRequest parse_generate_request(std::string_view body, bool byte_level);
+std::string encode_generate_response(const std::string& model_name, const GenerateRequest& request,
+                                     const GenerateAnswer& answer, bool byte_level);
+
+}  // namespace mpx::serve

@@ -1,0 +1,81 @@
+// The serving engine of a GPT model, independent of HTTP: generator variants per precision (FP32 always
+// loaded), the same routing, canary, SLO windows and rollback as the image classifier's (Rollout), an FP32
+// fallback for a generation whose logits went non-finite, and an FP32 shadow that re-reads sampled
+// generations. SLO latency for text is the time per generated token (the request's compute and queue time
+// divided by its new tokens), so long and short requests are judged alike. No batching across requests:
+// each request holds one generator instance (`--instances` of them per variant) for its whole generation.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "mpx/serve/engine.h"
+#include "mpx/serve/text_shadow.h"
+#include "mpx/serve/text_variant.h"
+
+namespace mpx::serve {
+
+struct GenerateRequest {
+  std::string id;
+  std::vector<std::int32_t> prompt;
+  artifacts::SamplingOptions sampling;
+};
+
+struct GenerateAnswer {
+  Answer::Status status = Answer::Status::ok;
+  std::string variant, fallback_from, error;
+  artifacts::Generation generation;
+};
+
+class GenerationEngine {
+ public:
+  // options.model_or_run: a GPT model file or run directory. Throws IoError/InvalidArgument when it cannot
+  // be served (the server then does not start).
+  GenerationEngine(const ServeOptions& options, EventLog& events);
+  ~GenerationEngine();
+  GenerationEngine(const GenerationEngine&) = delete;
+  GenerationEngine& operator=(const GenerationEngine&) = delete;
+
+  GenerateAnswer generate(GenerateRequest request);  // thread-safe
+
+  const std::string& model_file() const { return model_file_; }
+  const nn::GptConfig& config() const { return config_; }
+  bool byte_level() const { return byte_level_; }
+  std::int64_t max_new_tokens() const { return options_.max_new_tokens; }
+  std::vector<std::string> variant_names() const;
+
+  nlohmann::json routing() const;  // with the loaded "variants"
+  nlohmann::json admin(const nlohmann::json& command);
+  WindowVerdict end_window() { return rollout_.end_window(); }
+  void drain_shadow();
+
+  Rollout& rollout() { return rollout_; }
+  ServeMetrics& metrics() { return metrics_; }
+
+ private:
+  std::shared_ptr<TextVariant> variant_locked(const std::string& preset, const std::string& weights);
+  std::shared_ptr<TextVariant> variant(const std::string& name) const;
+
+  ServeOptions options_;
+  std::string model_file_;
+  nn::GptConfig config_;
+  bool byte_level_ = false;
+  int threads_ = 1;
+  ServeMetrics metrics_;
+  mutable std::mutex variants_mutex_;
+  std::map<std::string, std::shared_ptr<TextVariant>> variants_;
+  Rollout rollout_;
+  std::unique_ptr<TextShadow> shadow_;
+  std::atomic<std::int64_t> anonymous_requests_{0};
+};
+
+// True when the model file (or run directory) holds a GPT rather than an image classifier.
+bool holds_gpt(const std::string& model_or_run);
+
+}  // namespace mpx::serve

@@ -1,0 +1,69 @@
+// One precision variant of a served GPT model: `instances` generators (each a planned model with its own KV
+// cache) loaded from the FP32 file, rounded to the variant's format, or from an `mpx convert` copy. A
+// request borrows a free generator for the whole generation and gives it back; requests that find none
+// free wait until their deadline. What each new token was drawn from is recorded (the
+// most likely token and the few largest logits), so the FP32 shadow can compare without keeping whole
+// vocabularies of logits.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "mpx/artifacts/generate.h"
+
+namespace mpx::serve {
+
+// The largest logits of one sampling step, by token id (kept for the shadow's |delta logit|).
+inline constexpr std::size_t kKeptLogits = 8;
+struct StepLogits {
+  std::int32_t top1 = -1;  // -1: the logits held a NaN or an infinity
+  std::vector<std::pair<std::int32_t, float>> largest;  // up to kKeptLogits, largest first
+};
+// The most likely token and the largest logits of a finite vector; top1 -1 (and nothing kept) otherwise.
+StepLogits summarise_logits(const std::vector<float>& logits);
+
+struct TextGeneration {
+  artifacts::Generation generation;
+  std::vector<StepLogits> steps;  // one per new token (and one more for a step that went non-finite)
+  bool nonfinite = false;         // stopped because a step's logits were not finite
+  double queue_seconds = 0, compute_seconds = 0;
+};
+
+class TextVariant {
+ public:
+  // `preset`: 32-true, bf16-true or 16-true (a GPT runs in one precision: weights and products rounded,
+  // FP32 accumulation and softmax). Throws IoError/InvalidArgument when the file holds no GPT.
+  TextVariant(const std::string& model_file, const std::string& preset, const std::string& weights, int instances,
+              int threads);
+  const std::string& name() const { return name_; }
+  const std::string& preset() const { return preset_; }
+  const std::string& weights_file() const { return weights_; }
+  const nn::GptConfig& config() const { return generators_.front()->config(); }
+  bool byte_level() const { return generators_.front()->byte_level(); }
+
+  // Generates on a free instance; false when none came free before `deadline` (nothing ran). Stops at the
+  // first step whose logits are not finite. Thread-safe. Throws InvalidArgument for tokens outside the vocabulary.
+  bool generate(const std::vector<std::int32_t>& prompt, const artifacts::SamplingOptions& sampling,
+                std::chrono::steady_clock::time_point deadline, TextGeneration& out);
+
+  // Drill: from the `after`-th request on (0: the first), every step's logits are read as NaN, so the
+  // non-finite path (FP32 fallback, SLO, rollback) runs as it would for a broken variant. Negative: off.
+  void inject_nonfinite_after(std::int64_t after) { poison_after_ = after; }
+
+ private:
+  std::string name_, preset_, weights_;
+  int threads_ = 1;
+  std::vector<std::unique_ptr<artifacts::Generator>> generators_;
+  std::mutex mutex_;
+  std::condition_variable freed_;
+  std::vector<int> free_;
+  std::atomic<std::int64_t> requests_{0}, poison_after_{-1};
+};
+
+}  // namespace mpx::serve
