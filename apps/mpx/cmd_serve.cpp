@@ -141,7 +141,7 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("model", e.model_or_run, "model.safetensors (or a PyTorch state dict), or a run directory")->required();
   cmd->add_option("--port", o->http.port, "TCP port (0: any free port, printed)")->capture_default_str()->check(CLI::Range(0, 65535));
   cmd->add_option("--bind", o->http.bind, "Address to listen on")->capture_default_str();
-  cmd->add_option("--name", o->name, "The model's name in /v2/models/NAME (default: its architecture, cnn or mlp)");
+  cmd->add_option("--name", o->name, "The model's name in /v2/models/NAME (default: its architecture: cnn, mlp or gpt)");
   cmd->add_option("--model", e.model, "cnn or mlp (default: from the file's metadata, or its tensor names)");
   cmd->add_option("--data", e.data_dir, "Fashion-MNIST directory (normalisation of files that do not record it)")->capture_default_str();
   cmd->add_option("--precision", e.precision, "Primary variant: fp32, bf16 or fp16 (or a preset name)")->capture_default_str();

@@ -43,6 +43,39 @@ bool same_secret(const std::string& given, const std::string& expected) {
   return given.size() == expected.size() && CRYPTO_memcmp(given.data(), expected.data(), given.size()) == 0;
 }
 
+// Times one request and counts it in the request metrics under the variant that answered, whatever the
+// outcome; `refuse` and `refuse_engine` make the error answers.
+class RequestRecord {
+ public:
+  explicit RequestRecord(ServeMetrics& metrics) : metrics_(metrics) {}
+  void answered_by(const std::string& variant) { variant_ = variant.empty() ? "none" : variant; }
+  HttpResponse refuse(int status, const std::string& message, const char* label = nullptr) {
+    record(label ? label : status_label(status));
+    HttpResponse r = error_response(status, message);
+    if (status == 503) r.headers["Retry-After"] = "1";
+    return r;
+  }
+  // The answer for an engine status other than ok.
+  HttpResponse refuse_engine(Answer::Status status, const std::string& message) {
+    switch (status) {
+      case Answer::Status::bad_request: return refuse(400, message);
+      case Answer::Status::timed_out: return refuse(503, message, "timed_out");
+      case Answer::Status::unavailable: return refuse(503, message);
+      case Answer::Status::ok:
+      case Answer::Status::failed: break;
+    }
+    return refuse(500, message);
+  }
+  void record(const char* label) {
+    metrics_.record_request(variant_, label, std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count());
+  }
+
+ private:
+  ServeMetrics& metrics_;
+  std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
+  std::string variant_ = "none";
+};
+
 }  // namespace
 
 std::string InferenceService::error_body(const std::string& message) { return nlohmann::json{{"error", message}}.dump(); }
@@ -164,16 +197,8 @@ HttpResponse InferenceService::model_metadata() const {
 }
 
 HttpResponse InferenceService::infer(const HttpRequest& request) {
-  const auto start = std::chrono::steady_clock::now();
-  std::string variant = "none";
-  auto fail = [&](int status, const std::string& message, const char* label = nullptr) {
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    metrics_.record_request(variant, label ? label : status_label(status), seconds);
-    HttpResponse r = error_response(status, message);
-    if (status == 503) r.headers["Retry-After"] = "1";
-    return r;
-  };
-  if (rollout_.draining()) return fail(503, "the server is shutting down; send the request to another replica");
+  RequestRecord record(metrics_);
+  if (rollout_.draining()) return record.refuse(503, "the server is shutting down; send the request to another replica");
   InferRequest parsed;
   try {
     const auto header = request.headers.find("inference-header-content-length");
@@ -181,17 +206,11 @@ HttpResponse InferenceService::infer(const HttpRequest& request) {
                                  parse_json_length(header == request.headers.end() ? nullptr : &header->second, request.body.size()),
                                  images_->source().height, images_->source().width);
   } catch (const ProtocolError& e) {
-    return fail(e.status(), e.what());
+    return record.refuse(e.status(), e.what());
   }
   Answer a = images_->infer(parsed.id, std::move(parsed.pixels), parsed.rows);
-  variant = a.variant.empty() ? "none" : a.variant;
-  switch (a.status) {
-    case Answer::Status::ok: break;
-    case Answer::Status::bad_request: return fail(400, a.error);
-    case Answer::Status::timed_out: return fail(503, a.error, "timed_out");
-    case Answer::Status::unavailable: return fail(503, a.error);
-    case Answer::Status::failed: return fail(500, a.error);
-  }
+  record.answered_by(a.variant);
+  if (a.status != Answer::Status::ok) return record.refuse_engine(a.status, a.error);
   nlohmann::json parameters = {{"variant", a.variant}};
   if (!a.fallback_from.empty()) parameters["fallback_from"] = a.fallback_from;
   const EncodedResponse e = encode_infer_response(options_.model_name, parsed, a.logits, a.classes, parameters);
@@ -201,41 +220,25 @@ HttpResponse InferenceService::infer(const HttpRequest& request) {
     r.content_type = "application/octet-stream";
     r.headers["Inference-Header-Content-Length"] = std::to_string(*e.json_length);
   }
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  metrics_.record_request(a.variant, "ok", seconds);
+  record.record("ok");
   return r;
 }
 
 HttpResponse InferenceService::generate(const HttpRequest& request) {
-  const auto start = std::chrono::steady_clock::now();
-  std::string variant = "none";
-  auto fail = [&](int status, const std::string& message, const char* label = nullptr) {
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    metrics_.record_request(variant, label ? label : status_label(status), seconds);
-    HttpResponse r = error_response(status, message);
-    if (status == 503) r.headers["Retry-After"] = "1";
-    return r;
-  };
-  if (rollout_.draining()) return fail(503, "the server is shutting down; send the request to another replica");
+  RequestRecord record(metrics_);
+  if (rollout_.draining()) return record.refuse(503, "the server is shutting down; send the request to another replica");
   GenerateRequest parsed;
   try {
     parsed = parse_generate_request(request.body, text_->byte_level());
   } catch (const ProtocolError& e) {
-    return fail(e.status(), e.what());
+    return record.refuse(e.status(), e.what());
   }
   const GenerateAnswer a = text_->generate(parsed);
-  variant = a.variant.empty() ? "none" : a.variant;
-  switch (a.status) {
-    case Answer::Status::ok: break;
-    case Answer::Status::bad_request: return fail(400, a.error);
-    case Answer::Status::timed_out: return fail(503, a.error, "timed_out");
-    case Answer::Status::unavailable: return fail(503, a.error);
-    case Answer::Status::failed: return fail(500, a.error);
-  }
+  record.answered_by(a.variant);
+  if (a.status != Answer::Status::ok) return record.refuse_engine(a.status, a.error);
   HttpResponse r;
   r.body = encode_generate_response(options_.model_name, parsed, a, text_->byte_level());
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  metrics_.record_request(a.variant, "ok", seconds);
+  record.record("ok");
   return r;
 }
 

@@ -34,8 +34,9 @@ inline std::string write_served_model(const std::string& architecture, std::uint
   return path;
 }
 
-// A copy of `path` whose tensor `damaged` is negated: the file loads, the model answers wrongly.
-inline std::string write_damaged_copy(const std::string& path, const std::string& damaged) {
+// A copy of `path` whose tensor `damaged` is negated (every `stride`-th value of it): the file loads, the
+// model answers wrongly.
+inline std::string write_damaged_copy(const std::string& path, const std::string& damaged, std::size_t stride = 1) {
   const io::SafetensorsFile file = io::SafetensorsFile::read(path);
   std::vector<std::vector<float>> values;
   std::vector<io::TensorToWrite> tensors;
@@ -45,7 +46,7 @@ inline std::string write_damaged_copy(const std::string& path, const std::string
     values.emplace_back(bytes.size() / sizeof(float));
     std::memcpy(values.back().data(), bytes.data(), bytes.size());
     if (e.name == damaged) {
-      for (float& v : values.back()) v = -v;
+      for (std::size_t i = 0; i < values.back().size(); i += stride) values.back()[i] = -values.back()[i];
     }
     tensors.push_back({e.name, e.dtype, e.shape, values.back().data()});
   }
