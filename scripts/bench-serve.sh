@@ -22,7 +22,8 @@ done
 MPX=${MPX:-build/bin/mpx}
 command -v hey >/dev/null || { echo "bench-serve: needs hey (apt-get install hey)" >&2; exit 2; }
 work=$(mktemp -d)
-server=""
+# shellcheck source=scripts/serve-bench-common.sh
+. scripts/serve-bench-common.sh
 trap '[ -n "$server" ] && kill "$server" 2>/dev/null; rm -rf "$work"' EXIT
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
 "$MPX" train --model cnn --epochs 1 --train-subset 6000 --test-subset 500 --out "$work/run" --no-progress > /dev/null
@@ -54,14 +55,7 @@ serve_args() {  # the configuration's name: precision or canary, then -bin, -iN 
 run_one() {  # $1 config, $2 round
   local config=$1 concurrency=${1##*-c}
   # shellcheck disable=SC2046
-  "$MPX" serve "$work/run" --port 0 $(serve_args "$config") > "$work/serve.out" 2>&1 &
-  server=$!
-  local port=""
-  for _ in $(seq 100); do
-    port=$(sed -n 's|.*http://127\.0\.0\.1:\([0-9]*\)/.*|\1|p' "$work/serve.out" | head -1)
-    [ -n "$port" ] && break
-    sleep 0.05
-  done
+  start_serve "$work/run" $(serve_args "$config")
   local url="http://127.0.0.1:$port/v2/models/cnn/infer"
   local body=(-T application/json -D "$work/body.json")
   case $config in
@@ -71,27 +65,8 @@ run_one() {  # $1 config, $2 round
   # The body holds no id, so the server numbers the requests and the canary still gets its share.
   hey -n 2000 -c "$concurrency" -m POST "${body[@]}" "$url" > /dev/null
   hey -n "$requests" -c "$concurrency" -m POST "${body[@]}" -o csv "$url" > "$work/hey.csv"
-  curl -s "http://127.0.0.1:$port/metrics" > "$work/metrics.txt"
-  kill "$server"
-  wait "$server" 2>/dev/null || true
-  server=""
-  python3 - "$config" "$2" "$cpu" "$work/hey.csv" "$work/metrics.txt" << 'PY'
-import csv, json, re, sys
-config, round_, cpu, hey_csv, metrics = sys.argv[1:6]
-rows = list(csv.DictReader(open(hey_csv)))
-times = sorted(float(r["response-time"]) for r in rows)
-ok = sum(1 for r in rows if r["status-code"] == "200")
-span = max(float(r["offset"]) + float(r["response-time"]) for r in rows) - min(float(r["offset"]) for r in rows)
-text = open(metrics).read()
-def total(name):
-    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.M))
-print(json.dumps({"config": config, "round": int(round_), "cpu": cpu, "requests": len(rows), "ok": ok,
-                  "requests_per_second": round(len(rows) / span, 1),
-                  "p50_ms": round(1e3 * times[len(times) // 2], 3), "p99_ms": round(1e3 * times[int(0.99 * len(times))], 3),
-                  "mean_batch": round(total("mpx_serve_batch_size_sum") / max(1, total("mpx_serve_batch_size_count")), 2),
-                  "server_compute_ms_per_request": round(1e3 * total("mpx_serve_compute_duration_seconds_sum") / max(1, total("mpx_serve_compute_duration_seconds_count")), 3),
-                  "shadow_compared": total("mpx_serve_shadow_comparisons_total")}))
-PY
+  stop_serve
+  summarise "$config" "$2" "$cpu"
 }
 for round in $(seq "$rounds"); do
   for config in $configs; do run_one "$config" "$round"; done

@@ -33,6 +33,7 @@ GenerationEngine::GenerationEngine(const ServeOptions& options, EventLog& events
   MPX_REQUIRE(options_.max_new_tokens >= 1, "--max-tokens must be 1 or more");
   const int instances = options_.batching.instances;
   threads_ = options_.batching.threads > 0 ? options_.batching.threads : std::max(1, omp_get_max_threads() / instances);
+  workers_ = std::make_unique<GenerationWorkers>(instances, threads_);
   const std::string primary = serving_preset(options_.precision, "--precision");
   std::string primary_name, canary_name;
   {
@@ -72,7 +73,7 @@ std::shared_ptr<TextVariant> GenerationEngine::variant_locked(const std::string&
                 "the " + name + " variant is loaded from " + it->second->weights_file() + " already, not " + wanted);
     return it->second;
   }
-  auto v = std::make_shared<TextVariant>(model_file_, preset, weights, options_.batching.instances, threads_);
+  auto v = std::make_shared<TextVariant>(model_file_, preset, weights, options_.batching.instances);
   if (!variants_.empty()) {
     const nn::GptConfig& a = variants_.begin()->second->config();
     const nn::GptConfig& b = v->config();
@@ -155,7 +156,7 @@ GenerateAnswer GenerationEngine::generate(GenerateRequest request) {
       start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(options_.request_timeout_seconds));
   TextGeneration g;
   auto run = [&](TextVariant& on) {
-    if (on.generate(request.prompt, s, deadline, g)) {
+    if (workers_->run(deadline, [&](int instance) { on.generate(instance, request.prompt, s, g); }, g.queue_seconds)) {
       metrics_.record_phases(on.name(), g.queue_seconds, g.compute_seconds);
       return true;
     }

@@ -1,8 +1,7 @@
 #include "mpx/serve/text_variant.h"
 
-#include <omp.h>
-
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <limits>
 #include <numeric>
@@ -38,46 +37,20 @@ std::string generator_precision(const std::string& preset) {
 }  // namespace
 
 TextVariant::TextVariant(const std::string& model_file, const std::string& preset, const std::string& weights,
-                         int instances, int threads)
-    : name_(variant_name(preset)), preset_(preset), weights_(weights.empty() ? model_file : weights), threads_(threads) {
+                         int instances)
+    : name_(variant_name(preset)), preset_(preset), weights_(weights.empty() ? model_file : weights) {
   MPX_REQUIRE(instances >= 1, "a variant needs at least one instance");
-  MPX_REQUIRE(threads >= 1, "a generator needs at least one thread");
   const std::string precision = generator_precision(preset);
-  for (int k = 0; k < instances; ++k) {
-    generators_.push_back(std::make_unique<artifacts::Generator>(weights_, precision));
-    free_.push_back(k);
-  }
+  for (int k = 0; k < instances; ++k) generators_.push_back(std::make_unique<artifacts::Generator>(weights_, precision));
 }
 
-bool TextVariant::generate(const std::vector<std::int32_t>& prompt, const artifacts::SamplingOptions& sampling,
-                           std::chrono::steady_clock::time_point deadline, TextGeneration& out) {
-  const auto start = std::chrono::steady_clock::now();
-  int instance = -1;
-  {
-    std::unique_lock<std::mutex> lock(mutex_);
-    if (!freed_.wait_until(lock, deadline, [&] { return !free_.empty(); })) {
-      out.queue_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      return false;
-    }
-    instance = free_.back();
-    free_.pop_back();
-  }
-  struct GiveBack {
-    TextVariant& v;
-    int instance;
-    ~GiveBack() {
-      {
-        std::lock_guard<std::mutex> lock(v.mutex_);
-        v.free_.push_back(instance);
-      }
-      v.freed_.notify_one();
-    }
-  } give_back{*this, instance};
+void TextVariant::generate(int instance, const std::vector<std::int32_t>& prompt,
+                           const artifacts::SamplingOptions& sampling, TextGeneration& out) {
+  MPX_REQUIRE(instance >= 0 && instance < static_cast<int>(generators_.size()),
+              "generator instance " + std::to_string(instance) + " is not loaded");
   const auto began = std::chrono::steady_clock::now();
-  out.queue_seconds = std::chrono::duration<double>(began - start).count();
   const std::int64_t poison_after = poison_after_.load();
   const bool poisoned = poison_after >= 0 && requests_.fetch_add(1) >= poison_after;
-  omp_set_num_threads(threads_);  // this thread's teams: the cores given to one instance
   out.steps.clear();
   out.nonfinite = false;
   out.generation = generators_[static_cast<std::size_t>(instance)]->generate(
@@ -89,7 +62,6 @@ bool TextVariant::generate(const std::vector<std::int32_t>& prompt, const artifa
         return finite;
       });
   out.compute_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count();
-  return true;
 }
 
 }  // namespace mpx::serve

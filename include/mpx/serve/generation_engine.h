@@ -3,7 +3,7 @@
 // fallback for a generation whose logits went non-finite, and an FP32 shadow that re-reads sampled
 // generations. SLO latency for text is the time per generated token (the request's compute and queue time
 // divided by its new tokens), so long and short requests are judged alike. No batching across requests:
-// each request holds one generator instance (`--instances` of them per variant) for its whole generation.
+// each request holds one of `--instances` generator workers for its whole generation.
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "mpx/serve/engine.h"
+#include "mpx/serve/generation_workers.h"
 #include "mpx/serve/text_shadow.h"
 #include "mpx/serve/text_variant.h"
 
@@ -73,6 +74,7 @@ class GenerationEngine {
   Rollout rollout_;
   std::unique_ptr<TextShadow> shadow_;
   std::atomic<std::int64_t> anonymous_requests_{0};
+  std::unique_ptr<GenerationWorkers> workers_;  // last: stopped before the variants it runs go
 };
 
 // True when the model file (or run directory) holds a GPT rather than an image classifier.

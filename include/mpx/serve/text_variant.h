@@ -1,17 +1,14 @@
 // One precision variant of a served GPT model: `instances` generators (each a planned model with its own KV
-// cache) loaded from the FP32 file, rounded to the variant's format, or from an `mpx convert` copy. A
-// request borrows a free generator for the whole generation and gives it back; requests that find none
-// free wait until their deadline. What each new token was drawn from is recorded (the
+// cache) loaded from the FP32 file, rounded to the variant's format, or from an `mpx convert` copy.
+// Instance k is used only by generator worker k (GenerationWorkers), so no two generations share one.
+// What each new token was drawn from is recorded (the
 // most likely token and the few largest logits), so the FP32 shadow can compare without keeping whole
 // vocabularies of logits.
 #pragma once
 
 #include <atomic>
-#include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
@@ -39,18 +36,17 @@ class TextVariant {
  public:
   // `preset`: 32-true, bf16-true or 16-true (a GPT runs in one precision: weights and products rounded,
   // FP32 accumulation and softmax). Throws IoError/InvalidArgument when the file holds no GPT.
-  TextVariant(const std::string& model_file, const std::string& preset, const std::string& weights, int instances,
-              int threads);
+  TextVariant(const std::string& model_file, const std::string& preset, const std::string& weights, int instances);
   const std::string& name() const { return name_; }
   const std::string& preset() const { return preset_; }
   const std::string& weights_file() const { return weights_; }
   const nn::GptConfig& config() const { return generators_.front()->config(); }
   bool byte_level() const { return generators_.front()->byte_level(); }
 
-  // Generates on a free instance; false when none came free before `deadline` (nothing ran). Stops at the
-  // first step whose logits are not finite. Thread-safe. Throws InvalidArgument for tokens outside the vocabulary.
-  bool generate(const std::vector<std::int32_t>& prompt, const artifacts::SamplingOptions& sampling,
-                std::chrono::steady_clock::time_point deadline, TextGeneration& out);
+  // Generates on instance `instance` (0 to instances - 1; the caller holds it for the call). Stops at the
+  // first step whose logits are not finite. Throws InvalidArgument for tokens outside the vocabulary.
+  void generate(int instance, const std::vector<std::int32_t>& prompt, const artifacts::SamplingOptions& sampling,
+                TextGeneration& out);
 
   // Drill: from the `after`-th request on (0: the first), every step's logits are read as NaN, so the
   // non-finite path (FP32 fallback, SLO, rollback) runs as it would for a broken variant. Negative: off.
@@ -58,11 +54,7 @@ class TextVariant {
 
  private:
   std::string name_, preset_, weights_;
-  int threads_ = 1;
   std::vector<std::unique_ptr<artifacts::Generator>> generators_;
-  std::mutex mutex_;
-  std::condition_variable freed_;
-  std::vector<int> free_;
   std::atomic<std::int64_t> requests_{0}, poison_after_{-1};
 };
 
