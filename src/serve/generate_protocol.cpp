@@ -1,5 +1,6 @@
 #include "mpx/serve/generate_protocol.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -104,6 +105,45 @@ std::string encode_generate_response(const std::string& model_name, const Genera
   out["prompt_tokens"] = answer.generation.prompt.size();
   if (!answer.generation.notices.empty()) out["notices"] = answer.generation.notices;
   return out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+nlohmann::json generate_token_event(const std::string& model_name, const GenerateRequest& request,
+                                    std::int32_t token, const std::string& text) {
+  nlohmann::json e = {{"model_name", model_name}, {"model_version", "1"}};
+  if (!request.id.empty()) e["id"] = request.id;
+  e["text_output"] = text;
+  e["output_ids"] = {token};
+  return e;
+}
+
+nlohmann::json generate_final_event(const std::string& model_name, const GenerateRequest& request,
+                                    const GenerateAnswer& answer) {
+  nlohmann::json e = {{"model_name", model_name}, {"model_version", "1"}};
+  if (!request.id.empty()) e["id"] = request.id;
+  e["text_output"] = "";
+  e["output_ids"] = nlohmann::json::array();
+  e["variant"] = answer.variant;
+  if (!answer.fallback_from.empty()) e["fallback_from"] = answer.fallback_from;
+  e["finish_reason"] = "length";
+  e["prompt_tokens"] = answer.generation.prompt.size();
+  e["output_tokens"] = answer.generation.tokens.size();
+  return e;
+}
+
+std::string server_sent_event(const nlohmann::json& data) {
+  return "data: " + data.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n\n";
+}
+
+std::size_t complete_utf8_prefix(std::string_view bytes) {
+  // Look back at most 3 bytes for the lead byte of the last character.
+  const std::size_t n = bytes.size();
+  for (std::size_t back = 1; back <= std::min<std::size_t>(3, n); ++back) {
+    const auto c = static_cast<unsigned char>(bytes[n - back]);
+    if ((c & 0xC0) == 0x80) continue;  // a continuation byte: keep looking for the lead
+    const std::size_t length = c >= 0xF5 ? 1 : c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC2 ? 2 : 1;
+    return length > back ? n - back : n;  // the last character still needs bytes
+  }
+  return n;
 }
 
 }  // namespace mpx::serve

@@ -46,7 +46,7 @@ GenerationEngine::GenerationEngine(const ServeOptions& options, EventLog& events
       const std::string canary = serving_preset(options_.canary_precision, "--canary-precision");
       MPX_REQUIRE(canary != primary, "--canary-precision " + options_.canary_precision + " is the primary precision already");
       std::shared_ptr<TextVariant> v = variant_locked(canary, options_.canary_weights);
-      v->inject_nonfinite_after(options_.inject_nonfinite_canary_after);
+      v->inject_nonfinite_after(options_.inject_nonfinite_canary_after, options_.inject_nonfinite_from_token);
       canary_name = v->name();
     } else {
       MPX_REQUIRE(options_.canary_weights.empty(), "--canary-weights needs --canary-precision");
@@ -118,7 +118,23 @@ void GenerationEngine::drain_shadow() {
   if (shadow_) shadow_->drain();
 }
 
-GenerateAnswer GenerationEngine::generate(GenerateRequest request) {
+std::string GenerationEngine::refusal(const GenerateRequest& request) const {
+  const artifacts::SamplingOptions& s = request.sampling;
+  const auto prompt_tokens = static_cast<std::int64_t>(std::max<std::size_t>(request.prompt.size(), 1));
+  if (s.max_new_tokens < 1 || s.max_new_tokens > options_.max_new_tokens) {
+    return fmt::format("max_tokens {}: ask for 1 to {} (--max-tokens)", s.max_new_tokens, options_.max_new_tokens);
+  }
+  if (prompt_tokens + s.max_new_tokens > config_.block_size) {
+    return fmt::format("a prompt of {} tokens and max_tokens {} exceed the model's context of {}: shorten one",
+                       prompt_tokens, s.max_new_tokens, config_.block_size);
+  }
+  for (const std::int32_t id : request.prompt) {
+    if (id < 0 || id >= config_.vocab_size) return fmt::format("token {} is outside the model's vocabulary of {}", id, config_.vocab_size);
+  }
+  return "";
+}
+
+GenerateAnswer GenerationEngine::generate(GenerateRequest request, const TokenSink& on_token) {
   const Clock::time_point start = Clock::now();
   GenerateAnswer a;
   if (!rollout_.admit()) {
@@ -130,33 +146,21 @@ GenerateAnswer GenerationEngine::generate(GenerateRequest request) {
     Rollout& r;
     ~Leave() { r.leave(); }
   } leave{rollout_};
-  const artifacts::SamplingOptions& s = request.sampling;
-  const auto prompt_tokens = static_cast<std::int64_t>(std::max<std::size_t>(request.prompt.size(), 1));
   auto refuse = [&](std::string message) {
     a.status = Answer::Status::bad_request;
     a.error = std::move(message);
     return a;
   };
-  if (s.max_new_tokens < 1 || s.max_new_tokens > options_.max_new_tokens) {
-    return refuse(fmt::format("max_tokens {}: ask for 1 to {} (--max-tokens)", s.max_new_tokens, options_.max_new_tokens));
-  }
-  if (prompt_tokens + s.max_new_tokens > config_.block_size) {
-    return refuse(fmt::format("a prompt of {} tokens and max_tokens {} exceed the model's context of {}: shorten one",
-                              prompt_tokens, s.max_new_tokens, config_.block_size));
-  }
-  for (const std::int32_t id : request.prompt) {
-    if (id < 0 || id >= config_.vocab_size) {
-      return refuse(fmt::format("token {} is outside the model's vocabulary of {}", id, config_.vocab_size));
-    }
-  }
+  if (std::string why = refusal(request); !why.empty()) return refuse(std::move(why));
+  const artifacts::SamplingOptions& s = request.sampling;
   const std::string id = request.id.empty() ? "mpx-" + std::to_string(anonymous_requests_.fetch_add(1)) : request.id;
   std::shared_ptr<TextVariant> v = variant(rollout_.route(id).variant);
   a.variant = v->name();
   const Clock::time_point deadline =
       start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(options_.request_timeout_seconds));
   TextGeneration g;
-  auto run = [&](TextVariant& on) {
-    if (workers_->run(deadline, [&](int instance) { on.generate(instance, request.prompt, s, g); }, g.queue_seconds)) {
+  auto run = [&](TextVariant& on, const std::vector<std::int32_t>& prompt, const artifacts::SamplingOptions& sampling) {
+    if (workers_->run(deadline, [&](int instance) { on.generate(instance, prompt, sampling, g, on_token); }, g.queue_seconds)) {
       metrics_.record_phases(on.name(), g.queue_seconds, g.compute_seconds);
       return true;
     }
@@ -165,14 +169,23 @@ GenerateAnswer GenerationEngine::generate(GenerateRequest request) {
     return false;
   };
   try {
-    if (!run(*v)) return a;
+    if (!run(*v, request.prompt, s)) return a;
     if (g.nonfinite && a.variant != "fp32") {
       metrics_.record_nonfinite(a.variant, 1);
       metrics_.record_fallback(a.variant);
       rollout_.record_nonfinite(a.variant, 1);
       a.fallback_from = a.variant;
       a.variant = "fp32";
-      if (!run(*variant("fp32"))) return a;
+      // Tokens a stream has sent stay sent: FP32 continues after them. Otherwise FP32 answers whole.
+      std::vector<std::int32_t> sent = on_token ? g.generation.tokens : std::vector<std::int32_t>{};
+      std::vector<std::int32_t> prompt = request.prompt;
+      prompt.insert(prompt.end(), sent.begin(), sent.end());
+      artifacts::SamplingOptions rest = s;
+      rest.max_new_tokens -= static_cast<std::int64_t>(sent.size());
+      if (!run(*variant("fp32"), prompt, rest)) return a;
+      g.generation.prompt = request.prompt;
+      sent.insert(sent.end(), g.generation.tokens.begin(), g.generation.tokens.end());
+      g.generation.tokens = std::move(sent);
     }
   } catch (const InvalidArgument& e) {
     return refuse(e.what());
@@ -186,7 +199,8 @@ GenerateAnswer GenerationEngine::generate(GenerateRequest request) {
   const auto tokens = static_cast<std::int64_t>(g.generation.tokens.size());
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   metrics_.record_generation(a.variant, tokens, seconds);
-  if (a.fallback_from.empty()) {
+  a.cancelled = g.cancelled;
+  if (a.fallback_from.empty() && !g.cancelled) {
     rollout_.record_answer(a.variant, seconds / static_cast<double>(std::max<std::int64_t>(tokens, 1)));
     const bool sample = a.variant != "fp32" && shadow_ && request_fraction(id, 0x5eed) < options_.shadow_share;
     if (sample && !shadow_->submit(a.variant, g)) metrics_.record_shadow_dropped(shadow_->dropped());

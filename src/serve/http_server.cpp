@@ -58,6 +58,16 @@ HttpServer::HttpServer(InferenceService& service, const HttpOptions& options)
     res.status = out.status;
     for (const auto& [name, value] : out.headers) res.set_header(name, value);
     if (out.status == 503) res.set_header("Connection", "close");
+    if (out.stream) {
+      // Chunked transfer: httplib calls the provider once, on this connection's thread, after the headers.
+      res.set_chunked_content_provider(out.content_type, [stream = std::move(out.stream), impl](std::size_t, httplib::DataSink& sink) {
+        stream([&sink](const std::string& chunk) { return sink.write(chunk.data(), chunk.size()); });
+        sink.done();
+        impl->answered.fetch_add(1);
+        return true;
+      });
+      return;
+    }
     res.set_content(std::move(out.body), out.content_type);
     impl->answered.fetch_add(1);
   };

@@ -89,7 +89,7 @@ InferenceService::InferenceService(GenerationEngine& text, ServiceOptions option
 nlohmann::json InferenceService::routing() const { return images_ ? images_->routing() : text_->routing(); }
 
 HttpResponse InferenceService::handle(const HttpRequest& request) {
-  static const std::regex model_path(R"(/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/infer|/generate)?)");
+  static const std::regex model_path(R"(/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/infer|/generate_stream|/generate)?)");
   const std::string& p = request.path;
   const bool get = request.method == "GET" || request.method == "HEAD";
   const bool post = request.method == "POST";
@@ -129,7 +129,7 @@ HttpResponse InferenceService::handle(const HttpRequest& request) {
     if (m[2].matched && m[2] != "1") {
       return error_response(404, "model '" + options_.model_name + "' has version 1 only, not '" + m[2].str() + "'");
     }
-    if (m[3] == "/infer" || m[3] == "/generate") {
+    if (m[3] == "/infer" || m[3] == "/generate" || m[3] == "/generate_stream") {
       if (auto r = only(post, "POST")) return *r;
       const bool infer_route = m[3] == "/infer";
       if (infer_route && !images_) {
@@ -140,7 +140,8 @@ HttpResponse InferenceService::handle(const HttpRequest& request) {
         return error_response(400, "model '" + options_.model_name + "' classifies images: POST /v2/models/" +
                                        options_.model_name + "/infer");
       }
-      return infer_route ? infer(request) : generate(request);
+      if (infer_route) return infer(request);
+      return m[3] == "/generate" ? generate(request) : generate_stream(request);
     }
     if (auto r = only(get, "GET")) return *r;
     if (m[3] == "/ready") {
@@ -150,7 +151,7 @@ HttpResponse InferenceService::handle(const HttpRequest& request) {
     return model_metadata();
   }
   return error_response(404, "no route " + request.method + " " + p + ": see /v2/health/live, /v2/models/" +
-                                 options_.model_name + (images_ ? "[/ready|/infer]" : "[/ready|/generate]") + ", /metrics");
+                                 options_.model_name + (images_ ? "[/ready|/infer]" : "[/ready|/generate|/generate_stream]") + ", /metrics");
 }
 
 HttpResponse InferenceService::model_metadata() const {
@@ -239,6 +240,47 @@ HttpResponse InferenceService::generate(const HttpRequest& request) {
   HttpResponse r;
   r.body = encode_generate_response(options_.model_name, parsed, a, text_->byte_level());
   record.record("ok");
+  return r;
+}
+
+HttpResponse InferenceService::generate_stream(const HttpRequest& request) {
+  auto record = std::make_shared<RequestRecord>(metrics_);
+  if (rollout_.draining()) return record->refuse(503, "the server is shutting down; send the request to another replica");
+  GenerateRequest parsed;
+  try {
+    parsed = parse_generate_request(request.body, text_->byte_level());
+  } catch (const ProtocolError& e) {
+    return record->refuse(e.status(), e.what());
+  }
+  if (const std::string why = text_->refusal(parsed); !why.empty()) return record->refuse(400, why);
+  HttpResponse r;
+  r.content_type = "text/event-stream";
+  r.headers["Cache-Control"] = "no-cache";
+  r.stream = [this, parsed = std::move(parsed), record](const ChunkWriter& write) {
+    const bool byte_level = text_->byte_level();
+    std::string pending;  // bytes of a UTF-8 character still unfinished
+    const GenerateAnswer a = text_->generate(parsed, [&](std::int32_t token) {
+      std::string text;
+      if (byte_level) {
+        pending.push_back(static_cast<char>(token));
+        const std::size_t whole = complete_utf8_prefix(pending);
+        text = pending.substr(0, whole);
+        pending.erase(0, whole);
+      }
+      return write(server_sent_event(generate_token_event(options_.model_name, parsed, token, text)));
+    });
+    record->answered_by(a.variant);
+    if (a.status != Answer::Status::ok) {
+      // The status line has gone: the failure is the stream's last event (tritonclient raises it).
+      record->refuse_engine(a.status, a.error);
+      write(server_sent_event({{"error", a.error}}));
+      return;
+    }
+    nlohmann::json last = generate_final_event(options_.model_name, parsed, a);
+    last["text_output"] = pending;
+    write(server_sent_event(last));
+    record->record(a.cancelled ? "cancelled" : "ok");
+  };
   return r;
 }
 

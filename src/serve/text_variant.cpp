@@ -45,17 +45,23 @@ TextVariant::TextVariant(const std::string& model_file, const std::string& prese
 }
 
 void TextVariant::generate(int instance, const std::vector<std::int32_t>& prompt,
-                           const artifacts::SamplingOptions& sampling, TextGeneration& out) {
+                           const artifacts::SamplingOptions& sampling, TextGeneration& out, const TokenSink& on_token) {
   MPX_REQUIRE(instance >= 0 && instance < static_cast<int>(generators_.size()),
               "generator instance " + std::to_string(instance) + " is not loaded");
   const auto began = std::chrono::steady_clock::now();
   const std::int64_t poison_after = poison_after_.load();
   const bool poisoned = poison_after >= 0 && requests_.fetch_add(1) >= poison_after;
+  const std::int64_t poison_from = poison_from_token_.load();
   out.steps.clear();
   out.nonfinite = false;
+  out.cancelled = false;
+  std::function<void(std::int32_t)> sink;
+  if (on_token) sink = [&](std::int32_t t) { out.cancelled = out.cancelled || !on_token(t); };
   out.generation = generators_[static_cast<std::size_t>(instance)]->generate(
-      prompt, sampling, {}, {}, [&](const std::vector<float>& logits) {
-        StepLogits s = poisoned ? StepLogits{} : summarise_logits(logits);
+      prompt, sampling, sink, {}, [&](const std::vector<float>& logits) {
+        if (out.cancelled) return false;
+        const bool poison = poisoned && static_cast<std::int64_t>(out.steps.size()) >= poison_from;
+        StepLogits s = poison ? StepLogits{} : summarise_logits(logits);
         const bool finite = s.top1 >= 0;
         out.steps.push_back(std::move(s));
         out.nonfinite = !finite;

@@ -16,60 +16,11 @@
 #include "mpx/serve/generation_engine.h"
 #include "mpx/serve/rollout.h"
 #include "mpx/serve/service.h"
-#include "serve_test_support.h"
+#include "served_gpt_support.h"
 
 namespace mpx::serve {
 namespace {
-
-// A byte-level GPT small enough to generate in microseconds, saved as `mpx train --model gpt-...` saves one.
-const nn::GptConfig kTiny{2, 2, 32, 24, 256, 0.0f};
-
-std::string write_served_gpt(std::uint64_t seed, const std::string& tokenizer = "bytes") {
-  nn::Context ctx;
-  nn::Sequential model = nn::make_gpt(kTiny, seed);
-  model.plan({{1, 1}, DType::i32}, ctx);
-  const std::string path = test::serve_temp_path("gpt_" + std::to_string(seed) + tokenizer + ".safetensors");
-  train::save_model(path, model,
-                    {{"mpx.model", "gpt-tiny"}, {train::kGptKey, train::gpt_metadata(kTiny)}, {"mpx.tokenizer", tokenizer}});
-  return path;
-}
-
-double metric(const std::string& text, const std::string& series) {
-  std::istringstream in(text);
-  for (std::string line; std::getline(in, line);) {
-    if (line.rfind(series + " ", 0) == 0) return std::stod(line.substr(series.size() + 1));
-  }
-  return -1;
-}
-
-struct ServedGpt {
-  std::FILE* log = std::tmpfile();
-  EventLog events{log};
-  std::unique_ptr<GenerationEngine> engine;
-  explicit ServedGpt(const ServeOptions& o) : engine(std::make_unique<GenerationEngine>(o, events)) {}
-  ~ServedGpt() {
-    engine.reset();
-    std::fclose(log);
-  }
-};
-
-ServeOptions options_for(const std::string& file) {
-  ServeOptions o;
-  o.model_or_run = file;
-  o.batching.threads = 1;
-  return o;
-}
-
-std::vector<std::int32_t> prompt_of(const std::string& text) { return {text.begin(), text.end()}; }
-
-GenerateRequest request(const std::string& id, std::vector<std::int32_t> prompt, std::int64_t tokens,
-                        float temperature = 0.0f, std::uint64_t seed = 0) {
-  GenerateRequest r;
-  r.id = id;
-  r.prompt = std::move(prompt);
-  r.sampling = {tokens, temperature, 0, seed};
-  return r;
-}
+using namespace test_gpt;  // NOLINT(google-build-using-namespace): the GPT serving helpers
 
 void expect_refused(const std::string& body, bool byte_level, const std::string& words) {
   try {
@@ -318,21 +269,6 @@ TEST(GenerationServing, RefusesAModelOfOtherSizesAsAVariant) {
   EXPECT_TRUE(holds_gpt(file));
   EXPECT_FALSE(holds_gpt(test::write_served_model("mlp", 1)));
 }
-
-struct TextEndpoints : ::testing::Test {
-  std::unique_ptr<ServedGpt> served;
-  std::unique_ptr<InferenceService> service;
-  void SetUp() override {
-    ServeOptions o = options_for(write_served_gpt(7));
-    o.canary_precision = "bf16";
-    o.canary_share = 0.5;
-    served = std::make_unique<ServedGpt>(o);
-    service = std::make_unique<InferenceService>(*served->engine, ServiceOptions{"tiny", "a-long-admin-token-0123"});
-  }
-  HttpResponse call(const std::string& method, const std::string& path, const std::string& body = "") {
-    return service->handle({method, path, body, {}});
-  }
-};
 
 TEST_F(TextEndpoints, AnswerTheGenerateExtensionAndDescribeTheModel) {
   EXPECT_EQ(nlohmann::json::parse(call("GET", "/v2").body)["extensions"][0], "generate");

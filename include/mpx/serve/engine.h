@@ -37,6 +37,7 @@ struct ServeOptions {
   BatchPolicy batching;
   double request_timeout_seconds = 10;
   std::int64_t inject_nonfinite_canary_after = -1;  // drill: canary batches (GPT: requests) before its outputs go NaN
+  std::int64_t inject_nonfinite_from_token = 0;     // drill (GPT): a poisoned request's logits go NaN from this new token
   std::int64_t max_new_tokens = 256;  // GPT: the most tokens one request may ask for
 };
 

@@ -32,6 +32,7 @@ struct GenerateAnswer {
   Answer::Status status = Answer::Status::ok;
   std::string variant, fallback_from, error;
   artifacts::Generation generation;
+  bool cancelled = false;  // the token sink stopped it (a stream whose client left)
 };
 
 class GenerationEngine {
@@ -43,7 +44,13 @@ class GenerationEngine {
   GenerationEngine(const GenerationEngine&) = delete;
   GenerationEngine& operator=(const GenerationEngine&) = delete;
 
-  GenerateAnswer generate(GenerateRequest request);  // thread-safe
+  // Thread-safe. With `on_token`, each new token is handed to it as it is drawn (from a generator worker's
+  // thread; false stops the generation: the client has gone); when the variant's logits go non-finite
+  // after some tokens were handed on, FP32 continues after them.
+  GenerateAnswer generate(GenerateRequest request, const TokenSink& on_token = {});
+  // Why the request cannot be generated (max_tokens, context, vocabulary), or empty: what generate() refuses
+  // with bad_request, for a stream that must answer 400 before it starts.
+  std::string refusal(const GenerateRequest& request) const;
 
   const std::string& model_file() const { return model_file_; }
   const nn::GptConfig& config() const { return config_; }

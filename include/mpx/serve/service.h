@@ -4,6 +4,7 @@
 // /admin/precision. Every error is a JSON body {"error": "..."}.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <string>
 
@@ -17,10 +18,16 @@ struct HttpRequest {
   std::map<std::string, std::string> headers;  // names in lower case
 };
 
+// Writes one chunk of a streamed answer; false when the client has gone.
+using ChunkWriter = std::function<bool(const std::string&)>;
+
 struct HttpResponse {
   int status = 200;
   std::string content_type = "application/json", body;
   std::map<std::string, std::string> headers;
+  // Set for a streamed answer (the body is then unused): called once, after the status and headers have
+  // been sent, with the writer of the body's chunks.
+  std::function<void(const ChunkWriter&)> stream;
 };
 
 struct ServiceOptions {
@@ -39,6 +46,7 @@ class InferenceService {
  private:
   HttpResponse infer(const HttpRequest& request);
   HttpResponse generate(const HttpRequest& request);
+  HttpResponse generate_stream(const HttpRequest& request);
   HttpResponse model_metadata() const;
   HttpResponse admin(const HttpRequest& request);
   nlohmann::json routing() const;

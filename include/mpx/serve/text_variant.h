@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -25,10 +26,14 @@ struct StepLogits {
 // The most likely token and the largest logits of a finite vector; top1 -1 (and nothing kept) otherwise.
 StepLogits summarise_logits(const std::vector<float>& logits);
 
+// Takes each new token as it is drawn; false: stop generating (the client has gone).
+using TokenSink = std::function<bool(std::int32_t)>;
+
 struct TextGeneration {
   artifacts::Generation generation;
   std::vector<StepLogits> steps;  // one per new token (and one more for a step that went non-finite)
   bool nonfinite = false;         // stopped because a step's logits were not finite
+  bool cancelled = false;         // stopped because the token sink refused a token (the client left)
   double queue_seconds = 0, compute_seconds = 0;
 };
 
@@ -44,18 +49,23 @@ class TextVariant {
   bool byte_level() const { return generators_.front()->byte_level(); }
 
   // Generates on instance `instance` (0 to instances - 1; the caller holds it for the call). Stops at the
-  // first step whose logits are not finite. Throws InvalidArgument for tokens outside the vocabulary.
+  // first step whose logits are not finite, or when `on_token` (each new token as it is drawn; optional)
+  // returns false. Throws InvalidArgument for tokens outside the vocabulary.
   void generate(int instance, const std::vector<std::int32_t>& prompt, const artifacts::SamplingOptions& sampling,
-                TextGeneration& out);
+                TextGeneration& out, const TokenSink& on_token = {});
 
-  // Drill: from the `after`-th request on (0: the first), every step's logits are read as NaN, so the
-  // non-finite path (FP32 fallback, SLO, rollback) runs as it would for a broken variant. Negative: off.
-  void inject_nonfinite_after(std::int64_t after) { poison_after_ = after; }
+  // Drill: from the `after`-th request on (0: the first), every step's logits from the `from_token`-th new
+  // token on are read as NaN, so the non-finite path (FP32 fallback, SLO, rollback) runs as it would for a
+  // broken variant. Negative: off.
+  void inject_nonfinite_after(std::int64_t after, std::int64_t from_token = 0) {
+    poison_from_token_ = from_token;
+    poison_after_ = after;
+  }
 
  private:
   std::string name_, preset_, weights_;
   std::vector<std::unique_ptr<artifacts::Generator>> generators_;
-  std::atomic<std::int64_t> requests_{0}, poison_after_{-1};
+  std::atomic<std::int64_t> requests_{0}, poison_after_{-1}, poison_from_token_{0};
 };
 
 }  // namespace mpx::serve
