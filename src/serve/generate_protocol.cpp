@@ -66,7 +66,7 @@ GenerateRequest parse_generate_request(std::string_view text, bool byte_level) {
     }
   }
   if (const nlohmann::json* stream = setting(body, "stream"); stream && !(stream->is_boolean() && !stream->get<bool>())) {
-    bad("this endpoint answers whole generations: leave out \"stream\" (or set it false)");
+    bad("this endpoint answers whole generations: POST .../generate_stream for tokens as they are drawn, or leave out \"stream\"");
   }
   r.sampling.max_new_tokens = integer_setting(body, "max_tokens", 16, 1, std::int64_t{1} << 30);
   r.sampling.top_k = integer_setting(body, "top_k", 0, 0, std::int64_t{1} << 30);

@@ -119,5 +119,58 @@ def canary_shadow_and_rollback():
           f"tokens, NaN canary rolled back after {took:.2f} s (1 s windows); SIGTERM drained, {answered} answered")
 
 
+def events(response):
+    """The server-sent events of a streamed answer, as they arrive."""
+    while True:
+        line = response.readline()
+        if not line:
+            return
+        if line.startswith(b"data: "):
+            yield json.loads(line[6:])
+
+
+def streaming():
+    p, port = start("--precision", "bf16")
+    try:
+        body = {"text_input": "In the beginning", "max_tokens": 30, "temperature": 0}
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        c.request("POST", "/v2/models/tiny/generate_stream", body=json.dumps(body))
+        r = c.getresponse()
+        assert r.status == 200 and r.getheader("Content-Type") == "text/event-stream", (r.status, r.getheaders())
+        got = list(events(r))
+        c.close()
+        assert len(got) == 31 and got[-1]["finish_reason"] == "length" and got[-1]["variant"] == "bf16", got[-1]
+        text = "".join(e["text_output"] for e in got)
+        status, whole = post(port, "/v2/models/tiny/generate", body)
+        assert text == whole["text_output"] == mpx_generate("In the beginning", 30, "bf16", "--temperature", "0"), (text, whole)
+        # A client that reads two tokens and leaves: the server stops that generation and keeps serving.
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        c.request("POST", "/v2/models/tiny/generate_stream", body=json.dumps({**body, "max_tokens": 40}))
+        r = c.getresponse()
+        stream = events(r)
+        next(stream), next(stream)
+        c.sock.shutdown(2)
+        c.close()
+        status, again = post(port, "/v2/models/tiny/generate", body)
+        assert status == 200 and again["text_output"] == whole["text_output"], again
+        for _ in range(50):
+            status, text = get(port, "/metrics")
+            if 'status="cancelled"' in text:
+                break
+            time.sleep(0.1)
+        assert re.search(r'mpx_serve_requests_total\{status="cancelled",variant="bf16"\} 1', text), text[:2000]
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        c.request("POST", "/v2/models/tiny/generate_stream", body=json.dumps({**body, "max_tokens": 60}))
+        r = c.getresponse()
+        assert r.status == 400 and "context of 64" in json.loads(r.read())["error"]
+        c.close()
+    finally:
+        p.terminate()
+        assert p.wait(timeout=30) == 0
+    print("generate_stream: 30 token events and a last one add up to the whole answer (= mpx generate's); "
+          "a client that left after two tokens was counted cancelled; 400 before the stream for a context overflow")
+
+
 same_as_mpx_generate()
+streaming()
 canary_shadow_and_rollback()
