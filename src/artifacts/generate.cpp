@@ -23,29 +23,47 @@ std::string preset_for(const std::string& precision) {
 }
 }  // namespace
 
+// Prompt positions fed in one forward pass (rows of the planned model): one pass of products over 64 rows
+// instead of 64 passes of one row each. Decoding feeds one row at a time.
+constexpr std::int64_t kPrefillRows = 64;
+
 struct Generator::Impl {
   explicit Impl(Device device) : ctx(backend::make_backend(device)) {}
   nn::GptConfig config;
   bool byte_level = false;
   nn::Context ctx;
   nn::Sequential model;
-  Tensor input;                  // i32 [1, 1] on the backend
+  Tensor input;                  // i32 [prefill rows, 1] on the backend: row i is position `position` + i
   std::vector<float> logits;     // FP32 host copy of the last position's
   std::int64_t position = 0;     // positions in the cache
 
-  // Feeds `token` at the next position; the logits after it land in `logits`.
-  void step(std::int32_t token) {
-    ctx.backend().upload(input, &token);
-    ctx.position_offset = position;
-    const Tensor y = backend::host_view(ctx.backend(), model.forward(input, ctx, false));
-    logits.resize(static_cast<std::size_t>(y.numel()));
-    if (y.dtype() == DType::f32) {
-      std::copy_n(y.data_as<float>(), logits.size(), logits.data());
-    } else {
-      numeric::convert(y.data(), y.dtype(), logits.data(), DType::f32, logits.size());
+  // Feeds `tokens` at the next positions (in passes of up to the planned rows); the logits after the last
+  // land in `logits`, and after each one go to `each` when given.
+  void feed(const std::vector<std::int32_t>& tokens, const std::function<void(const std::vector<float>&)>& each = {}) {
+    const std::int64_t rows_planned = input.dim(0);
+    for (std::size_t at = 0; at < tokens.size();) {
+      const std::int64_t rows = std::min<std::int64_t>(rows_planned, static_cast<std::int64_t>(tokens.size() - at));
+      const Tensor in = input.first_rows(rows);
+      ctx.backend().upload(in, tokens.data() + at);
+      ctx.position_offset = position;
+      const Tensor y = backend::host_view(ctx.backend(), model.forward(in, ctx, false));
+      const auto vocabulary = static_cast<std::size_t>(y.numel() / rows);
+      logits.resize(vocabulary);
+      for (std::int64_t r = 0; r < rows; ++r) {
+        if (r + 1 < rows && !each) continue;  // only the last row's logits are needed
+        const Tensor row = y.rows(r, 1);
+        if (row.dtype() == DType::f32) {
+          std::copy_n(row.data_as<float>(), vocabulary, logits.data());
+        } else {
+          numeric::convert(row.data(), row.dtype(), logits.data(), DType::f32, vocabulary);
+        }
+        if (each) each(logits);
+      }
+      position += rows;
+      at += static_cast<std::size_t>(rows);
     }
-    ++position;
   }
+  void step(std::int32_t token) { feed({token}); }
 };
 
 Generator::Generator(const std::string& path, const std::string& precision, std::int64_t heads, Device device)
@@ -71,9 +89,11 @@ Generator::Generator(const std::string& path, const std::string& precision, std:
   nn::visit_layers(impl_->model, [&](nn::Layer& layer) {
     if (auto* attention = dynamic_cast<nn::CausalSelfAttention*>(&layer)) attention->enable_cache(impl_->config.block_size);
   });
-  impl_->model.plan({{1, 1}, DType::i32}, impl_->ctx);
+  const std::int64_t rows = std::min(kPrefillRows, impl_->config.block_size);
+  impl_->ctx.rows_are_positions = true;
+  impl_->model.plan({{rows, 1}, DType::i32}, impl_->ctx);
   train::load_model(path, impl_->model, impl_->ctx);
-  impl_->input = impl_->ctx.allocate({1, 1}, DType::i32, MemoryCategory::activations);
+  impl_->input = impl_->ctx.allocate({rows, 1}, DType::i32, MemoryCategory::activations);
 }
 
 Generator::~Generator() = default;
@@ -133,10 +153,7 @@ Generation Generator::generate(std::vector<std::int32_t> prompt, const SamplingO
   }
   g.prompt = prompt;
   m.position = 0;
-  for (const std::int32_t id : prompt) {
-    m.step(id);
-    if (on_prompt_logits) on_prompt_logits(m.logits);
-  }
+  m.feed(prompt, on_prompt_logits);
   std::mt19937_64 rng(o.seed);
   std::uniform_real_distribution<double> uniform(0.0, 1.0);
   std::vector<std::int32_t> recent = prompt;  // what a refilled cache starts from
@@ -161,7 +178,7 @@ Generation Generator::generate(std::vector<std::int32_t> prompt, const SamplingO
       }
       recent.erase(recent.begin(), recent.end() - context / 2);
       m.position = 0;
-      for (std::size_t i = 0; i + 1 < recent.size(); ++i) m.step(recent[i]);
+      m.feed(std::vector<std::int32_t>(recent.begin(), recent.end() - 1));
     }
     m.step(token);
   }

@@ -38,19 +38,24 @@ Tensor PositionEmbedding::forward(const Tensor& x, Context& ctx, bool) {
   detail::require_dtype(x, output_.dtype(), name(), "input");
   const std::int64_t n = x.dim(0), tokens = x.dim(1);
   const std::int64_t offset = ctx.position_offset;
-  if (x.shape().size() != 3 || tokens > planned_[1] || n > planned_[0] || offset < 0 || offset + tokens > block_size_) {
+  const std::int64_t last = offset + (ctx.rows_are_positions ? n : tokens);
+  if (x.shape().size() != 3 || tokens > planned_[1] || n > planned_[0] || offset < 0 || last > block_size_ ||
+      (ctx.rows_are_positions && tokens != 1)) {
     throw InvalidArgument("layer " + name() + " got input of shape " + to_string(x.shape()) + " at position " +
                           std::to_string(offset) + "; planned for " + to_string(planned_) + ", " +
                           std::to_string(block_size_) + " positions");
   }
   const Tensor positions = positions_.first_rows(n * tokens).reshaped({n, tokens});
-  if (!positions_used_.defined() || positions_used_.shape() != positions.shape() || uploaded_offset_ != offset) {
+  if (!positions_used_.defined() || positions_used_.shape() != positions.shape() || uploaded_offset_ != offset ||
+      uploaded_as_rows_ != ctx.rows_are_positions) {
     std::vector<std::int32_t> ids(static_cast<std::size_t>(n * tokens));
     for (std::size_t i = 0; i < ids.size(); ++i) {
-      ids[i] = static_cast<std::int32_t>(offset + static_cast<std::int64_t>(i) % tokens);
+      const auto at = static_cast<std::int64_t>(i);
+      ids[i] = static_cast<std::int32_t>(offset + (ctx.rows_are_positions ? at : at % tokens));
     }
     ctx.backend().upload(positions, ids.data());
     uploaded_offset_ = offset;
+    uploaded_as_rows_ = ctx.rows_are_positions;
   }
   const Tensor rows = rows_.reshaped({planned_[0] * planned_[1] * dim_}).first_rows(n * tokens * dim_).reshaped(x.shape());
   ctx.backend().embedding_forward(positions, table_.value, rows);
@@ -83,8 +88,9 @@ TensorSpec CausalSelfAttention::plan(const TensorSpec& in, Context& ctx) {
   ctx.backend().require(backend::Op::attention, in.dtype, name());
   const std::int64_t n = in.shape[0], tokens = in.shape[1];
   if (cache_positions_ > 0) {
-    if (n != 1 || tokens != 1) {
-      throw InvalidArgument("layer " + name() + " keeps a KV cache and takes one position at a time, got " +
+    if (tokens != 1 || n > cache_positions_) {
+      throw InvalidArgument("layer " + name() + " keeps a KV cache of " + std::to_string(cache_positions_) +
+                            " positions and takes rows of one position each ([N <= positions, 1, 3C]), got " +
                             to_string(in.shape));
     }
     k_cache_ = ctx.zeros({cache_positions_, width_}, DType::f32, MemoryCategory::activations);
@@ -106,7 +112,15 @@ Tensor CausalSelfAttention::forward(const Tensor& qkv, Context& ctx, bool) {
   const std::int64_t n = qkv.dim(0);
   Tensor y = output_.first_rows(n);
   if (k_cache_.defined()) {
-    ctx.backend().attention_step(qkv, heads_, ctx.position_offset, k_cache_, v_cache_, y);
+    // Row i is position offset + i: its k and v enter the cache before row i + 1 attends (causal order).
+    if (ctx.position_offset < 0 || ctx.position_offset + n > cache_positions_) {
+      throw InvalidArgument("layer " + name() + ": positions " + std::to_string(ctx.position_offset) + " to " +
+                            std::to_string(ctx.position_offset + n) + " do not fit its KV cache of " +
+                            std::to_string(cache_positions_));
+    }
+    for (std::int64_t i = 0; i < n; ++i) {
+      ctx.backend().attention_step(qkv.rows(i, 1), heads_, ctx.position_offset + i, k_cache_, v_cache_, y.rows(i, 1));
+    }
     return y;
   }
   ctx.backend().attention_forward(qkv, heads_, row_logsumexp_.first_rows(n), y);

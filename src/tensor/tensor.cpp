@@ -127,6 +127,17 @@ Tensor Tensor::first_rows(std::int64_t rows) const {
   return t;
 }
 
+Tensor Tensor::rows(std::int64_t begin, std::int64_t count) const {
+  if (shape_.empty() || begin < 0 || count < 0 || begin + count > shape_[0]) {
+    throw InvalidArgument("cannot take rows " + std::to_string(begin) + " to " + std::to_string(begin + count) + " of a " +
+                          to_string(shape_) + " tensor");
+  }
+  Tensor t = *this;
+  if (data_) t.data_ = static_cast<char*>(data_) + static_cast<std::size_t>(begin) * (bytes() / static_cast<std::size_t>(shape_[0]));
+  t.shape_[0] = count;
+  return t;
+}
+
 void Tensor::fill_zero() const {
   if (device_ != Device::cpu) throw InvalidArgument("fill_zero on a device tensor: use its backend's fill_zero");
   if (data_) std::memset(data_, 0, bytes());

@@ -62,6 +62,36 @@ TEST(Gpt, KvCacheDecodingMatchesTheFullForwardPass) {
   }
 }
 
+// A prompt fed in passes of several rows (row i at position offset + i, Context::rows_are_positions) fills
+// the KV cache as one position per pass does: the logits after every position match the full forward pass,
+// and so does decoding after it.
+TEST(Gpt, APromptFedRowsAtATimeFillsTheCacheAsOnePositionPerPassDoes) {
+  Context full_ctx, ctx;
+  Sequential full = make_gpt(kSmall, 5), model = make_gpt(kSmall, 5);
+  full.plan({{1, 6}, DType::i32}, full_ctx);
+  visit_layers(model, [](Layer& layer) {
+    if (auto* attention = dynamic_cast<CausalSelfAttention*>(&layer)) attention->enable_cache(6);
+  });
+  ctx.rows_are_positions = true;
+  model.plan({{4, 1}, DType::i32}, ctx);
+  const std::vector<std::int32_t> ids = {4, 4, 1, 12, 0, 7};
+  const std::vector<float> reference = host_floats(full.forward(token_ids({1, 6}, ids), full_ctx, false));
+  const std::int64_t v = kSmall.vocab_size;
+  // Positions 0-3 in one pass, 4 alone, 5 alone (decoding).
+  std::vector<float> logits = host_floats(model.forward(token_ids({4, 1}, {ids[0], ids[1], ids[2], ids[3]}), ctx, false));
+  for (std::int64_t i = 4; i < 6; ++i) {
+    ctx.position_offset = i;
+    const std::vector<float> one = host_floats(model.forward(token_ids({1, 1}, {ids[static_cast<std::size_t>(i)]}), ctx, false));
+    logits.insert(logits.end(), one.begin(), one.end());
+  }
+  ASSERT_EQ(logits.size(), reference.size());
+  for (std::size_t k = 0; k < logits.size(); ++k) {
+    EXPECT_NEAR(logits[k], reference[k], 1e-5) << "position " << static_cast<std::int64_t>(k) / v;
+  }
+  ctx.position_offset = 4;  // two rows past the cache's six positions
+  EXPECT_THROW(model.forward(token_ids({3, 1}, {1, 2, 3}), ctx, false), InvalidArgument);
+}
+
 // The whole model's mean cross-entropy against central differences, for entries of every parameter
 // (embeddings, attention, MLP, LayerNorms; the tied table sums both uses). The residual stream starts
 // small (GPT-2's initialisation) and LayerNorm rescales it, so the step is small (1e-3); the loss is an

@@ -77,6 +77,9 @@ struct Context {
   // Generation with a KV cache: the position of the first token in the input (position embeddings and
   // cached attention read it); 0 in training.
   std::int64_t position_offset = 0;
+  // Generation with a KV cache: row i of an [N, 1] input is position position_offset + i of one sequence
+  // (a prompt fed in one pass), not N sequences of one token; false in training.
+  bool rows_are_positions = false;
 
  private:
   std::unique_ptr<backend::Backend> backend_;

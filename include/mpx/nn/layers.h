@@ -239,6 +239,7 @@ class PositionEmbedding : public Layer {
   Tensor positions_, rows_, output_;  // positions_: i32 [N * T] = t; rows_: the gathered table rows
   Tensor positions_used_;             // the last forward's positions [n, T]
   std::int64_t uploaded_offset_ = -1;  // Context::position_offset the uploaded positions start at
+  bool uploaded_as_rows_ = false;      // ... and whether they were Context::rows_are_positions
   Shape planned_;
 };
 
@@ -250,7 +251,8 @@ class CausalSelfAttention : public Layer {
   std::string kind() const override { return "causal_self_attention"; }
   std::int64_t heads() const { return heads_; }
   // Generation: before plan(), keep the keys and values of up to `positions` positions (FP32); the layer
-  // then takes one new position per forward, at Context::position_offset, attending to all before it.
+  // then takes rows of one position each ([N, 1, 3C], Context::rows_are_positions): row i at
+  // Context::position_offset + i, attending to every position before it and itself.
   void enable_cache(std::int64_t positions) { cache_positions_ = positions; }
   TensorSpec plan(const TensorSpec& input, Context& ctx) override;
   Tensor forward(const Tensor& qkv, Context& ctx, bool training) override;

@@ -46,6 +46,8 @@ class Tensor {
   Tensor reshaped(const Shape& shape) const;
   // Same memory, only the first `rows` entries of dimension 0 (a smaller batch in a planned buffer).
   Tensor first_rows(std::int64_t rows) const;
+  // Same memory, `count` entries of dimension 0 from entry `begin` on.
+  Tensor rows(std::int64_t begin, std::int64_t count) const;
   void fill_zero() const;
 
  private:
