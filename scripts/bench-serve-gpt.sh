@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # mpx serve for a GPT on loopback (this machine): hey (Debian's load generator) sends generate requests
-# (a 16-byte prompt, greedy, --new-tokens new tokens each) to a gpt-tiny trained for a few hundred steps,
+# (a 16-byte prompt unless --prompt, greedy, --new-tokens new tokens each) to a gpt-tiny trained for a few hundred steps,
 # at concurrency 1 and 4, with one or two generator instances, FP32 or BF16, and with a 5% BF16 canary
 # under the FP32 shadow; configurations interleaved over rounds, one JSON line per run (requests/s,
 # tokens/s, client-side P50/P99 per request, the server's mean time per token). With a Python that has
 # torch, PyTorch eager generation with a KV cache of the same weights is measured in the same rounds
 # (scripts/reference/torch_gpt_generate.py), and checked to give the tokens `mpx generate` gives.
-# Usage: scripts/bench-serve-gpt.sh [--rounds 3] [--requests 300] [--new-tokens 48] [--torch PYTHON] [--configs "..."]
+# Usage: scripts/bench-serve-gpt.sh [--rounds 3] [--requests 300] [--new-tokens 48] [--prompt TEXT] [--torch PYTHON]
+#        [--configs "..."]   (the prompt's bytes plus --new-tokens must fit gpt-tiny's context of 64)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rounds=3 requests=300 new_tokens=48 torch_python=""
+rounds=3 requests=300 new_tokens=48 torch_python="" prompt="In the beginning"
 configs="fp32-c1 bf16-c1 fp32-c4 fp32-i2-c4 bf16-i2-c4 canary-shadow-i2-c4"
 while [ $# -gt 0 ]; do
   case $1 in
@@ -17,6 +18,7 @@ while [ $# -gt 0 ]; do
     --requests) requests=$2; shift 2 ;;
     --new-tokens) new_tokens=$2; shift 2 ;;
     --torch) torch_python=$2; shift 2 ;;
+    --prompt) prompt=$2; shift 2 ;;
     --configs) configs=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
@@ -28,9 +30,9 @@ work=$(mktemp -d)
 . scripts/serve-bench-common.sh
 trap '[ -n "$server" ] && kill "$server" 2>/dev/null; rm -rf "$work"' EXIT
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
-prompt="In the beginning"
 "$MPX" train --model gpt-tiny --max-steps 300 --test-subset 24 --out "$work/run" --no-progress > /dev/null
-printf '{"text_input": "%s", "max_tokens": %d, "temperature": 0}' "$prompt" "$new_tokens" > "$work/body.json"
+python3 -c 'import json, sys; print(json.dumps({"text_input": sys.argv[1], "max_tokens": int(sys.argv[2]), "temperature": 0}))' \
+  "$prompt" "$new_tokens" > "$work/body.json"
 expected=$("$MPX" generate "$work/run" --prompt "$prompt" --max-new-tokens "$new_tokens" --temperature 0)
 expected=${expected#"$prompt"}
 
