@@ -14,7 +14,7 @@ ServingEngine::ServingEngine(const ServeOptions& options, EventLog& events)
       source_(resolve_model(options.model_or_run, options.model, options.data_dir)),
       rollout_({options.slo, options.slo_window_seconds, options.rollback_after}, metrics_, events,
                [this](const std::string& preset) {
-                 std::lock_guard<std::mutex> lock(variants_mutex_);
+                 std::lock_guard<std::mutex> lock(variants_.mutex());
                  return variant_locked(preset, "")->name();
                }) {
   MPX_REQUIRE(options_.shadow_share >= 0 && options_.shadow_share <= 1, "--shadow-share is a fraction between 0 and 1");
@@ -25,7 +25,7 @@ ServingEngine::ServingEngine(const ServeOptions& options, EventLog& events)
   });
   std::string primary_name, canary_name;
   {
-    std::lock_guard<std::mutex> lock(variants_mutex_);
+    std::lock_guard<std::mutex> lock(variants_.mutex());
     // FP32 is always loaded: it answers when a variant's outputs are not finite, and rollbacks go to it.
     variant_locked("32-true", primary == "32-true" ? options_.weights : "");
     primary_name = variant_locked(primary, options_.weights)->name();
@@ -39,7 +39,7 @@ ServingEngine::ServingEngine(const ServeOptions& options, EventLog& events)
       MPX_REQUIRE(options_.canary_weights.empty(), "--canary-weights needs --canary-precision");
       MPX_REQUIRE(options_.inject_nonfinite_canary_after < 0, "--inject-nonfinite-canary needs --canary-precision");
     }
-    classes_ = variants_.begin()->second->classes();
+    classes_ = variants_.locked().begin()->second->classes();
   }
   if (options_.shadow) {
     shadow_ = std::make_unique<ShadowComparer>(
@@ -56,7 +56,7 @@ ServingEngine::~ServingEngine() { shadow_.reset(); }
 
 std::shared_ptr<ModelVariant> ServingEngine::variant_locked(const std::string& preset, const std::string& weights) {
   const std::string name = variant_name(preset);
-  if (auto it = variants_.find(name); it != variants_.end()) {
+  if (auto it = variants_.locked().find(name); it != variants_.locked().end()) {
     const std::string wanted = weights.empty() ? source_.model_file : weights;
     MPX_REQUIRE(it->second->weights_file() == wanted,
                 "the " + name + " variant is loaded from " + it->second->weights_file() + " already, not " + wanted);
@@ -64,30 +64,21 @@ std::shared_ptr<ModelVariant> ServingEngine::variant_locked(const std::string& p
   }
   auto variant = std::make_shared<ModelVariant>(source_, preset, options_.batching.max_batch, weights,
                                                 options_.batching.instances);
-  variants_[name] = variant;
+  variants_.locked()[name] = variant;
   return variant;
 }
 
 std::shared_ptr<ModelVariant> ServingEngine::variant(const std::string& name) const {
-  std::lock_guard<std::mutex> lock(variants_mutex_);
   return variants_.at(name);
 }
 
 std::vector<std::string> ServingEngine::variant_names() const {
-  std::lock_guard<std::mutex> lock(variants_mutex_);
-  std::vector<std::string> names;
-  for (const auto& [name, variant] : variants_) names.push_back(name);
-  return names;
+  return variants_.names();
 }
 
 nlohmann::json ServingEngine::routing() const {
   nlohmann::json r = rollout_.routing();
-  nlohmann::json variants = nlohmann::json::array();
-  std::lock_guard<std::mutex> lock(variants_mutex_);
-  for (const auto& [name, v] : variants_) {
-    variants.push_back({{"name", name}, {"preset", v->preset()}, {"weights", v->weights_file()}});
-  }
-  r["variants"] = variants;
+  r["variants"] = variants_.describe();
   return r;
 }
 

@@ -25,7 +25,7 @@ GenerationEngine::GenerationEngine(const ServeOptions& options, EventLog& events
       model_file_(train::model_file_in(options.model_or_run)),
       rollout_({options.slo, options.slo_window_seconds, options.rollback_after}, metrics_, events,
                [this](const std::string& preset) {
-                 std::lock_guard<std::mutex> lock(variants_mutex_);
+                 std::lock_guard<std::mutex> lock(variants_.mutex());
                  return variant_locked(preset, "")->name();
                }) {
   MPX_REQUIRE(options_.shadow_share >= 0 && options_.shadow_share <= 1, "--shadow-share is a fraction between 0 and 1");
@@ -37,7 +37,7 @@ GenerationEngine::GenerationEngine(const ServeOptions& options, EventLog& events
   const std::string primary = serving_preset(options_.precision, "--precision");
   std::string primary_name, canary_name;
   {
-    std::lock_guard<std::mutex> lock(variants_mutex_);
+    std::lock_guard<std::mutex> lock(variants_.mutex());
     const std::shared_ptr<TextVariant> fp32 = variant_locked("32-true", primary == "32-true" ? options_.weights : "");
     config_ = fp32->config();
     byte_level_ = fp32->byte_level();
@@ -68,44 +68,35 @@ GenerationEngine::~GenerationEngine() { shadow_.reset(); }
 std::shared_ptr<TextVariant> GenerationEngine::variant_locked(const std::string& preset, const std::string& weights) {
   const std::string name = variant_name(preset);
   const std::string wanted = weights.empty() ? model_file_ : weights;
-  if (auto it = variants_.find(name); it != variants_.end()) {
+  if (auto it = variants_.locked().find(name); it != variants_.locked().end()) {
     MPX_REQUIRE(it->second->weights_file() == wanted,
                 "the " + name + " variant is loaded from " + it->second->weights_file() + " already, not " + wanted);
     return it->second;
   }
   auto v = std::make_shared<TextVariant>(model_file_, preset, weights, options_.batching.instances);
-  if (!variants_.empty()) {
-    const nn::GptConfig& a = variants_.begin()->second->config();
+  if (!variants_.locked().empty()) {
+    const nn::GptConfig& a = variants_.locked().begin()->second->config();
     const nn::GptConfig& b = v->config();
     if (a.n_layer != b.n_layer || a.n_head != b.n_head || a.n_embd != b.n_embd || a.block_size != b.block_size ||
         a.vocab_size != b.vocab_size) {
       throw InvalidArgument(wanted + " holds a GPT of other sizes than " + model_file_ + ": a variant must be the same model");
     }
   }
-  variants_[name] = v;
+  variants_.locked()[name] = v;
   return v;
 }
 
 std::shared_ptr<TextVariant> GenerationEngine::variant(const std::string& name) const {
-  std::lock_guard<std::mutex> lock(variants_mutex_);
   return variants_.at(name);
 }
 
 std::vector<std::string> GenerationEngine::variant_names() const {
-  std::lock_guard<std::mutex> lock(variants_mutex_);
-  std::vector<std::string> names;
-  for (const auto& [name, v] : variants_) names.push_back(name);
-  return names;
+  return variants_.names();
 }
 
 nlohmann::json GenerationEngine::routing() const {
   nlohmann::json r = rollout_.routing();
-  nlohmann::json variants = nlohmann::json::array();
-  std::lock_guard<std::mutex> lock(variants_mutex_);
-  for (const auto& [name, v] : variants_) {
-    variants.push_back({{"name", name}, {"preset", v->preset()}, {"weights", v->weights_file()}});
-  }
-  r["variants"] = variants;
+  r["variants"] = variants_.describe();
   return r;
 }
 

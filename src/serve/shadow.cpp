@@ -51,106 +51,51 @@ ShadowComparison compare_logits(const std::string& variant, const float* candida
   return c;
 }
 
-ShadowComparer::ShadowComparer(std::unique_ptr<ModelVariant> reference, std::size_t capacity, Observer observer)
-    : reference_(std::move(reference)), capacity_(capacity), observer_(std::move(observer)) {
-  worker_ = std::thread([this] { work(); });
+void become_background_thread() {
+  setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), 19);
+  omp_set_num_threads(1);
 }
 
-ShadowComparer::~ShadowComparer() {
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    stopping_ = true;
-  }
-  changed_.notify_all();
-  worker_.join();
-}
+// What queues up within kGatherSeconds runs as one reference batch: nobody waits for the shadow, and one
+// forward pass of 16 images costs a third of 16 passes of one.
+ShadowComparer::ShadowComparer(std::unique_ptr<ModelVariant> reference, std::size_t capacity, Observer observer)
+    : reference_(std::move(reference)),
+      observer_(std::move(observer)),
+      batch_pixels_(static_cast<std::size_t>(reference_->max_batch() * reference_->pixels_per_image())),
+      batch_reference_(static_cast<std::size_t>(reference_->max_batch() * reference_->classes())),
+      queue_(capacity, {kGatherSeconds, reference_->max_batch(), [](const Item& item) { return item.rows; }},
+             [this](std::vector<Item>& items) { compare(items); }) {}
 
 bool ShadowComparer::submit(const std::string& variant, std::vector<float> pixels, std::int64_t rows,
                             std::vector<float> logits) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  if (stopping_ || queue_.size() >= capacity_) {
-    ++dropped_;
-    return false;
-  }
-  queue_.push_back({variant, std::move(pixels), std::move(logits), rows});
-  changed_.notify_all();
-  return true;
+  return queue_.submit({variant, std::move(pixels), std::move(logits), rows});
 }
 
-std::int64_t ShadowComparer::queued_images_locked() const {
-  std::int64_t images = 0;
-  for (const Item& item : queue_) images += item.rows;
-  return images;
-}
-
-std::uint64_t ShadowComparer::dropped() const {
-  std::lock_guard<std::mutex> lock(mutex_);
-  return dropped_;
-}
-
-void ShadowComparer::drain() {
-  std::unique_lock<std::mutex> lock(mutex_);
-  changed_.wait(lock, [&] { return queue_.empty() && !busy_; });
-}
-
-void ShadowComparer::work() {
-  // Off the response path: the lowest CPU priority and one thread, so the variants answering requests
-  // keep the cores (Linux gives each thread its own nice value).
-  setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), 19);
-  omp_set_num_threads(1);
+void ShadowComparer::compare(std::vector<Item>& items) {
   const std::int64_t classes = reference_->classes(), pixels = reference_->pixels_per_image();
   const std::int64_t capacity = reference_->max_batch();
-  std::vector<float> batch_pixels(static_cast<std::size_t>(capacity * pixels));
-  std::vector<float> reference(static_cast<std::size_t>(capacity * classes));
-  std::vector<Item> items;
-  std::unique_lock<std::mutex> lock(mutex_);
-  for (;;) {
-    changed_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
-    if (queue_.empty()) return;
-    // What queues up within kGatherSeconds runs as one reference batch: nobody waits for the shadow,
-    // and one forward pass of 16 images costs a third of 16 passes of one.
-    const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(kGatherSeconds);
-    while (!stopping_ && queued_images_locked() < capacity && std::chrono::steady_clock::now() < until) {
-      changed_.wait_until(lock, until);
+  std::int64_t images = 0;
+  for (const Item& item : items) images += item.rows;
+  if (images <= capacity) {
+    std::int64_t row = 0;
+    for (const Item& item : items) {
+      std::copy(item.pixels.begin(), item.pixels.end(), batch_pixels_.begin() + row * pixels);
+      row += item.rows;
     }
-    items.clear();
-    std::int64_t images = 0;
-    do {
-      images += queue_.front().rows;
-      items.push_back(std::move(queue_.front()));
-      queue_.pop_front();
-    } while (!queue_.empty() && images + queue_.front().rows <= capacity);
-    busy_ = true;
-    lock.unlock();
-    try {
-      if (images <= capacity) {
-        std::int64_t row = 0;
-        for (const Item& item : items) {
-          std::copy(item.pixels.begin(), item.pixels.end(), batch_pixels.begin() + row * pixels);
-          row += item.rows;
-        }
-        reference_->infer(batch_pixels.data(), images, reference.data());
-        row = 0;
-        for (const Item& item : items) {
-          observer_(compare_logits(item.variant, item.logits.data(), reference.data() + row * classes, item.rows, classes));
-          row += item.rows;
-        }
-      } else {  // one request of more images than a reference batch: in pieces
-        const Item& item = items.front();
-        for (std::int64_t first = 0; first < item.rows; first += capacity) {
-          const std::int64_t rows = std::min(capacity, item.rows - first);
-          std::copy_n(item.pixels.begin() + first * pixels, rows * pixels, batch_pixels.begin());
-          reference_->infer(batch_pixels.data(), rows, reference.data());
-          observer_(compare_logits(item.variant, item.logits.data() + first * classes, reference.data(), rows, classes));
-        }
-      }
-    } catch (const std::exception&) {  // a comparison lost is counted, never a crash off the response path
-      std::lock_guard<std::mutex> count(mutex_);
-      dropped_ += items.size();
+    reference_->infer(batch_pixels_.data(), images, batch_reference_.data());
+    row = 0;
+    for (const Item& item : items) {
+      observer_(compare_logits(item.variant, item.logits.data(), batch_reference_.data() + row * classes, item.rows, classes));
+      row += item.rows;
     }
-    lock.lock();
-    busy_ = false;
-    changed_.notify_all();
+    return;
+  }
+  const Item& item = items.front();  // one request of more images than a reference batch: in pieces
+  for (std::int64_t first = 0; first < item.rows; first += capacity) {
+    const std::int64_t rows = std::min(capacity, item.rows - first);
+    std::copy_n(item.pixels.begin() + first * pixels, rows * pixels, batch_pixels_.begin());
+    reference_->infer(batch_pixels_.data(), rows, batch_reference_.data());
+    observer_(compare_logits(item.variant, item.logits.data() + first * classes, batch_reference_.data(), rows, classes));
   }
 }
 

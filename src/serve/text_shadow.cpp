@@ -1,8 +1,5 @@
 #include "mpx/serve/text_shadow.h"
 
-#include <omp.h>
-#include <sys/resource.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -31,39 +28,15 @@ ShadowComparison compare_generation(const std::string& variant, const std::vecto
 }
 
 TextShadow::TextShadow(std::unique_ptr<artifacts::Generator> reference, std::size_t capacity, Observer observer)
-    : reference_(std::move(reference)), capacity_(capacity), observer_(std::move(observer)) {
-  worker_ = std::thread([this] { work(); });
-}
-
-TextShadow::~TextShadow() {
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    stopping_ = true;
-  }
-  changed_.notify_all();
-  worker_.join();
-}
+    : reference_(std::move(reference)),
+      observer_(std::move(observer)),
+      queue_(capacity, {}, [this](std::vector<Item>& items) {
+        for (const Item& item : items) observer_(compare(item));
+      }) {}
 
 bool TextShadow::submit(const std::string& variant, const TextGeneration& answered) {
   if (answered.generation.tokens.empty()) return true;  // nothing generated, nothing to compare
-  std::lock_guard<std::mutex> lock(mutex_);
-  if (stopping_ || queue_.size() >= capacity_) {
-    ++dropped_;
-    return false;
-  }
-  queue_.push_back({variant, answered.generation.prompt, answered.generation.tokens, answered.steps});
-  changed_.notify_all();
-  return true;
-}
-
-std::uint64_t TextShadow::dropped() const {
-  std::lock_guard<std::mutex> lock(mutex_);
-  return dropped_;
-}
-
-void TextShadow::drain() {
-  std::unique_lock<std::mutex> lock(mutex_);
-  changed_.wait(lock, [&] { return queue_.empty() && !busy_; });
+  return queue_.submit({variant, answered.generation.prompt, answered.generation.tokens, answered.steps});
 }
 
 ShadowComparison TextShadow::compare(const Item& item) {
@@ -79,29 +52,6 @@ ShadowComparison TextShadow::compare(const Item& item) {
     if (position++ + 1 >= item.prompt.size()) reference.insert(reference.end(), logits.begin(), logits.end());
   });
   return compare_generation(item.variant, item.steps, reference, vocabulary);
-}
-
-void TextShadow::work() {
-  setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), 19);  // off the response path: the lowest priority
-  omp_set_num_threads(1);
-  std::unique_lock<std::mutex> lock(mutex_);
-  for (;;) {
-    changed_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
-    if (queue_.empty()) return;
-    Item item = std::move(queue_.front());
-    queue_.pop_front();
-    busy_ = true;
-    lock.unlock();
-    try {
-      observer_(compare(item));
-    } catch (const std::exception&) {  // a comparison lost is counted, never a crash off the response path
-      std::lock_guard<std::mutex> count(mutex_);
-      ++dropped_;
-    }
-    lock.lock();
-    busy_ = false;
-    changed_.notify_all();
-  }
 }
 
 }  // namespace mpx::serve

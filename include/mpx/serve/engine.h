@@ -16,6 +16,7 @@
 
 #include "mpx/serve/batcher.h"
 #include "mpx/serve/rollout.h"
+#include "mpx/serve/variant_registry.h"
 #include "mpx/serve/serve_metrics.h"
 #include "mpx/serve/shadow.h"
 #include "mpx/serve/slo.h"
@@ -83,8 +84,7 @@ class ServingEngine {
   ModelSource source_;
   ServeMetrics metrics_;
   std::int64_t classes_ = 0;
-  mutable std::mutex variants_mutex_;
-  std::map<std::string, std::shared_ptr<ModelVariant>> variants_;
+  VariantRegistry<ModelVariant> variants_;
   std::unique_ptr<DynamicBatcher> batcher_;  // after metrics_: its worker reports to them
   Rollout rollout_;
   std::unique_ptr<ShadowComparer> shadow_;

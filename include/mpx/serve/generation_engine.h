@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "mpx/serve/engine.h"
+#include "mpx/serve/variant_registry.h"
 #include "mpx/serve/generation_workers.h"
 #include "mpx/serve/text_shadow.h"
 #include "mpx/serve/text_variant.h"
@@ -76,8 +77,7 @@ class GenerationEngine {
   bool byte_level_ = false;
   int threads_ = 1;
   ServeMetrics metrics_;
-  mutable std::mutex variants_mutex_;
-  std::map<std::string, std::shared_ptr<TextVariant>> variants_;
+  VariantRegistry<TextVariant> variants_;
   Rollout rollout_;
   std::unique_ptr<TextShadow> shadow_;
   std::atomic<std::int64_t> anonymous_requests_{0};

@@ -5,16 +5,13 @@
 // reference predicts).
 #pragma once
 
-#include <condition_variable>
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
-#include <thread>
 #include <vector>
 
+#include "mpx/serve/shadow_queue.h"
 #include "mpx/serve/variant.h"
 
 namespace mpx::serve {
@@ -39,15 +36,15 @@ class ShadowComparer {
   using Observer = std::function<void(const ShadowComparison&)>;
   // `reference`: the FP32 variant the shadow owns. `capacity`: requests that may wait; more are dropped.
   ShadowComparer(std::unique_ptr<ModelVariant> reference, std::size_t capacity, Observer observer);
-  ~ShadowComparer();  // compares what is queued, then stops
+  // Destroyed, it compares what is queued, then stops.
   ShadowComparer(const ShadowComparer&) = delete;
   ShadowComparer& operator=(const ShadowComparer&) = delete;
 
   // Queues one answered request; false (and counted) when the queue is full.
   bool submit(const std::string& variant, std::vector<float> pixels, std::int64_t rows, std::vector<float> logits);
-  std::uint64_t dropped() const;
+  std::uint64_t dropped() const { return queue_.dropped(); }
   // Blocks until everything submitted so far has been compared (tests, shutdown).
-  void drain();
+  void drain() { queue_.drain(); }
 
  private:
   struct Item {
@@ -55,19 +52,13 @@ class ShadowComparer {
     std::vector<float> pixels, logits;
     std::int64_t rows = 0;
   };
-  void work();
-  std::int64_t queued_images_locked() const;
+  void compare(std::vector<Item>& items);  // on the queue's thread
   static constexpr double kGatherSeconds = 0.02;
 
   std::unique_ptr<ModelVariant> reference_;
-  std::size_t capacity_;
   Observer observer_;
-  mutable std::mutex mutex_;
-  std::condition_variable changed_;
-  std::deque<Item> queue_;
-  bool stopping_ = false, busy_ = false;
-  std::uint64_t dropped_ = 0;
-  std::thread worker_;
+  std::vector<float> batch_pixels_, batch_reference_;  // the queue thread's
+  ShadowQueue<Item> queue_;                            // last: its thread stops before the rest goes
 };
 
 }  // namespace mpx::serve

@@ -6,17 +6,14 @@
 // A full queue drops the sample, counted.
 #pragma once
 
-#include <condition_variable>
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "mpx/serve/shadow.h"
+#include "mpx/serve/shadow_queue.h"
 #include "mpx/serve/text_variant.h"
 
 namespace mpx::serve {
@@ -30,14 +27,14 @@ class TextShadow {
  public:
   using Observer = std::function<void(const ShadowComparison&)>;
   TextShadow(std::unique_ptr<artifacts::Generator> reference, std::size_t capacity, Observer observer);
-  ~TextShadow();  // compares what is queued, then stops
+  // Destroyed, it compares what is queued, then stops.
   TextShadow(const TextShadow&) = delete;
   TextShadow& operator=(const TextShadow&) = delete;
 
   // Queues one answered generation; false (and counted) when the queue is full.
   bool submit(const std::string& variant, const TextGeneration& answered);
-  std::uint64_t dropped() const;
-  void drain();  // blocks until everything submitted so far has been compared
+  std::uint64_t dropped() const { return queue_.dropped(); }
+  void drain() { queue_.drain(); }  // blocks until everything submitted so far has been compared
 
  private:
   struct Item {
@@ -45,18 +42,11 @@ class TextShadow {
     std::vector<std::int32_t> prompt, tokens;
     std::vector<StepLogits> steps;
   };
-  void work();
-  ShadowComparison compare(const Item& item);
+  ShadowComparison compare(const Item& item);  // on the queue's thread
 
   std::unique_ptr<artifacts::Generator> reference_;
-  std::size_t capacity_;
   Observer observer_;
-  mutable std::mutex mutex_;
-  std::condition_variable changed_;
-  std::deque<Item> queue_;
-  bool stopping_ = false, busy_ = false;
-  std::uint64_t dropped_ = 0;
-  std::thread worker_;
+  ShadowQueue<Item> queue_;  // last: its thread stops before the rest goes
 };
 
 }  // namespace mpx::serve
