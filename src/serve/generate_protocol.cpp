@@ -68,6 +68,29 @@ GenerateRequest parse_generate_request(std::string_view text, bool byte_level) {
   if (const nlohmann::json* stream = setting(body, "stream"); stream && !(stream->is_boolean() && !stream->get<bool>())) {
     bad("this endpoint answers whole generations: POST .../generate_stream for tokens as they are drawn, or leave out \"stream\"");
   }
+  if (const nlohmann::json* stop = setting(body, "stop")) {
+    if (!byte_level) bad("this model has a GPT-2 vocabulary and mpx has no GPT-2 tokenizer: send \"stop_token_ids\"");
+    const nlohmann::json list = stop->is_string() ? nlohmann::json::array({*stop}) : *stop;
+    if (!list.is_array() || list.size() > kMaxStopSequences) {
+      bad("\"stop\" must be a string or an array of at most " + std::to_string(kMaxStopSequences) + " strings");
+    }
+    for (const nlohmann::json& s : list) {
+      if (!s.is_string() || s.get<std::string>().empty()) bad("\"stop\" holds " + s.dump() + ": stop sequences are non-empty strings");
+      r.stop.emplace_back();
+      for (const char c : s.get<std::string>()) r.stop.back().push_back(static_cast<unsigned char>(c));
+    }
+  }
+  if (const nlohmann::json* ids = setting(body, "stop_token_ids")) {
+    if (!ids->is_array() || ids->size() > kMaxStopSequences) {
+      bad("\"stop_token_ids\" must be an array of at most " + std::to_string(kMaxStopSequences) + " token ids");
+    }
+    for (const nlohmann::json& id : *ids) {
+      if (!id.is_number_integer() || id.get<std::int64_t>() < 0 || id.get<std::int64_t>() > std::numeric_limits<std::int32_t>::max()) {
+        bad("\"stop_token_ids\" holds " + id.dump() + ": token ids are non-negative integers");
+      }
+      r.stop.push_back({static_cast<std::int32_t>(id.get<std::int64_t>())});
+    }
+  }
   r.sampling.max_new_tokens = integer_setting(body, "max_tokens", 16, 1, std::int64_t{1} << 30);
   r.sampling.top_k = integer_setting(body, "top_k", 0, 0, std::int64_t{1} << 30);
   const nlohmann::json* seed = setting(body, "seed");
@@ -101,7 +124,7 @@ std::string encode_generate_response(const std::string& model_name, const Genera
   out["output_ids"] = tokens;
   out["variant"] = answer.variant;
   if (!answer.fallback_from.empty()) out["fallback_from"] = answer.fallback_from;
-  out["finish_reason"] = "length";
+  out["finish_reason"] = answer.finish_reason;
   out["prompt_tokens"] = answer.generation.prompt.size();
   if (!answer.generation.notices.empty()) out["notices"] = answer.generation.notices;
   return out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
@@ -124,7 +147,7 @@ nlohmann::json generate_final_event(const std::string& model_name, const Generat
   e["output_ids"] = nlohmann::json::array();
   e["variant"] = answer.variant;
   if (!answer.fallback_from.empty()) e["fallback_from"] = answer.fallback_from;
-  e["finish_reason"] = "length";
+  e["finish_reason"] = answer.finish_reason;
   e["prompt_tokens"] = answer.generation.prompt.size();
   e["output_tokens"] = answer.generation.tokens.size();
   return e;

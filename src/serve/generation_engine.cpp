@@ -8,6 +8,7 @@
 #include <filesystem>
 
 #include "mpx/core/error.h"
+#include "mpx/serve/stop_sequences.h"
 #include "mpx/io/safetensors.h"
 #include "mpx/train/run/model_file.h"
 
@@ -122,6 +123,13 @@ std::string GenerationEngine::refusal(const GenerateRequest& request) const {
   for (const std::int32_t id : request.prompt) {
     if (id < 0 || id >= config_.vocab_size) return fmt::format("token {} is outside the model's vocabulary of {}", id, config_.vocab_size);
   }
+  for (const std::vector<std::int32_t>& stop : request.stop) {
+    for (const std::int32_t id : stop) {
+      if (id < 0 || id >= config_.vocab_size) {
+        return fmt::format("stop token {} is outside the model's vocabulary of {}", id, config_.vocab_size);
+      }
+    }
+  }
   return "";
 }
 
@@ -150,8 +158,17 @@ GenerateAnswer GenerationEngine::generate(GenerateRequest request, const TokenSi
   const Clock::time_point deadline =
       start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(options_.request_timeout_seconds));
   TextGeneration g;
+  // The generator sees every drawn token; the client only those the stop sequences let through.
+  StopMatcher stops(request.stop);
+  bool client_left = false;
+  const TokenSink drawn = [&](std::int32_t token) {
+    for (const std::int32_t t : stops.push(token)) {
+      if (on_token && !client_left && !on_token(t)) client_left = true;
+    }
+    return !client_left && !stops.stopped();
+  };
   auto run = [&](TextVariant& on, const std::vector<std::int32_t>& prompt, const artifacts::SamplingOptions& sampling) {
-    if (workers_->run(deadline, [&](int instance) { on.generate(instance, prompt, sampling, g, on_token); }, g.queue_seconds)) {
+    if (workers_->run(deadline, [&](int instance) { on.generate(instance, prompt, sampling, g, drawn); }, g.queue_seconds)) {
       metrics_.record_phases(on.name(), g.queue_seconds, g.compute_seconds);
       return true;
     }
@@ -169,6 +186,7 @@ GenerateAnswer GenerationEngine::generate(GenerateRequest request, const TokenSi
       a.variant = "fp32";
       // Tokens a stream has sent stay sent: FP32 continues after them. Otherwise FP32 answers whole.
       std::vector<std::int32_t> sent = on_token ? g.generation.tokens : std::vector<std::int32_t>{};
+      if (!on_token) stops = StopMatcher(request.stop);  // FP32 answers from the start
       std::vector<std::int32_t> prompt = request.prompt;
       prompt.insert(prompt.end(), sent.begin(), sent.end());
       artifacts::SamplingOptions rest = s;
@@ -190,13 +208,21 @@ GenerateAnswer GenerationEngine::generate(GenerateRequest request, const TokenSi
   const auto tokens = static_cast<std::int64_t>(g.generation.tokens.size());
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   metrics_.record_generation(a.variant, tokens, seconds);
-  a.cancelled = g.cancelled;
-  if (a.fallback_from.empty() && !g.cancelled) {
+  a.cancelled = client_left;
+  if (stops.stopped()) {
+    a.finish_reason = "stop";
+  } else if (on_token && !client_left) {
+    for (const std::int32_t t : stops.flush()) {
+      if (!on_token(t)) break;
+    }
+  }
+  if (a.fallback_from.empty() && !client_left) {
     rollout_.record_answer(a.variant, seconds / static_cast<double>(std::max<std::int64_t>(tokens, 1)));
     const bool sample = a.variant != "fp32" && shadow_ && request_fraction(id, 0x5eed) < options_.shadow_share;
     if (sample && !shadow_->submit(a.variant, g)) metrics_.record_shadow_dropped(shadow_->dropped());
   }
   a.generation = std::move(g.generation);
+  if (stops.stopped()) a.generation.tokens.resize(a.generation.tokens.size() - stops.matched_length());
   return a;
 }
 

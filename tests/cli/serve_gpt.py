@@ -143,6 +143,16 @@ def streaming():
         text = "".join(e["text_output"] for e in got)
         status, whole = post(port, "/v2/models/tiny/generate", body)
         assert text == whole["text_output"] == mpx_generate("In the beginning", 30, "bf16", "--temperature", "0"), (text, whole)
+        # A stop sequence: the answer ends before it, streamed or whole.
+        stop = whole["text_output"][10:12]
+        status, ended = post(port, "/v2/models/tiny/generate", {**body, "stop": [stop]})
+        expected = whole["text_output"][:whole["text_output"].index(stop)]
+        assert status == 200 and ended["finish_reason"] == "stop" and ended["text_output"] == expected, (stop, ended)
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        c.request("POST", "/v2/models/tiny/generate_stream", body=json.dumps({**body, "stop": stop}))
+        got = list(events(c.getresponse()))
+        c.close()
+        assert "".join(e["text_output"] for e in got) == expected and got[-1]["finish_reason"] == "stop", got
         # A client that reads two tokens and leaves: the server stops that generation and keeps serving.
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         c.request("POST", "/v2/models/tiny/generate_stream", body=json.dumps({**body, "max_tokens": 40}))
@@ -167,7 +177,8 @@ def streaming():
     finally:
         p.terminate()
         assert p.wait(timeout=30) == 0
-    print("generate_stream: 30 token events and a last one add up to the whole answer (= mpx generate's); "
+    print("generate_stream: 30 token events and a last one add up to the whole answer (= mpx generate's); a stop "
+          "sequence ends it, streamed or whole; "
           "a client that left after two tokens was counted cancelled; 400 before the stream for a context overflow")
 
 

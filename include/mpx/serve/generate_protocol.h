@@ -4,7 +4,9 @@
 // 0: the most likely token), "top_k" (0: all) and "seed" (default 0) either at the top level (as
 // TensorRT-LLM's ensemble takes them) or under "parameters" (as vLLM's backend does). The answer is a JSON
 // object: "text_output" (byte-level models; bytes that are not UTF-8 become U+FFFD) and "output_ids" (the
-// new tokens only), "variant", "fallback_from" when FP32 answered instead, "finish_reason" ("length").
+// new tokens only), "variant", "fallback_from" when FP32 answered instead, "finish_reason" ("length", or
+// "stop" when one of the request's "stop" strings (byte-level models) or "stop_token_ids" ended it; the stop
+// sequence is left out of the answer).
 #pragma once
 
 #include <string>
@@ -14,6 +16,8 @@
 #include "mpx/serve/protocol.h"
 
 namespace mpx::serve {
+
+inline constexpr std::size_t kMaxStopSequences = 16;
 
 // POST /v2/models/NAME/generate_stream takes the same body and answers as server-sent events
 // (text/event-stream): one `data: {...}` event per new token ("text_output" with the text completed so far

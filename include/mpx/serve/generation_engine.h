@@ -27,6 +27,7 @@ struct GenerateRequest {
   std::string id;
   std::vector<std::int32_t> prompt;
   artifacts::SamplingOptions sampling;
+  std::vector<std::vector<std::int32_t>> stop;  // stop sequences (StopMatcher)
 };
 
 struct GenerateAnswer {
@@ -34,6 +35,7 @@ struct GenerateAnswer {
   std::string variant, fallback_from, error;
   artifacts::Generation generation;
   bool cancelled = false;  // the token sink stopped it (a stream whose client left)
+  std::string finish_reason = "length";  // or "stop": a stop sequence ended it (and is not in the tokens)
 };
 
 class GenerationEngine {
@@ -45,9 +47,10 @@ class GenerationEngine {
   GenerationEngine(const GenerationEngine&) = delete;
   GenerationEngine& operator=(const GenerationEngine&) = delete;
 
-  // Thread-safe. With `on_token`, each new token is handed to it as it is drawn (from a generator worker's
-  // thread; false stops the generation: the client has gone); when the variant's logits go non-finite
-  // after some tokens were handed on, FP32 continues after them.
+  // Thread-safe. With `on_token`, each new token of the answer is handed to it as it is drawn (from a
+  // generator worker's thread; false stops the generation: the client has gone; tokens that may begin a
+  // stop sequence wait until they cannot); when the variant's logits go non-finite after some tokens were
+  // drawn for a stream, FP32 continues after them.
   GenerateAnswer generate(GenerateRequest request, const TokenSink& on_token = {});
   // Why the request cannot be generated (max_tokens, context, vocabulary), or empty: what generate() refuses
   // with bad_request, for a stream that must answer 400 before it starts.
