@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <map>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -17,6 +18,16 @@
 #include "mpx/train/run/model_file.h"
 
 namespace mpx::test {
+
+// The value of the sample `series` (name with its labels, as the exposition writes them) in Prometheus
+// text; -1 if absent.
+inline double metric(const std::string& text, const std::string& series) {
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind(series + " ", 0) == 0) return std::stod(line.substr(series.size() + 1));
+  }
+  return -1;
+}
 
 inline std::string serve_temp_path(const std::string& name) {
   return (std::filesystem::temp_directory_path() / ("mpx_serve_test_" + std::to_string(::getpid()) + "_" + name)).string();

@@ -30,13 +30,7 @@ inline std::string write_served_gpt(std::uint64_t seed, const std::string& token
   return path;
 }
 
-inline double metric(const std::string& text, const std::string& series) {
-  std::istringstream in(text);
-  for (std::string line; std::getline(in, line);) {
-    if (line.rfind(series + " ", 0) == 0) return std::stod(line.substr(series.size() + 1));
-  }
-  return -1;
-}
+using mpx::test::metric;
 
 struct ServedGpt {
   std::FILE* log = std::tmpfile();

@@ -21,14 +21,7 @@
 namespace mpx::serve {
 namespace {
 
-// The value of the sample `series` (name with its labels, as the exposition writes them); -1 if absent.
-double metric(const std::string& text, const std::string& series) {
-  std::istringstream in(text);
-  for (std::string line; std::getline(in, line);) {
-    if (line.rfind(series + " ", 0) == 0) return std::stod(line.substr(series.size() + 1));
-  }
-  return -1;
-}
+using test::metric;
 
 struct Served {
   std::FILE* log = std::tmpfile();
