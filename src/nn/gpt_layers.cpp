@@ -113,6 +113,10 @@ Tensor CausalSelfAttention::forward(const Tensor& qkv, Context& ctx, bool) {
   Tensor y = output_.first_rows(n);
   if (k_cache_.defined()) {
     // Row i is position offset + i: its k and v enter the cache before row i + 1 attends (causal order).
+    if (n > 1 && !ctx.rows_are_positions) {
+      throw InvalidArgument("layer " + name() + " keeps one sequence's KV cache: " + std::to_string(n) +
+                            " rows are positions of that sequence only with Context::rows_are_positions set");
+    }
     if (ctx.position_offset < 0 || ctx.position_offset + n > cache_positions_) {
       throw InvalidArgument("layer " + name() + ": positions " + std::to_string(ctx.position_offset) + " to " +
                             std::to_string(ctx.position_offset + n) + " do not fit its KV cache of " +

@@ -3,6 +3,7 @@
 #include <openssl/crypto.h>
 
 #include <chrono>
+#include <optional>
 #include <regex>
 
 #include "mpx/build_info.h"
@@ -75,6 +76,21 @@ class RequestRecord {
   std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
   std::string variant_ = "none";
 };
+
+// The request a generate route reads, or the refusal it answers instead (counted in `record`): 503 while
+// draining, 400 for a body that is not a generate request or that the model cannot take.
+std::optional<HttpResponse> read_generate_request(const HttpRequest& request, const Rollout& rollout,
+                                                  const GenerationEngine& text, RequestRecord& record,
+                                                  GenerateRequest& parsed) {
+  if (rollout.draining()) return record.refuse(503, "the server is shutting down; send the request to another replica");
+  try {
+    parsed = parse_generate_request(request.body, text.byte_level());
+  } catch (const ProtocolError& e) {
+    return record.refuse(e.status(), e.what());
+  }
+  if (const std::string why = text.refusal(parsed); !why.empty()) return record.refuse(400, why);
+  return std::nullopt;
+}
 
 }  // namespace
 
@@ -227,13 +243,8 @@ HttpResponse InferenceService::infer(const HttpRequest& request) {
 
 HttpResponse InferenceService::generate(const HttpRequest& request) {
   RequestRecord record(metrics_);
-  if (rollout_.draining()) return record.refuse(503, "the server is shutting down; send the request to another replica");
   GenerateRequest parsed;
-  try {
-    parsed = parse_generate_request(request.body, text_->byte_level());
-  } catch (const ProtocolError& e) {
-    return record.refuse(e.status(), e.what());
-  }
+  if (auto refused = read_generate_request(request, rollout_, *text_, record, parsed)) return *refused;
   const GenerateAnswer a = text_->generate(parsed);
   record.answered_by(a.variant);
   if (a.status != Answer::Status::ok) return record.refuse_engine(a.status, a.error);
@@ -245,14 +256,9 @@ HttpResponse InferenceService::generate(const HttpRequest& request) {
 
 HttpResponse InferenceService::generate_stream(const HttpRequest& request) {
   auto record = std::make_shared<RequestRecord>(metrics_);
-  if (rollout_.draining()) return record->refuse(503, "the server is shutting down; send the request to another replica");
   GenerateRequest parsed;
-  try {
-    parsed = parse_generate_request(request.body, text_->byte_level());
-  } catch (const ProtocolError& e) {
-    return record->refuse(e.status(), e.what());
-  }
-  if (const std::string why = text_->refusal(parsed); !why.empty()) return record->refuse(400, why);
+  // Refused before the stream starts: once the status line has gone, an error can only be an event.
+  if (auto refused = read_generate_request(request, rollout_, *text_, *record, parsed)) return *refused;
   HttpResponse r;
   r.content_type = "text/event-stream";
   r.headers["Cache-Control"] = "no-cache";

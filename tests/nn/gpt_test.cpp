@@ -90,6 +90,10 @@ TEST(Gpt, APromptFedRowsAtATimeFillsTheCacheAsOnePositionPerPassDoes) {
   }
   ctx.position_offset = 4;  // two rows past the cache's six positions
   EXPECT_THROW(model.forward(token_ids({3, 1}, {1, 2, 3}), ctx, false), InvalidArgument);
+  // Without rows_are_positions, rows would be several sequences: one sequence's cache refuses them.
+  ctx.position_offset = 0;
+  ctx.rows_are_positions = false;
+  EXPECT_THROW(model.forward(token_ids({2, 1}, {1, 2}), ctx, false), InvalidArgument);
 }
 
 // The whole model's mean cross-entropy against central differences, for entries of every parameter
