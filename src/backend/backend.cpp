@@ -39,9 +39,9 @@ Tensor host_view(Backend& backend, const Tensor& t) {
   return host;
 }
 
-std::unique_ptr<Backend> make_backend(Device device) {
+std::unique_ptr<Backend> make_backend(Device device, int index) {
   if (device == Device::cpu) return std::make_unique<CpuBackend>();
-  return make_cuda_backend();
+  return make_cuda_backend(index);
 }
 
 }  // namespace mpx::backend

@@ -127,9 +127,10 @@ void softmax_cross_entropy(DeviceContext&, const float*, const std::uint8_t*, st
 void gather_batch(DeviceContext&, const std::uint8_t*, const std::uint8_t*, std::int64_t, const std::int64_t*,
                   std::int64_t, float, float, void*, DType, std::uint8_t*) { not_built(); }
 void increment(DeviceContext&, std::uint64_t*) { not_built(); }
+void prepare_gradient_bucket(DeviceContext&, const GradientBucketPointers&, std::int64_t, float) { not_built(); }
 void poison(DeviceContext&, void*, DType, std::int64_t, std::int64_t, std::uint32_t) { not_built(); }
 }  // namespace mpx::cuda::kernels
 
 namespace mpx::backend {
-std::unique_ptr<Backend> make_cuda_backend() { cuda::not_built(); }
+std::unique_ptr<Backend> make_cuda_backend(int) { cuda::not_built(); }
 }  // namespace mpx::backend

@@ -8,6 +8,6 @@
 
 namespace mpx::backend {
 
-std::unique_ptr<Backend> make_cuda_backend();
+std::unique_ptr<Backend> make_cuda_backend(int device_index);
 
 }  // namespace mpx::backend

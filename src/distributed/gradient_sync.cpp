@@ -2,11 +2,8 @@
 
 #include <chrono>
 #include <cmath>
-#include <condition_variable>
-#include <deque>
-#include <mutex>
-#include <thread>
 
+#include "bucket_transport.h"
 #include "mpx/numeric/convert.h"
 
 namespace mpx::distributed {
@@ -49,99 +46,8 @@ DType wire_dtype(GradComm mode) {
 
 bool error_feedback(GradComm mode) { return mode == GradComm::bf16_ef || mode == GradComm::fp16_ef; }
 
-// A run of parameters, contiguous in one buffer, all-reduced as one message.
-struct GradientSync::Bucket {
-  struct Slice {
-    nn::Parameter* parameter;
-    std::size_t offset, count;
-  };
-  std::vector<Slice> slices;
-  std::size_t elements = 0;
-  std::size_t completing_layer = 0;  // after this layer's backward every slice's gradient is final
-  std::vector<float> values;         // FP32: sent as is, or (16-bit modes) rounded into `wire`
-  std::vector<std::uint16_t> wire;
-  std::vector<float> reference;  // M9: the same gradients all-reduced in FP32 beside
-  bool measured = false;
-  std::vector<float> residual, next_residual;  // error feedback
-};
-
-// Runs the buckets' all-reduces in submission order, one at a time, off the compute thread.
-class GradientSync::CommThread {
- public:
-  CommThread(ProcessGroup& group, DType wire) : group_(group), wire_(wire), thread_([this] { loop(); }) {}
-  ~CommThread() {
-    {
-      const std::lock_guard lock(mutex_);
-      stop_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
-  }
-  void submit(Bucket* b) {
-    {
-      const std::lock_guard lock(mutex_);
-      queue_.push_back(b);
-    }
-    cv_.notify_all();
-  }
-  // Waits until `count` buckets are done; rethrows what a collective threw. Returns the seconds spent in
-  // collectives since the last call.
-  double wait(std::size_t count) {
-    std::unique_lock lock(mutex_);
-    done_cv_.wait(lock, [&] { return done_ >= count; });
-    done_ = 0;
-    const double s = seconds_;
-    seconds_ = 0;
-    if (error_) std::rethrow_exception(std::exchange(error_, nullptr));
-    return s;
-  }
-
- private:
-  void loop() {
-    std::unique_lock lock(mutex_);
-    for (;;) {
-      cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
-      if (queue_.empty()) return;
-      Bucket* b = queue_.front();
-      queue_.pop_front();
-      const bool failed = error_ != nullptr;
-      lock.unlock();
-      std::exception_ptr error;
-      const auto start = Clock::now();
-      if (!failed) {  // after a failure the rest only count as done: every rank stops anyway
-        try {
-          if (wire_ == DType::f32) {
-            group_.allreduce_sum(std::span<float>(b->values));
-          } else {
-            group_.allreduce_sum_16(std::span<std::uint16_t>(b->wire), wire_);
-          }
-          if (b->measured) group_.allreduce_sum(std::span<float>(b->reference));
-        } catch (...) {
-          error = std::current_exception();
-        }
-      }
-      lock.lock();
-      seconds_ += seconds_since(start);
-      if (error && !error_) error_ = error;
-      ++done_;
-      done_cv_.notify_all();
-    }
-  }
-
-  ProcessGroup& group_;
-  DType wire_;
-  std::mutex mutex_;
-  std::condition_variable cv_, done_cv_;
-  std::deque<Bucket*> queue_;
-  std::size_t done_ = 0;
-  double seconds_ = 0;
-  bool stop_ = false;
-  std::exception_ptr error_;
-  std::thread thread_;
-};
-
-GradientSync::GradientSync(ProcessGroup& group, nn::Sequential& model, Settings settings)
-    : group_(group), settings_(settings) {
+GradientSync::GradientSync(ProcessGroup& group, nn::Sequential& model, backend::Backend& backend, Settings settings)
+    : group_(group), backend_(backend), settings_(settings) {
   if (settings_.bucket_bytes < 4) throw InvalidArgument("--bucket-mb must be positive");
   for (const auto& layer : model.layers()) layers_.push_back(layer.get());
   // Backward order: the last layer's parameters first, each layer's in reverse.
@@ -150,10 +56,6 @@ GradientSync::GradientSync(ProcessGroup& group, nn::Sequential& model, Settings 
     const std::vector<nn::Parameter*> params = model.layers()[i]->parameters();
     for (auto it = params.rbegin(); it != params.rend(); ++it) {
       nn::Parameter* p = *it;
-      if (p->grad.device() != Device::cpu) {
-        throw NotAvailable("data-parallel training runs on the CPU backend: gradients on a CUDA device would need "
-                           "NCCL, which this build does not use yet; train on --device cpu or with one rank");
-      }
       const auto n = static_cast<std::size_t>(p->grad.numel());
       bucket->slices.push_back({p, bucket->elements, n});
       bucket->elements += n;
@@ -169,20 +71,33 @@ GradientSync::GradientSync(ProcessGroup& group, nn::Sequential& model, Settings 
   }
   if (!bucket->slices.empty()) buckets_.push_back(std::move(bucket));
   const DType wire = wire_dtype(settings_.mode);
+  const bool ef = error_feedback(settings_.mode);
+  nonfinite_ = backend_.allocate({1}, DType::u8, MemoryCategory::workspace);
   for (auto& b : buckets_) {
-    b->values.resize(b->elements);
-    if (wire != DType::f32) b->wire.resize(b->elements);
-    if (error_feedback(settings_.mode)) {
-      b->residual.assign(b->elements, 0.0f);
-      b->next_residual.assign(b->elements, 0.0f);
+    const Shape shape{static_cast<std::int64_t>(b->elements)};
+    backend::GradientBucket& t = b->tensors;
+    t.values = backend_.allocate(shape, DType::f32, MemoryCategory::gradients);
+    t.nonfinite = nonfinite_;
+    if (wire != DType::f32) t.wire = backend_.allocate(shape, wire, MemoryCategory::gradients);
+    if (ef) {
+      t.residual = backend_.allocate(shape, DType::f32, MemoryCategory::optimizer_state);
+      t.next_residual = backend_.allocate(shape, DType::f32, MemoryCategory::optimizer_state);
+      backend_.fill_zero(t.residual);
+      backend_.fill_zero(t.next_residual);
     }
   }
-  comm_ = std::make_unique<CommThread>(group_, wire);
+  if (wire != DType::f32 && !buckets_.empty()) {
+    buckets_.front()->reference = backend_.allocate({static_cast<std::int64_t>(buckets_.front()->elements)}, DType::f32,
+                                                    MemoryCategory::workspace);
+  }
+  transport_ = device_transport(group_, backend_);
+  if (!transport_) transport_ = host_transport(group_);
 }
 
 GradientSync::~GradientSync() = default;
 
 int GradientSync::bucket_count() const { return static_cast<int>(buckets_.size()); }
+std::string GradientSync::transport() const { return transport_->name(); }
 
 void GradientSync::begin_step(double weight, float loss_scale, bool measure) {
   weight_ = static_cast<float>(weight);
@@ -190,13 +105,15 @@ void GradientSync::begin_step(double weight, float loss_scale, bool measure) {
   measure_ = measure;
   active_ = true;
   next_bucket_ = 0;
-  local_nonfinite_ = false;
   stats_ = {};
+  backend_.fill_zero(nonfinite_);
   // The residuals are in the units of the scaled gradients: a new loss scale rescales them.
   if (error_feedback(settings_.mode) && loss_scale != residual_scale_) {
     const float ratio = loss_scale / residual_scale_;
     for (auto& b : buckets_) {
-      for (float& r : b->residual) r *= ratio;
+      Tensor host = backend::host_view(backend_, b->tensors.residual);
+      for (float& r : std::span<float>(host.data_as<float>(), b->elements)) r *= ratio;
+      backend_.upload(b->tensors.residual, host.data());
     }
     residual_scale_ = loss_scale;
   }
@@ -205,70 +122,60 @@ void GradientSync::begin_step(double weight, float loss_scale, bool measure) {
 void GradientSync::after_layer(const nn::Layer& layer, nn::Pass pass, const Tensor&, const Tensor&, const nn::Context&) {
   if (!active_ || pass != nn::Pass::backward) return;
   // Only the model's own layers count (a residual block's inner layers report too).
-  std::size_t index = layers_.size();
   for (std::size_t i = 0; i < layers_.size(); ++i) {
-    if (layers_[i] == &layer) index = i;
+    if (layers_[i] == &layer) return submit_ready_buckets(i);
   }
-  while (index < layers_.size() && next_bucket_ < buckets_.size() && buckets_[next_bucket_]->completing_layer >= index) {
+}
+
+// Every bucket whose last gradient is final once layer `layer_index` has run its backward.
+void GradientSync::submit_ready_buckets(std::size_t layer_index) {
+  while (next_bucket_ < buckets_.size() && buckets_[next_bucket_]->completing_layer >= layer_index) {
     pack(*buckets_[next_bucket_]);
-    comm_->submit(buckets_[next_bucket_].get());
+    transport_->submit(*buckets_[next_bucket_]);
     ++next_bucket_;
   }
 }
 
 void GradientSync::pack(Bucket& b) {
-  const bool ef = error_feedback(settings_.mode);
-  b.measured = measure_ && &b == buckets_.front().get() && wire_dtype(settings_.mode) != DType::f32;
-  if (b.measured) b.reference.resize(b.elements);
-  float poison = 0;  // becomes NaN when any gradient is NaN or infinite
+  b.measured = measure_ && b.reference.defined();
   for (const Bucket::Slice& s : b.slices) {
-    const float* g = s.parameter->grad.data_as<float>();
-    float* v = b.values.data() + s.offset;
-    for (std::size_t i = 0; i < s.count; ++i) {
-      v[i] = g[i] * weight_;
-      poison += g[i] * 0.0f;
-    }
-    if (b.measured) std::copy_n(v, s.count, b.reference.data() + s.offset);
-    if (ef) {
-      const float* r = b.residual.data() + s.offset;
-      for (std::size_t i = 0; i < s.count; ++i) v[i] += r[i];
-    }
+    const auto n = static_cast<std::int64_t>(s.count);
+    backend_.convert(s.parameter->grad.reshaped({n}), b.tensors.values.rows(static_cast<std::int64_t>(s.offset), n));
   }
-  local_nonfinite_ = local_nonfinite_ || std::isnan(poison);
-  if (b.wire.empty()) return;
-  const DType wire = wire_dtype(settings_.mode);
-  numeric::convert(b.values.data(), DType::f32, b.wire.data(), wire, b.elements);
-  if (ef) {  // what the rounding lost: v - round(v), added back next step
-    numeric::convert(b.wire.data(), wire, b.next_residual.data(), DType::f32, b.elements);
-    for (std::size_t i = 0; i < b.elements; ++i) {
-      const float lost = b.values[i] - b.next_residual[i];
-      b.next_residual[i] = std::isfinite(lost) ? lost : 0.0f;
-    }
-  }
+  backend::GradientBucket args = b.tensors;
+  if (b.measured) args.reference = b.reference;
+  backend_.prepare_gradient_bucket(args, weight_);
 }
 
 void GradientSync::unpack(Bucket& b) {
-  const DType wire = wire_dtype(settings_.mode);
+  const Tensor& sent = b.sent();
   for (const Bucket::Slice& s : b.slices) {
-    float* g = s.parameter->grad.data_as<float>();
-    if (wire == DType::f32) {
-      std::copy_n(b.values.data() + s.offset, s.count, g);
-    } else {
-      numeric::convert(b.wire.data() + s.offset, wire, g, DType::f32, s.count);
-    }
+    const auto n = static_cast<std::int64_t>(s.count);
+    backend_.convert(sent.rows(static_cast<std::int64_t>(s.offset), n), s.parameter->grad.reshaped({n}));
   }
+}
+
+// ||AR16 - AR32|| / ||AR32|| over the bucket, after its sums arrived.
+double GradientSync::relative_error(const Bucket& b) {
+  const Tensor sent = backend::host_view(backend_, b.sent()), reference = backend::host_view(backend_, b.reference);
+  std::vector<float> reduced(b.elements);
+  numeric::convert(sent.data(), sent.dtype(), reduced.data(), DType::f32, b.elements);
+  const float* r = reference.data_as<float>();
+  double diff = 0, norm = 0;
+  for (std::size_t i = 0; i < b.elements; ++i) {
+    const double d = static_cast<double>(reduced[i]) - r[i];
+    diff += d * d;
+    norm += static_cast<double>(r[i]) * r[i];
+  }
+  return norm > 0 ? std::sqrt(diff / norm) : 0.0;
 }
 
 GradientSync::Reduced GradientSync::finish(float local_loss) {
   // Buckets the observer did not see complete (a layer that reported nothing) go now, in order.
-  while (next_bucket_ < buckets_.size()) {
-    pack(*buckets_[next_bucket_]);
-    comm_->submit(buckets_[next_bucket_].get());
-    ++next_bucket_;
-  }
+  submit_ready_buckets(0);
   active_ = false;
   const auto wait_start = Clock::now();
-  stats_.comm_seconds = comm_->wait(buckets_.size());
+  stats_.comm_seconds = transport_->wait(buckets_.size());
   stats_.wait_seconds = seconds_since(wait_start);
   stats_.buckets = static_cast<int>(buckets_.size());
   const std::size_t wire_size = size_bytes(wire_dtype(settings_.mode));
@@ -276,35 +183,26 @@ GradientSync::Reduced GradientSync::finish(float local_loss) {
   for (auto& b : buckets_) {
     unpack(*b);
     stats_.payload_bytes += b->elements * wire_size;
-    if (b->measured) {
-      double diff = 0, norm = 0;
-      // The bucket's gradients are now in its parameters; compare slice by slice with the FP32 reduction.
-      for (const Bucket::Slice& s : b->slices) {
-        const float* reduced = s.parameter->grad.data_as<float>();
-        for (std::size_t i = 0; i < s.count; ++i) {
-          const double d = static_cast<double>(reduced[i]) - b->reference[s.offset + i];
-          diff += d * d;
-          norm += static_cast<double>(b->reference[s.offset + i]) * b->reference[s.offset + i];
-        }
-      }
-      stats_.relative_error = norm > 0 ? std::sqrt(diff / norm) : 0.0;
-    }
+    if (b->measured) stats_.relative_error = relative_error(*b);
   }
   if (measure_ && !stats_.relative_error) stats_.relative_error = 0.0;  // fp32: exact by construction
   stats_.bytes_sent = stats_.payload_bytes * 2 * (n - 1) / n;
   if (error_feedback(settings_.mode)) {
     double r2 = 0;
     for (auto& b : buckets_) {
-      for (float r : b->next_residual) r2 += static_cast<double>(r) * r;
+      const Tensor next = backend::host_view(backend_, b->tensors.next_residual);
+      for (float r : std::span<const float>(next.data_as<float>(), b->elements)) r2 += static_cast<double>(r) * r;
     }
     stats_.residual_norm = std::sqrt(r2) / static_cast<double>(scale_);
   }
+  std::uint8_t local_nonfinite = 0;
+  backend_.download(nonfinite_, &local_nonfinite);
   // The step's verdicts in one small collective (each costs a round trip, whatever its size): the
   // non-finite flags and the weighted losses summed, so that every rank skips the same step; and each
   // rank's loss scale in a slot of its own (zeros elsewhere, so the sum carries it exactly), so that every
   // rank can check that all scalers are where its own is.
   std::vector<double> verdict(2 + static_cast<std::size_t>(group_.size()), 0.0);
-  verdict[0] = local_nonfinite_ ? 1.0 : 0.0;
+  verdict[0] = local_nonfinite != 0 ? 1.0 : 0.0;
   verdict[1] = static_cast<double>(local_loss) * weight_;
   verdict[2 + static_cast<std::size_t>(group_.rank())] = scale_;
   group_.allreduce_sum(std::span<double>(verdict));
@@ -320,18 +218,37 @@ GradientSync::Reduced GradientSync::finish(float local_loss) {
 
 void GradientSync::end_step(bool applied) {
   if (!applied || !error_feedback(settings_.mode)) return;
-  for (auto& b : buckets_) b->residual.swap(b->next_residual);
+  for (auto& b : buckets_) std::swap(b->tensors.residual, b->tensors.next_residual);
 }
 
-std::vector<std::pair<std::string, std::span<float>>> GradientSync::residuals() {
-  std::vector<std::pair<std::string, std::span<float>>> out;
-  for (auto& b : buckets_) {
-    if (b->residual.empty()) continue;
+std::vector<GradientSync::Residual> GradientSync::residuals() const {
+  std::vector<Residual> out;
+  for (const auto& b : buckets_) {
+    if (!b->tensors.residual.defined()) continue;
+    const Tensor host = backend::host_view(backend_, b->tensors.residual);
     for (const Bucket::Slice& s : b->slices) {
-      out.emplace_back(s.parameter->name, std::span<float>(b->residual.data() + s.offset, s.count));
+      const float* first = host.data_as<float>() + s.offset;
+      out.push_back({s.parameter->name, std::vector<float>(first, first + s.count)});
     }
   }
   return out;
+}
+
+void GradientSync::load_residuals(const std::vector<Residual>& residuals) {
+  std::size_t next = 0;
+  for (auto& b : buckets_) {
+    if (!b->tensors.residual.defined()) continue;
+    Tensor host = backend::host_view(backend_, b->tensors.residual);
+    for (const Bucket::Slice& s : b->slices) {
+      if (next >= residuals.size() || residuals[next].name != s.parameter->name || residuals[next].values.size() != s.count) {
+        throw InvalidArgument("error-feedback residuals do not match the model at " + s.parameter->name);
+      }
+      std::copy(residuals[next].values.begin(), residuals[next].values.end(), host.data_as<float>() + s.offset);
+      ++next;
+    }
+    backend_.upload(b->tensors.residual, host.data());
+  }
+  if (next != residuals.size()) throw InvalidArgument("more error-feedback residuals than the model has parameters");
 }
 
 }  // namespace mpx::distributed

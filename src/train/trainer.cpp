@@ -58,7 +58,7 @@ Trainer::Trainer(const TrainConfig& config, std::unique_ptr<Dataset> train_set, 
     : config_(resolve(config)),
       train_set_(std::move(train_set)),
       test_set_(std::move(test_set)),
-      ctx_(backend::make_backend(config_.device == DeviceChoice::cuda ? Device::cuda : Device::cpu)),
+      ctx_(backend::make_backend(config_.device == DeviceChoice::cuda ? Device::cuda : Device::cpu, config_.device_index)),
       model_(build_model(config_)) {
   ctx_.policy = amp::PrecisionPolicy::preset(config_.precision);
   ctx_.policy.allow_tf32 = config_.tf32;
@@ -126,7 +126,7 @@ void Trainer::join(distributed::ProcessGroup& group) {
   group_ = &group;
   ctx_.replicas = static_cast<std::uint64_t>(group.size());
   sync_ = std::make_unique<distributed::GradientSync>(
-      group, model_,
+      group, model_, ctx_.backend(),
       distributed::GradientSync::Settings{config_.grad_comm, static_cast<std::size_t>(config_.bucket_mb * (1 << 20))});
   ctx_.observers.push_back(sync_.get());  // after the monitor and drills: it sees the gradients they saw
 }

@@ -31,7 +31,7 @@ std::vector<double> accumulated(GradComm mode, int steps) {
   std::mutex mutex;
   run_ranks(2, [&](ProcessGroup& g) {
     TwoWeights m;
-    GradientSync sync(g, m.model, {mode, 1 << 20});
+    GradientSync sync(g, m.model, m.ctx.backend(), {mode, 1 << 20});
     std::vector<double> sum(2, 0.0);
     for (int step = 0; step < steps; ++step) {
       sync.begin_step(0.5, 1.0f, false);
@@ -77,7 +77,7 @@ TEST(GradientSync, CompressedModesSendHalfTheBytesAndMeasureTheirError) {
     std::vector<CommStats> seen(2);
     run_ranks(2, [&](ProcessGroup& g) {
       TwoWeights m;
-      GradientSync sync(g, m.model, {mode, 1 << 20});
+      GradientSync sync(g, m.model, m.ctx.backend(), {mode, 1 << 20});
       sync.begin_step(0.5, 1.0f, true);
       float* grad = m.weight().grad.data_as<float>();
       grad[0] = 1.0f / 3;
@@ -103,7 +103,7 @@ TEST(GradientSync, ANonFiniteGradientOnOneRankMakesEveryRankSkip) {
   std::vector<int> flagged(2, -1);
   run_ranks(2, [&](ProcessGroup& g) {
     TwoWeights m;
-    GradientSync sync(g, m.model, {GradComm::fp16_ef, 1 << 20});
+    GradientSync sync(g, m.model, m.ctx.backend(), {GradComm::fp16_ef, 1 << 20});
     sync.begin_step(0.5, 1024.0f, false);
     float* grad = m.weight().grad.data_as<float>();
     grad[0] = g.rank() == 1 ? INFINITY : 1.0f;
@@ -118,7 +118,7 @@ TEST(GradientSync, DifferentLossScalesOnTheRanksAreRefused) {
   std::vector<int> refused(2, 0);
   run_ranks(2, [&](ProcessGroup& g) {
     TwoWeights m;
-    GradientSync sync(g, m.model, {GradComm::fp32, 1 << 20});
+    GradientSync sync(g, m.model, m.ctx.backend(), {GradComm::fp32, 1 << 20});
     sync.begin_step(0.5, g.rank() == 0 ? 1024.0f : 2048.0f, false);
     try {
       sync.finish(0.0f);

@@ -12,6 +12,7 @@
 
 #include "mpx/amp/loss_scaler.h"
 #include "mpx/amp/optimizer.h"
+#include "mpx/backend/device_collectives.h"
 #include "mpx/tensor/tensor.h"
 
 namespace mpx::backend {
@@ -87,6 +88,16 @@ struct ParameterTensors {
   DType compute = DType::f32;
   bool decay = true;
 };
+// One data-parallel gradient bucket (distributed::GradientSync), 1-D tensors of one element count on the
+// backend's device. `values` holds the gathered FP32 gradients; prepare_gradient_bucket turns it into what
+// is sent: values = weight * values (rounded once), then + residual (error feedback); `reference` (when
+// defined) receives weight * values before the residual (M9's FP32 copy); `wire` (f16/bf16, when defined)
+// values rounded to nearest even, and `next_residual` (with residual and wire) values - wire, 0 where that
+// is not finite. `nonfinite` (u8 [1]) is set to 1 when a gradient is not finite (and left alone otherwise).
+struct GradientBucket {
+  Tensor values, reference, residual, wire, next_residual, nonfinite;
+};
+
 class OptimizerStep {
  public:
   virtual ~OptimizerStep() = default;
@@ -214,6 +225,16 @@ class Backend {
   // out[c] = sum over rows of x[r, c] (x [rows, columns]), FP32 out (bias gradients).
   virtual void column_sums(const Tensor& x, const Tensor& out) = 0;
 
+  // Data parallel: see GradientBucket. The same bits on every backend.
+  virtual void prepare_gradient_bucket(const GradientBucket& bucket, float weight) = 0;
+  // Collectives over this backend's tensors, connected now (every rank calls it at the same point), or
+  // nullptr when its tensors live in host memory and the job's ProcessGroup reduces them. Throws
+  // CollectiveFailed when the ranks cannot connect within the timeout, NotAvailable without the library.
+  virtual std::unique_ptr<DeviceCollectives> connect_collectives(const CollectivesRendezvous& rendezvous) {
+    (void)rendezvous;
+    return nullptr;
+  }
+
   // The optimizer for these parameters (their state tensors allocated and zeroed by the caller).
   virtual std::unique_ptr<OptimizerStep> make_optimizer(const OptimizerSettings& settings,
                                                         std::vector<ParameterTensors> parameters) = 0;
@@ -223,7 +244,7 @@ class Backend {
 Tensor host_view(Backend& backend, const Tensor& t);
 
 // A backend for `device`: the CPU one always; CUDA when built with it and a device is there (else
-// NotAvailable with the reason in one line).
-std::unique_ptr<Backend> make_backend(Device device);
+// NotAvailable with the reason in one line). `index`: which CUDA device (data parallel: the local rank's).
+std::unique_ptr<Backend> make_backend(Device device, int index = 0);
 
 }  // namespace mpx::backend

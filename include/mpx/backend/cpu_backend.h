@@ -79,6 +79,7 @@ class CpuBackend final : public Backend {
   void cross_entropy_backward(const Tensor& probabilities, const Tensor& labels, float scale,
                               const Tensor& grad) override;
   void column_sums(const Tensor& x, const Tensor& out) override;
+  void prepare_gradient_bucket(const GradientBucket& bucket, float weight) override;
   std::unique_ptr<OptimizerStep> make_optimizer(const OptimizerSettings& settings,
                                                 std::vector<ParameterTensors> parameters) override;
 

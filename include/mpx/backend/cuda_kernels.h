@@ -113,6 +113,19 @@ void gather_batch(DeviceContext& ctx, const std::uint8_t* images, const std::uin
                   const std::int64_t* index, std::int64_t rows, float mean, float inv_std, void* x, DType dtype,
                   std::uint8_t* labels);
 
+// Data parallel: one gradient bucket made ready to send (backend::GradientBucket, the CPU backend's bits).
+// Null pointers for the tensors a bucket does not have.
+struct GradientBucketPointers {
+  float* values = nullptr;
+  float* reference = nullptr;
+  const float* residual = nullptr;
+  void* wire = nullptr;
+  DType wire_dtype = DType::f16;
+  float* next_residual = nullptr;
+  std::uint8_t* nonfinite = nullptr;
+};
+void prepare_gradient_bucket(DeviceContext& ctx, const GradientBucketPointers& bucket, std::int64_t count, float weight);
+
 // *counter += 1, on the stream (the step counter dropout reads inside a captured graph).
 void increment(DeviceContext& ctx, std::uint64_t* counter);
 

@@ -7,6 +7,9 @@
 // compressed modes send FP16 or BF16 values; with error feedback (+ef) what the rounding lost is kept per
 // rank in FP32 and added back the next step. finish() also reduces the loss and the inf/NaN flag (MAX:
 // every rank skips the same step) and checks that the loss scalers agree.
+// The buckets live on the model's device: in host memory they travel through the ProcessGroup (Gloo, on a
+// communication thread); on a CUDA device through the backend's collectives (NCCL, on a stream of its own),
+// the bucket's preparation and the gradients' return being backend ops with the same bits on both.
 #pragma once
 
 #include <cstdint>
@@ -16,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "mpx/backend/backend.h"
 #include "mpx/distributed/process_group.h"
 #include "mpx/nn/model.h"
 
@@ -31,7 +35,7 @@ bool error_feedback(GradComm mode);
 struct CommStats {
   std::uint64_t payload_bytes = 0;  // the gradients' bytes in the wire dtype
   std::uint64_t bytes_sent = 0;     // what a ring all-reduce sends from this rank: 2 (n - 1) / n of the payload
-  double comm_seconds = 0;          // inside the gradient collectives (communication thread)
+  double comm_seconds = 0;          // inside the gradient collectives (host: the communication thread; CUDA: waiting)
   double wait_seconds = 0;          // after backward, waiting for the last bucket: communication not hidden
   int buckets = 0;
   // M9, on measured steps: ||AR16 - AR32|| / ||AR32|| over one bucket, AR32 being the same gradients
@@ -46,7 +50,9 @@ class GradientSync : public nn::LayerObserver {
     GradComm mode = GradComm::fp32;
     std::size_t bucket_bytes = 25u << 20;  // of FP32 gradients
   };
-  GradientSync(ProcessGroup& group, nn::Sequential& model, Settings settings);
+  // `backend`: the one the model's parameters live on. On a device with collectives of its own (CUDA) the
+  // ranks connect them now; throws CommunicationError when they cannot.
+  GradientSync(ProcessGroup& group, nn::Sequential& model, backend::Backend& backend, Settings settings);
   ~GradientSync() override;
 
   // Before backward: this rank's rows over the global batch's, the loss scale the backward multiplies by,
@@ -66,26 +72,41 @@ class GradientSync : public nn::LayerObserver {
   const CommStats& last() const { return stats_; }
   GradComm mode() const { return settings_.mode; }
   int bucket_count() const;
-  // Error feedback's residuals (scaled by residual_scale()), in parameter order, for checkpoints.
-  std::vector<std::pair<std::string, std::span<float>>> residuals();
+  // Error feedback's residuals (scaled by residual_scale()), in parameter order, for checkpoints: a host
+  // copy, and back (the same names and sizes, else InvalidArgument).
+  struct Residual {
+    std::string name;
+    std::vector<float> values;
+  };
+  std::vector<Residual> residuals() const;
+  void load_residuals(const std::vector<Residual>& residuals);
+  std::string transport() const;  // "gloo" or what the device's collectives are ("NCCL 2.28.3 (...)")
   float residual_scale() const { return residual_scale_; }
   void set_residual_scale(float scale) { residual_scale_ = scale; }
 
  private:
   struct Bucket;
-  class CommThread;
+  class Transport;
+  class HostTransport;
+  class DeviceTransport;
+  static std::unique_ptr<Transport> host_transport(ProcessGroup& group);
+  // Connects the backend's collectives (every rank at once); nullptr when it has none (host memory).
+  static std::unique_ptr<Transport> device_transport(ProcessGroup& group, backend::Backend& backend);
   void pack(Bucket& b);
   void unpack(Bucket& b);
+  void submit_ready_buckets(std::size_t layer_index);
+  double relative_error(const Bucket& b);
 
   ProcessGroup& group_;
+  backend::Backend& backend_;
   Settings settings_;
   std::vector<std::unique_ptr<Bucket>> buckets_;
   std::vector<const nn::Layer*> layers_;  // top-level, in model order
-  std::unique_ptr<CommThread> comm_;
+  Tensor nonfinite_;                      // u8 [1] on the device: a gradient of this step was inf/NaN
+  std::unique_ptr<Transport> transport_;
   std::size_t next_bucket_ = 0;  // buckets complete in order
   bool active_ = false, measure_ = false;
   float weight_ = 1, scale_ = 1, residual_scale_ = 1;
-  bool local_nonfinite_ = false;
   CommStats stats_;
 };
 

@@ -51,10 +51,12 @@ class ProcessGroup {
   // After a failed collective: the rank that stopped answering (the oldest heartbeat, or rank 0 when its
   // rendezvous is gone), or -1.
   int missing_rank();
+  // Throws CommunicationError for a failure `e` during `during` (here or in a collective of a device's
+  // own), naming the rank that stopped answering.
+  [[noreturn]] void fail(const std::string& during, const std::exception& e);
 
  private:
   struct Impl;
-  [[noreturn]] void fail(const std::string& during, const std::exception& e);
   template <typename T>
   void reduce(std::span<T> values, void (*add)(void*, const void*, const void*, std::size_t), const char* what);
   std::unique_ptr<Impl> impl_;

@@ -68,6 +68,7 @@ struct TrainConfig {
   // cuda throws NotAvailable with the reason when there is no usable device; automatic is cuda when a device
   // is there. On CUDA full batches replay one captured graph unless cuda_graph is off.
   DeviceChoice device = DeviceChoice::cpu;
+  int device_index = 0;  // which CUDA device (data parallel: the local rank's, one GPU per rank)
   bool cuda_graph = true;
   // FP32 products (32-true, and FP32 layers) through TF32 tensor cores on CUDA (PrecisionPolicy::allow_tf32).
   // InvalidArgument with device cpu; automatic resolving to the CPU turns it off.

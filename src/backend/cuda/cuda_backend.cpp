@@ -19,6 +19,7 @@
 #include "mpx/backend/cuda_matmul.h"
 #include "mpx/backend/cuda_transformer_kernels.h"
 #include "mpx/core/error.h"
+#include "nccl_collectives.h"
 
 namespace mpx::backend {
 
@@ -85,7 +86,7 @@ class CudaOptimizerStep final : public OptimizerStep {
 
 class CudaBackend final : public Backend {
  public:
-  CudaBackend() : matmul_(context_) {}
+  explicit CudaBackend(int device_index) : context_(device_index), matmul_(context_) {}
 
   Device device() const override { return Device::cuda; }
   std::string device_name() const override { return context_.name(); }
@@ -321,6 +322,19 @@ class CudaBackend final : public Backend {
     kernels::column_sums(context_, x.data(), x.dtype(), rows, columns, f32(out), reduction_scratch(rows, columns));
   }
 
+  void prepare_gradient_bucket(const GradientBucket& b, float weight) override {
+    auto floats = [](const Tensor& t) { return t.defined() ? static_cast<float*>(t.data()) : nullptr; };
+    kernels::GradientBucketPointers p{floats(b.values), floats(b.reference), floats(b.residual),
+                                      b.wire.defined() ? b.wire.data() : nullptr,
+                                      b.wire.defined() ? b.wire.dtype() : DType::f16,
+                                      b.wire.defined() && b.residual.defined() ? floats(b.next_residual) : nullptr,
+                                      b.nonfinite.data_as<std::uint8_t>()};
+    kernels::prepare_gradient_bucket(context_, p, b.values.numel(), weight);
+  }
+  std::unique_ptr<DeviceCollectives> connect_collectives(const CollectivesRendezvous& rendezvous) override {
+    return cuda::connect_nccl(context_, rendezvous);
+  }
+
  private:
   enum class Slot { columns, column_gradients, reduction, row_losses, bad_position, sort, attention_rows };
   struct Gemm {
@@ -391,9 +405,9 @@ class CudaBackend final : public Backend {
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cuda_backend() {
+std::unique_ptr<Backend> make_cuda_backend(int device_index) {
   cuda::require_device();
-  return std::make_unique<CudaBackend>();
+  return std::make_unique<CudaBackend>(device_index);
 }
 
 }  // namespace mpx::backend

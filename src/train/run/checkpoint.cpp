@@ -121,8 +121,9 @@ std::string Trainer::residual_path(const std::string& checkpoint) const {
 }
 
 void Trainer::save_residuals(const std::string& checkpoint) {
+  const std::vector<distributed::GradientSync::Residual> residuals = sync_->residuals();
   std::vector<io::TensorToWrite> tensors;
-  for (const auto& [name, r] : sync_->residuals()) {
+  for (const auto& [name, r] : residuals) {
     tensors.push_back({name, DType::f32, {static_cast<std::int64_t>(r.size())}, r.data()});
   }
   io::write_safetensors(residual_path(checkpoint), tensors,
@@ -158,13 +159,15 @@ void Trainer::load_residuals(const std::string& checkpoint, const std::string& w
     throw IoError(path + ": damaged residual file: mpx.ef.scale is missing or not a positive number; delete the file "
                   "to resume with the residuals from zero");
   }
-  for (const auto& [name, r] : sync_->residuals()) {
+  std::vector<distributed::GradientSync::Residual> residuals = sync_->residuals();  // the names and sizes
+  for (auto& [name, r] : residuals) {
     const io::SafetensorsEntry* e = file.find(name);
     if (!e || e->dtype != DType::f32 || e->shape != Shape{static_cast<std::int64_t>(r.size())}) {
       throw IoError(path + ": residual '" + name + "' is missing or has another shape than this model's " + name);
     }
     std::memcpy(r.data(), file.data(*e).data(), r.size() * sizeof(float));
   }
+  sync_->load_residuals(residuals);
   sync_->set_residual_scale(residual_scale);
 }
 

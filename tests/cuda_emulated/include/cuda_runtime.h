@@ -229,6 +229,11 @@ T __shfl_down_sync(unsigned, T v, int delta) {
   const int lane = static_cast<int>(threadIdx.x % 32);
   return emulated::shuffle_from(v, lane + delta < 32 ? lane + delta : lane);
 }
+// The round-to-nearest arithmetic intrinsics: one rounding each (this build is ISO C++, which never
+// contracts a * b + c into an FMA).
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
 template <class T>
 T atomicAdd(T* p, T v) {
   return std::atomic_ref<T>(*p).fetch_add(v);
