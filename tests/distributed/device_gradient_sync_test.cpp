@@ -9,6 +9,7 @@
 #include <cstring>
 #include <mutex>
 
+#include "../support/gpu.h"
 #include "distributed_test_support.h"
 #include "mpx/backend/cuda.h"
 #include "mpx/distributed/gradient_sync.h"
@@ -16,21 +17,6 @@
 
 namespace mpx::distributed {
 namespace {
-
-bool emulated_device() {
-  const auto all = cuda::devices();
-  return !all.empty() && all.front().name.find("emulated") != std::string::npos;
-}
-
-// Why this machine cannot run `world` CUDA ranks, or "" when it can.
-std::string cannot_run(int world) {
-  const auto all = cuda::devices();
-  if (all.empty()) return "no CUDA device: " + cuda::no_device_reason();
-  if (!emulated_device() && static_cast<int>(all.size()) < world) {
-    return "NCCL needs one GPU per rank: " + std::to_string(world) + " ranks, " + std::to_string(all.size()) + " GPU(s)";
-  }
-  return "";
-}
 
 struct Step {
   std::vector<float> grads;  // rank 0's averaged gradients after the step
@@ -49,7 +35,7 @@ SyncRun run_steps(Device device, int world, GradComm mode) {
   SyncRun result;
   std::mutex mutex;
   run_ranks(world, [&](ProcessGroup& g) {
-    nn::Context ctx(backend::make_backend(device, device == Device::cuda && !emulated_device() ? g.rank() : 0));
+    nn::Context ctx(backend::make_backend(device, device == Device::cuda ? test::device_of_test_rank(g.rank()) : 0));
     nn::Sequential model;
     model.add(std::make_unique<nn::Linear>("fc", 3, 4, 0));
     model.plan({{1, 3}, DType::f32}, ctx);
@@ -95,8 +81,9 @@ SyncRun run_steps(Device device, int world, GradComm mode) {
 class DeviceGradientSync : public ::testing::TestWithParam<GradComm> {};
 
 TEST_P(DeviceGradientSync, GivesTheHostMemoryPathsBitsOnEveryStep) {
-  const int world = emulated_device() ? 2 : std::max<int>(1, std::min<int>(2, static_cast<int>(cuda::devices().size())));
-  if (const std::string why = cannot_run(world); !why.empty()) GTEST_SKIP() << why;
+  // Two ranks where there are two GPUs (or the emulated one), else one: its own kernels still run.
+  const int world = test::emulated_cuda() ? 2 : std::max<int>(1, std::min<int>(2, static_cast<int>(cuda::devices().size())));
+  if (const std::string why = test::cannot_run_cuda_ranks(world); !why.empty()) GTEST_SKIP() << why;
   const GradComm mode = GetParam();
   const SyncRun host = run_steps(Device::cpu, world, mode), device = run_steps(Device::cuda, world, mode);
   ASSERT_EQ(host.steps.size(), device.steps.size());

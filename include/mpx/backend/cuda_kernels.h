@@ -88,12 +88,13 @@ void copy(DeviceContext& ctx, void* dst, const void* src, std::size_t bytes);
 // dx = dy where y > 0 (y: the ReLU's output), else 0.
 void relu_backward(DeviceContext& ctx, const void* y, const void* dy, DType dtype, std::int64_t count, void* dx);
 
-// Inverted dropout with the CPU layer's mask: element i keeps when Philox(key, step * planned + i) is
+// Inverted dropout with the CPU layer's mask: element i keeps when Philox(key, step * planned + offset + i) is
 // at or above probability * 2^32, with key = seed ^ (stream * golden ratio). `step` is read on the device.
 struct DropoutArgs {
   float probability = 0;
   std::uint64_t key = 0;
-  std::uint64_t planned_elements = 0;  // elements of the planned (largest) batch
+  std::uint64_t planned_elements = 0;  // elements of the planned (largest) batch; data parallel: the global one
+  std::uint64_t element_offset = 0;    // data parallel: where this rank's rows begin in the global batch
 };
 void dropout_forward(DeviceContext& ctx, const DropoutArgs& args, const std::uint64_t* device_step, const void* x,
                      DType dtype, std::int64_t count, void* y, std::uint8_t* keep);

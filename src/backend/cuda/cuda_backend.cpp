@@ -182,12 +182,12 @@ class CudaBackend final : public Backend {
       context_.upload(step_counter_.get(), &args.step, sizeof(args.step));
       counter_value_ = args.step;
     }
-    const kernels::DropoutArgs device_args{args.probability, args.key, args.planned_elements};
+    const kernels::DropoutArgs device_args{args.probability, args.key, args.planned_elements, args.element_offset};
     kernels::dropout_forward(context_, device_args, static_cast<const std::uint64_t*>(step_counter_.get()), x.data(),
                              x.dtype(), x.numel(), y.data(), static_cast<std::uint8_t*>(keep.data()));
   }
   void dropout_backward(const Tensor& dy, const Tensor& keep, float probability, const Tensor& dx) override {
-    const kernels::DropoutArgs device_args{probability, 0, 0};
+    const kernels::DropoutArgs device_args{probability, 0, 0, 0};
     kernels::dropout_backward(context_, device_args, dy.data(), static_cast<const std::uint8_t*>(keep.data()),
                               dy.dtype(), dy.numel(), dx.data());
   }

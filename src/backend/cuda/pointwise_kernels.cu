@@ -57,7 +57,7 @@ __global__ void dropout_forward_kernel(DropoutArgs args, const std::uint64_t* st
                                        std::int64_t count, void* y, std::uint8_t* keep) {
   const auto threshold = static_cast<std::uint32_t>(static_cast<double>(args.probability) * 4294967296.0);
   const float keep_scale = 1.0f / (1.0f - args.probability);
-  const std::uint64_t base = *step * args.planned_elements;
+  const std::uint64_t base = *step * args.planned_elements + args.element_offset;
   MPX_GRID_STRIDE(i, count) {
     const bool kept = numeric::random_u32(args.key, base + static_cast<std::uint64_t>(i)) >= threshold;
     keep[i] = kept;

@@ -1,7 +1,8 @@
 // The CUDA runtime as the emulated build sees it (tests/cuda_emulated): device memory is host memory, every
 // stream is one in-order queue that runs at once, a graph capture records what is enqueued and a graph
 // launch replays it, and kernels run on the calling thread with one fiber (ucontext) per CUDA thread of a
-// block, blocks one after another (so `static` stands in for __shared__). __syncthreads and the warp
+// block, blocks one after another (so a `static thread_local` stands in for __shared__: the fibers of a
+// launch share it, and launches on other host threads, such as data-parallel ranks, have their own). __syncthreads and the warp
 // shuffles are barriers where the fibers switch: a shuffle or barrier that not every thread reaches
 // aborts as a deadlock rather than passing.
 // What it cannot show: speed, concurrent blocks' memory ordering, cub's and cuBLASLt's own code.
@@ -27,7 +28,7 @@
 #define __forceinline__ inline
 #define __restrict__ __restrict
 #define __launch_bounds__(...)
-#define __shared__ static
+#define __shared__ static thread_local
 
 struct dim3 {
   unsigned x = 1, y = 1, z = 1;
