@@ -112,6 +112,35 @@ TEST_P(DeviceGradientSync, GivesTheHostMemoryPathsBitsOnEveryStep) {
   }
 }
 
+TEST(DeviceGradientSyncFaults, ARankThatLeavesIsNamedWithinTheTimeout) {
+  if (const std::string why = test::cannot_run_cuda_ranks(2); !why.empty()) GTEST_SKIP() << why;
+  // Rank 1 leaves after the first step; rank 0's device all-reduce of the second times out and names it.
+  std::vector<int> named(2, -2);
+  std::vector<double> seconds(2, 0.0);
+  run_ranks(2, [&](ProcessGroup& g) {
+    nn::Context ctx(backend::make_backend(Device::cuda, test::device_of_test_rank(g.rank())));
+    nn::Sequential model;
+    model.add(std::make_unique<nn::Linear>("fc", 3, 4, 0));
+    model.plan({{1, 3}, DType::f32}, ctx);
+    GradientSync sync(g, model, ctx.backend(), {GradComm::fp16_ef, 1 << 20});
+    sync.begin_step(0.5, 1.0f, false);
+    sync.finish(0.0f);
+    sync.end_step(true);
+    if (g.rank() == 1) return;  // gone: its heartbeat stops
+    const auto start = std::chrono::steady_clock::now();
+    try {
+      sync.begin_step(0.5, 1.0f, false);
+      sync.finish(0.0f);
+    } catch (const CommunicationError& e) {
+      named[0] = e.missing_rank();
+      EXPECT_NE(std::string(e.what()).find("rank 1 stopped responding"), std::string::npos) << e.what();
+    }
+    seconds[0] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  }, std::chrono::milliseconds(1500));
+  EXPECT_EQ(named[0], 1);
+  EXPECT_LT(seconds[0], 10.0);  // the timeout (1.5 s) and the heartbeat check, not forever
+}
+
 INSTANTIATE_TEST_SUITE_P(Modes, DeviceGradientSync,
                          ::testing::Values(GradComm::fp32, GradComm::bf16, GradComm::fp16, GradComm::bf16_ef,
                                            GradComm::fp16_ef),
