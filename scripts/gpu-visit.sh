@@ -27,6 +27,20 @@ case "${1:-}" in
     tar -C "$here" -xJf "$here/bundle.tar.xz"
     run="$here/stage/run"
     export MPX_FASHION_MNIST_DIR="$here/fashion-mnist"
+    # NCCL (opened at run time by data-parallel CUDA runs): PyTorch's wheel brings one.
+    if [ -z "${MPX_NCCL_LIBRARY:-}" ]; then
+      nccl=$(python3 - 2>/dev/null <<'PY' || true
+import glob, os
+try:
+    import nvidia
+    hits = [f for p in nvidia.__path__ for f in glob.glob(os.path.join(p, "nccl", "lib", "libnccl.so*"))]
+    print(sorted(hits)[0] if hits else "")
+except Exception:
+    print("")
+PY
+)
+      [ -n "$nccl" ] && export MPX_NCCL_LIBRARY="$nccl" && echo "NCCL: $nccl" | tee "$OUT/nccl.txt"
+    fi
     nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt" || true
     "$run" mpx info | tee "$OUT/info.txt"
     part=${1:-all}

@@ -57,7 +57,8 @@ void print_info(const InfoOptions& options) {
                          {"free_bytes", d.free_bytes}});
     }
     j["cuda"] = {{"devices", devices}, {"driver_version", runtime.driver_version},
-                 {"runtime_version", runtime.runtime_version}, {"blas", cuda::blas_library()}};
+                 {"runtime_version", runtime.runtime_version}, {"blas", cuda::blas_library()},
+                 {"collectives", cuda::collectives_library()}};
     if (!no_gpu.empty()) j["cuda"]["no_device_reason"] = no_gpu;
     fmt::print("{}\n", j.dump(2));
     return;
@@ -88,6 +89,7 @@ void print_info(const InfoOptions& options) {
                runtime.driver_version % 1000 / 10, runtime.runtime_version / 1000,
                runtime.runtime_version % 1000 / 10);
     fmt::print("        {}\n", cuda::blas_library());
+    fmt::print("        {}\n", cuda::collectives_library());
     for (const auto& d : gpus) {
       fmt::print("        device {}: {}, compute capability {}.{}, {} SMs, {} ({} free)\n", d.index, d.name,
                  d.compute_major, d.compute_minor, d.multiprocessors, gib(d.total_bytes), gib(d.free_bytes));

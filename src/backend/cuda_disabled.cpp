@@ -19,6 +19,7 @@ std::vector<DeviceInfo> devices() { return {}; }
 RuntimeInfo runtime_info() { return {}; }
 std::string no_device_reason() { return "mpx was built without CUDA support"; }
 std::string blas_library() { return "mpx was built without CUDA support"; }
+std::string collectives_library() { return "mpx was built without CUDA support"; }
 void require_device() { not_built(); }
 
 DeviceBuffer::DeviceBuffer(std::size_t) { not_built(); }

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "mpx/backend/cuda.h"
 #include "mpx/numeric/convert.h"
 #include "nccl_collectives.h"
 
@@ -81,6 +82,8 @@ class EmulatedCollectives final : public backend::DeviceCollectives {
 };
 
 }  // namespace
+
+std::string collectives_library() { return "emulated NCCL (ranks as threads of one process)"; }
 
 std::unique_ptr<backend::DeviceCollectives> connect_nccl(DeviceContext&, const backend::CollectivesRendezvous& r) {
   std::string mine;

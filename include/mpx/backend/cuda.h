@@ -36,6 +36,9 @@ std::string no_device_reason();
 
 // cuBLASLt, which matrix products need (opened on first use): "cuBLASLt 13.0.2", or why it cannot be used.
 std::string blas_library();
+// NCCL, which data-parallel training on CUDA needs (opened on first use): "NCCL 2.28.3 (libnccl.so.2)", or why
+// it cannot be used.
+std::string collectives_library();
 
 // Throws NotAvailable with no_device_reason() unless a device can be used.
 void require_device();

@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "check.h"
+#include "mpx/backend/cuda.h"
 #include "mpx/core/error.h"
 #include "nccl_collectives.h"
 #include "nccl_library.h"
@@ -134,12 +135,7 @@ class NcclCollectives final : public backend::DeviceCollectives {
     pending_ = false;
   }
 
-  std::string library() const override {
-    int v = 0;
-    nccl_.ncclGetVersion(&v);  // major * 10000 + minor * 100 + patch (2.9 and later)
-    return "NCCL " + std::to_string(v / 10000) + "." + std::to_string(v / 100 % 100) + "." + std::to_string(v % 100) +
-           " (" + nccl_.path + ", " + std::to_string(size_) + " ranks)";
-  }
+  std::string library() const override { return collectives_library() + ", " + std::to_string(size_) + " ranks"; }
 
  private:
   std::string error_text(ncclResult_t result) const {

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "mpx/backend/cuda.h"
 #include "mpx/core/error.h"
 
 namespace mpx::cuda {
@@ -51,6 +52,18 @@ Nccl load() {
 const Nccl& nccl() {
   static const Nccl library = load();  // a failed load throws, and the next call tries again
   return library;
+}
+
+std::string collectives_library() {
+  try {
+    const Nccl& n = nccl();
+    int v = 0;
+    n.ncclGetVersion(&v);  // major * 10000 + minor * 100 + patch
+    return "NCCL " + std::to_string(v / 10000) + "." + std::to_string(v / 100 % 100) + "." + std::to_string(v % 100) +
+           " (" + n.path + ")";
+  } catch (const Error& e) {
+    return e.what();
+  }
 }
 
 }  // namespace mpx::cuda
