@@ -68,6 +68,12 @@ struct ProcessGroup::Impl {
     return options.timeout > 2 * kDiagnosis ? options.timeout - kDiagnosis : options.timeout;
   }
   std::vector<float> scratch_a, scratch_b;  // the 16-bit reduction's FP32 operands
+  // How often each exchange/broadcast key has been used: every use is a store key of its own, so that a
+  // later use never reads an earlier one's values (every rank counts alike: calls come in the same order).
+  std::map<std::string, int> key_uses;
+  std::string fresh(const std::string& kind, const std::string& key) {
+    return kind + "/" + key + "/" + std::to_string(key_uses[kind + "/" + key]++);
+  }
 
   // The heartbeat: a counter this rank advances in the store every interval, on its own connection.
   std::thread heartbeat;
@@ -262,10 +268,11 @@ void ProcessGroup::allreduce_sum_16(std::span<std::uint16_t> values, DType wire)
 
 std::vector<std::string> ProcessGroup::exchange(const std::string& key, const std::string& mine) {
   Impl& m = *impl_;
-  m.store->set("exchange/" + key + "/" + std::to_string(rank()), bytes(mine));
+  const std::string base = m.fresh("exchange", key);
+  m.store->set(base + "/" + std::to_string(rank()), bytes(mine));
   std::vector<std::string> out;
   for (int r = 0; r < size(); ++r) {
-    const std::string k = "exchange/" + key + "/" + std::to_string(r);
+    const std::string k = base + "/" + std::to_string(r);
     try {
       m.store->wait({k}, timeout());
     } catch (const CommunicationError&) {
@@ -278,7 +285,7 @@ std::vector<std::string> ProcessGroup::exchange(const std::string& key, const st
 
 std::string ProcessGroup::broadcast(const std::string& key, const std::string& value) {
   Impl& m = *impl_;
-  const std::string k = "broadcast/" + key;
+  const std::string k = m.fresh("broadcast", key);
   if (rank() == 0) {
     m.store->set(k, bytes(value));
     return value;

@@ -412,10 +412,12 @@ TrainResult Trainer::run(const Callbacks& callbacks) {
       }
       result.final_loss = loss;
       const bool last = global_step + 1 == total_steps;
+      // Where the run stands after every step: a checkpoint saved now (here, or by the caller after run())
+      // resumes from the next one.
+      position_ = {s + 1 == steps_per_epoch ? epoch + 1 : epoch, s + 1 == steps_per_epoch ? 0 : s + 1,
+                   global_step + 1, result.skipped_steps, result.nonfinite_steps, images_seen,
+                   training_seconds + seconds_since(epoch_start), loss};
       if (config_.checkpoint_every > 0 && ((global_step + 1) % config_.checkpoint_every == 0 || last)) {
-        position_ = {s + 1 == steps_per_epoch ? epoch + 1 : epoch, s + 1 == steps_per_epoch ? 0 : s + 1,
-                     global_step + 1, result.skipped_steps, result.nonfinite_steps, images_seen,
-                     training_seconds + seconds_since(epoch_start), loss};
         save_checkpoint(config_.checkpoint_path);
       }
     }

@@ -126,6 +126,19 @@ TEST(ProcessGroup, AnUnreachableRendezvousIsAClearErrorWithinTheTimeout) {
   EXPECT_LT(std::chrono::steady_clock::now() - start, 5s);
 }
 
+TEST(ProcessGroup, AKeyUsedAgainBroadcastsAndExchangesAfresh) {
+  // A second connection of the same kind (a new trainer on the same group) must not read the first's values.
+  std::vector<std::string> seen(4);
+  run_ranks(2, [&](ProcessGroup& g) {
+    const std::string r = std::to_string(g.rank());
+    const std::string first = g.broadcast("token", g.rank() == 0 ? "one" : "");
+    const std::string second = g.broadcast("token", g.rank() == 0 ? "two" : "");
+    const std::vector<std::string> a = g.exchange("name", "a" + r), b = g.exchange("name", "b" + r);
+    if (g.rank() == 1) seen = {first, second, a[0] + a[1], b[0] + b[1]};
+  });
+  EXPECT_EQ(seen, (std::vector<std::string>{"one", "two", "a0a1", "b0b1"}));
+}
+
 TEST(ProcessGroup, ARankThatStopsMidCollectiveIsNamedBySurvivors) {
   // Rank 2 leaves after the first all-reduce; ranks 0 and 1 fail in the second and name it.
   std::vector<int> named(3, -2);

@@ -42,9 +42,10 @@ class ProcessGroup {
   // 16-bit values (f16 or bf16 bits), summed pair by pair in FP32 and rounded back to `wire` each time, as
   // a ring of 16-bit buffers does.
   void allreduce_sum_16(std::span<std::uint16_t> values, DType wire);
-  // Every rank's `mine`, indexed by rank (through the rendezvous; for settings, not for tensors).
+  // Every rank's `mine`, indexed by rank (through the rendezvous; for settings, not for tensors). A key
+  // may be used again: each use exchanges afresh.
   std::vector<std::string> exchange(const std::string& key, const std::string& mine);
-  // Rank 0's `value` on every rank.
+  // Rank 0's `value` on every rank (each use of a key afresh).
   std::string broadcast(const std::string& key, const std::string& value);
   void barrier();
 
