@@ -1,5 +1,6 @@
 #include "mpx/distributed/world.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cstdlib>
 
@@ -48,6 +49,17 @@ WorldInfo world_from_environment(const std::function<const char*(const char*)>& 
   if (const char* addr = env("MASTER_ADDR")) w.master_addr = addr;
   if (const char* port = env("MASTER_PORT")) w.master_port = integer("MASTER_PORT", port, 1, 65535);
   return w;
+}
+
+int device_for_rank(const WorldInfo& world, int devices) {
+  if (world.local_size > devices || world.local_rank >= devices) {
+    const int ranks = std::max(world.local_size, world.local_rank + 1);
+    const std::string gpus = std::to_string(devices) + (devices == 1 ? " CUDA device" : " CUDA devices");
+    throw InvalidArgument(std::to_string(ranks) + " ranks run on this host but it has " + gpus +
+                          ": data parallel on CUDA needs one GPU per rank (NCCL); start at most " +
+                          std::to_string(devices) + " per host, or train on --device cpu");
+  }
+  return world.local_rank;
 }
 
 }  // namespace mpx::distributed

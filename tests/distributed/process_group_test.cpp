@@ -60,6 +60,27 @@ TEST(World, RefusesARankOutsideTheWorldNamingTheVariable) {
   }
 }
 
+TEST(World, EachRankTrainsOnTheGpuOfItsLocalRankAndTooManyAreRefused) {
+  WorldInfo w;
+  w.size = 4;
+  w.local_size = 2;
+  w.local_rank = 1;
+  EXPECT_EQ(device_for_rank(w, 2), 1);
+  EXPECT_EQ(device_for_rank(w, 8), 1);
+  try {
+    device_for_rank(w, 1);
+    ADD_FAILURE() << "two ranks on one GPU were accepted";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("2 ranks run on this host but it has 1 CUDA device: data parallel on CUDA "
+                                         "needs one GPU per rank (NCCL); start at most 1 per host"),
+              std::string::npos)
+        << e.what();
+  }
+  w.local_size = 1;  // a launcher that did not say how many share the host
+  w.local_rank = 3;
+  EXPECT_THROW(device_for_rank(w, 2), InvalidArgument);
+}
+
 TEST(GradComm, ParsesTheFiveModesAndRefusesOthers) {
   for (const char* mode : {"fp32", "bf16", "fp16", "bf16+ef", "fp16+ef"}) EXPECT_STREQ(name(parse_grad_comm(mode)), mode);
   EXPECT_EQ(wire_dtype(GradComm::fp16_ef), DType::f16);

@@ -26,6 +26,11 @@ struct WorldInfo {
 // naming the variable when one is malformed or the rank is outside the world.
 WorldInfo world_from_environment(const std::function<const char*(const char*)>& getenv = {});
 
+// The GPU a rank trains on: its local rank's (as torchrun's LOCAL_RANK), one per rank since NCCL cannot
+// have two ranks on one device. Throws InvalidArgument saying how many ranks to start when the host has
+// more local ranks than `devices`.
+int device_for_rank(const WorldInfo& world, int devices);
+
 // A collective did not complete: a rank died, stopped, or never arrived. The message names the missing
 // rank (missing_rank(), -1 when none could be named) and what was going on.
 class CommunicationError : public Error {

@@ -135,18 +135,6 @@ void check_same_settings(distributed::ProcessGroup& group, const RunOptions& o, 
   }
 }
 
-// Data parallel on CUDA: one GPU per rank, the local rank's (as torchrun's LOCAL_RANK), since NCCL cannot
-// have two ranks on one device.
-int device_of_rank(const distributed::WorldInfo& world) {
-  const auto devices = static_cast<int>(cuda::devices().size());
-  if (world.local_size > devices) {
-    throw InvalidArgument(fmt::format("{} ranks run on this host but it has {} CUDA device{}: data parallel on CUDA needs one "
-                                      "GPU per rank (NCCL); start at most {} rank{} per host, or train on --device cpu",
-                                      world.local_size, devices, devices == 1 ? "" : "s", devices, devices == 1 ? "" : "s"));
-  }
-  return world.local_rank;
-}
-
 // The serving copy: the FP32 model converted (normalisation kept in FP32), overflow clamped and counted.
 ServingCopy write_serving_copy(const RunDirectory& run, DType serving) {
   ServingCopy copy;
@@ -187,7 +175,7 @@ RunOutcome run_training(const RunOptions& o, const RunEvents& events) {
   if (group) outcome.out = group->broadcast("run_directory", outcome.out);
   settings.checkpoint_path = (std::filesystem::path(outcome.out) / "checkpoint.safetensors").string();
   TrainConfig config = resolve(settings);
-  if (group && config.device == DeviceChoice::cuda) config.device_index = device_of_rank(o.world);
+  if (group && config.device == DeviceChoice::cuda) config.device_index = distributed::device_for_rank(o.world, static_cast<int>(cuda::devices().size()));
   // Every setting is checked before anything slow or anything written.
   const bool serving = !o.serving_dtype.empty();
   const DType serving_dtype = serving ? artifacts::parse_target_dtype(o.serving_dtype, "--serving-dtype") : DType::f16;
