@@ -62,43 +62,17 @@ class NcclCollectives final : public backend::DeviceCollectives {
  public:
   NcclCollectives(DeviceContext& context, const backend::CollectivesRendezvous& r)
       : context_(context), nccl_(nccl()), timeout_(r.timeout), size_(r.size) {
-    ncclUniqueId id{};
-    std::string mine;
-    if (r.rank == 0) {
-      check(nccl_.ncclGetUniqueId(&id), "ncclGetUniqueId");
-      mine = to_hex(id);
+    try {
+      connect(r);
+    } catch (...) {
+      release_cuda();  // the destructor does not run for a constructor that threw
+      throw;
     }
-    id = from_hex(r.share_token(mine));
-    MPX_CUDA_CHECK(cudaSetDevice(context_.index()));
-    MPX_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-    MPX_CUDA_CHECK(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
-    MPX_CUDA_CHECK(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
-    ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
-    config.blocking = 0;
-    check(nccl_.ncclCommInitRankConfig(&comm_, r.size, id, r.rank, &config), "ncclCommInitRankConfig");
-    settle("connecting " + std::to_string(r.size) + " ranks (rank " + std::to_string(r.rank) + " on " +
-           context_.name() + ")");
   }
 
   ~NcclCollectives() override {
-    if (comm_ != nullptr && !aborted_) {
-      // Flush and close cleanly when every rank is still there; abort when that does not finish in time.
-      const ncclResult_t finalize = nccl_.ncclCommFinalize(comm_);
-      ncclResult_t state = finalize;
-      const auto deadline = Clock::now() + timeout_;
-      while (state == ncclInProgress && Clock::now() < deadline &&
-             nccl_.ncclCommGetAsyncError(comm_, &state) == ncclSuccess && state == ncclInProgress) {
-        std::this_thread::sleep_for(std::chrono::microseconds(100));
-      }
-      if (state == ncclSuccess) {
-        nccl_.ncclCommDestroy(comm_);
-      } else {
-        nccl_.ncclCommAbort(comm_);
-      }
-    }
-    if (done_ != nullptr) cudaEventDestroy(done_);
-    if (ready_ != nullptr) cudaEventDestroy(ready_);
-    if (stream_ != nullptr) cudaStreamDestroy(stream_);
+    close();
+    release_cuda();
   }
 
   void allreduce_sum(const Tensor& t) override {
@@ -138,6 +112,50 @@ class NcclCollectives final : public backend::DeviceCollectives {
   std::string library() const override { return collectives_library() + ", " + std::to_string(size_) + " ranks"; }
 
  private:
+  void connect(const backend::CollectivesRendezvous& r) {
+    ncclUniqueId id{};
+    std::string mine;
+    if (r.rank == 0) {
+      check(nccl_.ncclGetUniqueId(&id), "ncclGetUniqueId");
+      mine = to_hex(id);
+    }
+    id = from_hex(r.share_token(mine));
+    MPX_CUDA_CHECK(cudaSetDevice(context_.index()));
+    MPX_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    MPX_CUDA_CHECK(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
+    MPX_CUDA_CHECK(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
+    ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+    config.blocking = 0;
+    check(nccl_.ncclCommInitRankConfig(&comm_, r.size, id, r.rank, &config), "ncclCommInitRankConfig");
+    settle("connecting " + std::to_string(r.size) + " ranks (rank " + std::to_string(r.rank) + " on " +
+           context_.name() + ")");
+  }
+
+  // Flush and close cleanly when every rank is still there; abort when that does not finish in time.
+  void close() noexcept {
+    if (comm_ != nullptr && !aborted_) {
+      const ncclResult_t finalize = nccl_.ncclCommFinalize(comm_);
+      ncclResult_t state = finalize;
+      const auto deadline = Clock::now() + timeout_;
+      while (state == ncclInProgress && Clock::now() < deadline &&
+             nccl_.ncclCommGetAsyncError(comm_, &state) == ncclSuccess && state == ncclInProgress) {
+        std::this_thread::sleep_for(std::chrono::microseconds(100));
+      }
+      if (state == ncclSuccess) {
+        nccl_.ncclCommDestroy(comm_);
+      } else {
+        nccl_.ncclCommAbort(comm_);
+      }
+    }
+  }
+  void release_cuda() noexcept {
+    if (done_ != nullptr) cudaEventDestroy(done_);
+    if (ready_ != nullptr) cudaEventDestroy(ready_);
+    if (stream_ != nullptr) cudaStreamDestroy(stream_);
+    done_ = ready_ = nullptr;
+    stream_ = nullptr;
+  }
+
   std::string error_text(ncclResult_t result) const {
     std::string text = nccl_.ncclGetErrorString(result);
     const char* last = comm_ != nullptr ? nccl_.ncclGetLastError(comm_) : nullptr;
