@@ -43,7 +43,6 @@ class GradientSync::HostTransport final : public GradientSync::Transport {
     if (error_) std::rethrow_exception(std::exchange(error_, nullptr));
     return s;
   }
-  std::string name() const override { return "gloo"; }
 
  private:
   void reduce(Bucket& b) {
@@ -115,7 +114,6 @@ class GradientSync::DeviceTransport final : public GradientSync::Transport {
     }
     return seconds_since(start);
   }
-  std::string name() const override { return collectives_->library(); }
 
  private:
   ProcessGroup& group_;

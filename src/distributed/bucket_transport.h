@@ -36,7 +36,6 @@ class GradientSync::Transport {
   // Waits until `count` submitted buckets are done; returns the seconds spent in collectives since the
   // last call. Throws CommunicationError when a collective failed.
   virtual double wait(std::size_t count) = 0;
-  virtual std::string name() const = 0;
 };
 
 }  // namespace mpx::distributed

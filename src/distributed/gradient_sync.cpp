@@ -97,7 +97,6 @@ GradientSync::GradientSync(ProcessGroup& group, nn::Sequential& model, backend::
 GradientSync::~GradientSync() = default;
 
 int GradientSync::bucket_count() const { return static_cast<int>(buckets_.size()); }
-std::string GradientSync::transport() const { return transport_->name(); }
 
 void GradientSync::begin_step(double weight, float loss_scale, bool measure) {
   weight_ = static_cast<float>(weight);
@@ -187,7 +186,7 @@ GradientSync::Reduced GradientSync::finish(float local_loss) {
   }
   if (measure_ && !stats_.relative_error) stats_.relative_error = 0.0;  // fp32: exact by construction
   stats_.bytes_sent = stats_.payload_bytes * 2 * (n - 1) / n;
-  if (error_feedback(settings_.mode)) {
+  if (error_feedback(settings_.mode) && measure_) {  // a pass over (on a device: a copy of) every residual
     double r2 = 0;
     for (auto& b : buckets_) {
       const Tensor next = backend::host_view(backend_, b->tensors.next_residual);

@@ -125,12 +125,12 @@ void PrometheusExporter::record_step(std::int64_t, double loss, double lr, doubl
 }
 
 void PrometheusExporter::record_allreduce(const std::string& mode, double bytes, double seconds, double wait_seconds,
-                                          std::optional<double> relative_error, double residual_norm) {
+                                          std::optional<double> relative_error, std::optional<double> residual_norm) {
   Impl& m = *impl_;
   m.allreduce_bytes.Add({{"mode", mode}}).Increment(bytes);
   m.allreduce_seconds.Add({{"mode", mode}}).Increment(seconds);
   m.allreduce_wait.Add({{"mode", mode}}).Increment(wait_seconds);
-  m.residual_norm.Add({{"mode", mode}}).Set(residual_norm);
+  if (residual_norm) m.residual_norm.Add({{"mode", mode}}).Set(*residual_norm);
   if (relative_error) m.allreduce_error.Add({{"mode", mode}}).Set(*relative_error);
 }
 

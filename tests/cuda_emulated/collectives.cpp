@@ -73,7 +73,6 @@ class EmulatedCollectives final : public backend::DeviceCollectives {
     }
   }
   void wait(std::chrono::milliseconds) override {}
-  std::string library() const override { return "emulated NCCL (" + std::to_string(meeting_->size) + " ranks)"; }
 
  private:
   std::shared_ptr<Meeting> meeting_;

@@ -111,11 +111,12 @@ TEST(PrometheusExporter, AllReduceBytesTimeAndM9ErrorCarryTheirMode) {
   exporter.record_step(1, 2.5, 1e-3, 65536, false, 128, 0.02);
   exporter.record_allreduce("bf16+ef", 1000, 0.5, 0.25, std::nullopt, 0.125);
   exporter.record_allreduce("bf16+ef", 500, 0.5, 0.25, 0.0025, 0.0625);
+  exporter.record_allreduce("bf16+ef", 500, 0.5, 0.25, std::nullopt, std::nullopt);  // an unmeasured step
   const std::string text = exporter.text();
   expect_valid_exposition(text);
-  EXPECT_NE(text.find("mpx_allreduce_bytes_total{mode=\"bf16+ef\"} 1500"), std::string::npos) << text;
-  EXPECT_NE(text.find("mpx_allreduce_seconds_total{mode=\"bf16+ef\"} 1"), std::string::npos);
-  EXPECT_NE(text.find("mpx_allreduce_wait_seconds_total{mode=\"bf16+ef\"} 0.5"), std::string::npos);
+  EXPECT_NE(text.find("mpx_allreduce_bytes_total{mode=\"bf16+ef\"} 2000"), std::string::npos) << text;
+  EXPECT_NE(text.find("mpx_allreduce_seconds_total{mode=\"bf16+ef\"} 1.5"), std::string::npos);
+  EXPECT_NE(text.find("mpx_allreduce_wait_seconds_total{mode=\"bf16+ef\"} 0.75"), std::string::npos);
   EXPECT_NE(text.find("mpx_allreduce_relative_error{mode=\"bf16+ef\"} 0.0025"), std::string::npos);
   EXPECT_NE(text.find("mpx_allreduce_residual_norm{mode=\"bf16+ef\"} 0.0625"), std::string::npos);
 }

@@ -29,7 +29,6 @@ class DeviceCollectives {
   // Waits until every started sum is done (the backend's next ops then see the sums). Throws
   // CollectiveFailed after `timeout` without progress, or when the library reports an error.
   virtual void wait(std::chrono::milliseconds timeout) = 0;
-  virtual std::string library() const = 0;  // "NCCL 2.28.3"
 };
 
 // What a backend needs to connect its ranks: this rank and the world's size, a way to receive rank 0's

@@ -41,7 +41,8 @@ struct CommStats {
   // M9, on measured steps: ||AR16 - AR32|| / ||AR32|| over one bucket, AR32 being the same gradients
   // all-reduced in FP32 (0 for fp32 communication).
   std::optional<double> relative_error;
-  double residual_norm = 0;  // error feedback: L2 norm of the residual (unscaled gradient units)
+  // Error feedback, on measured steps: L2 norm of the residual (unscaled gradient units).
+  std::optional<double> residual_norm;
 };
 
 class GradientSync : public nn::LayerObserver {
@@ -80,7 +81,6 @@ class GradientSync : public nn::LayerObserver {
   };
   std::vector<Residual> residuals() const;
   void load_residuals(const std::vector<Residual>& residuals);
-  std::string transport() const;  // "gloo" or what the device's collectives are ("NCCL 2.28.3 (...)")
   float residual_scale() const { return residual_scale_; }
   void set_residual_scale(float scale) { residual_scale_ = scale; }
 

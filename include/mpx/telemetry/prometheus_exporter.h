@@ -24,9 +24,10 @@ class PrometheusExporter {
 
   void record_step(std::int64_t step, double loss, double lr, double loss_scale, bool skipped, std::int64_t images,
                    double step_seconds);
-  // One step's gradient all-reduce (data parallel); relative_error on the steps that measure it.
+  // One step's gradient all-reduce (data parallel); relative_error and residual_norm on the steps that measure
+  // them (a gauge keeps its last measured value in between).
   void record_allreduce(const std::string& mode, double bytes, double seconds, double wait_seconds,
-                        std::optional<double> relative_error, double residual_norm);
+                        std::optional<double> relative_error, std::optional<double> residual_norm);
   void record_epoch(int epoch, double train_loss, double test_accuracy);
   void record_sample(const NumericsSample& sample);
   void record_nonfinite(const NonFiniteOrigin& origin);

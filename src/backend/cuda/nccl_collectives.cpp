@@ -61,7 +61,7 @@ ncclDataType_t nccl_type(DType t) {
 class NcclCollectives final : public backend::DeviceCollectives {
  public:
   NcclCollectives(DeviceContext& context, const backend::CollectivesRendezvous& r)
-      : context_(context), nccl_(nccl()), timeout_(r.timeout), size_(r.size) {
+      : context_(context), nccl_(nccl()), timeout_(r.timeout) {
     try {
       connect(r);
     } catch (...) {
@@ -109,7 +109,6 @@ class NcclCollectives final : public backend::DeviceCollectives {
     pending_ = false;
   }
 
-  std::string library() const override { return collectives_library() + ", " + std::to_string(size_) + " ranks"; }
 
  private:
   void connect(const backend::CollectivesRendezvous& r) {
@@ -186,7 +185,6 @@ class NcclCollectives final : public backend::DeviceCollectives {
   DeviceContext& context_;
   const Nccl& nccl_;
   std::chrono::milliseconds timeout_;
-  int size_;
   ncclComm_t comm_ = nullptr;
   cudaStream_t stream_ = nullptr;
   cudaEvent_t ready_ = nullptr, done_ = nullptr;

@@ -43,7 +43,7 @@ bool RunRecorder::step(const StepReport& r) {
     if (c.relative_error) {  // M9: every --numerics-every steps
       tensorboard_.scalar("comm/allreduce_relative_error", *c.relative_error, r.step);
       run_.append_metrics({{"type", "allreduce"}, {"step", r.step}, {"mode", distributed::name(config_.grad_comm)},
-                           {"relative_error", *c.relative_error}, {"residual_norm", c.residual_norm},
+                           {"relative_error", *c.relative_error}, {"residual_norm", c.residual_norm.value_or(0.0)},
                            {"bytes_sent", c.bytes_sent}, {"payload_bytes", c.payload_bytes},
                            {"comm_seconds", c.comm_seconds}, {"wait_seconds", c.wait_seconds}, {"buckets", c.buckets}});
     }
